@@ -1,0 +1,323 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLE_UNSPECIFIED: _ClassVar[Role]
+    ROLE_SYSTEM: _ClassVar[Role]
+    ROLE_USER: _ClassVar[Role]
+    ROLE_ASSISTANT: _ClassVar[Role]
+
+class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
+    FINISH_REASON_STOP: _ClassVar[FinishReason]
+    FINISH_REASON_LENGTH: _ClassVar[FinishReason]
+    FINISH_REASON_CONTENT_FILTER: _ClassVar[FinishReason]
+    FINISH_REASON_TOOL_CALLS: _ClassVar[FinishReason]
+    FINISH_REASON_OTHER: _ClassVar[FinishReason]
+
+class UsageWarning(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    USAGE_WARNING_UNSPECIFIED: _ClassVar[UsageWarning]
+    USAGE_WARNING_INPUT_MODALITY_DETAILS_INCOMPLETE: _ClassVar[UsageWarning]
+    USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE: _ClassVar[UsageWarning]
+    USAGE_WARNING_CACHE_TTL_UNKNOWN: _ClassVar[UsageWarning]
+    USAGE_WARNING_REASONING_EXCLUDED_FROM_COMPLETION: _ClassVar[UsageWarning]
+    USAGE_WARNING_THOUGHTS_INCLUDED_IN_CANDIDATES: _ClassVar[UsageWarning]
+    USAGE_WARNING_PROVIDER_TOTAL_MISMATCH: _ClassVar[UsageWarning]
+    USAGE_WARNING_DETAILS_EXCEED_TOTAL: _ClassVar[UsageWarning]
+    USAGE_WARNING_USAGE_MISSING: _ClassVar[UsageWarning]
+
+class Modality(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODALITY_UNSPECIFIED: _ClassVar[Modality]
+    MODALITY_TEXT: _ClassVar[Modality]
+    MODALITY_IMAGE: _ClassVar[Modality]
+    MODALITY_AUDIO: _ClassVar[Modality]
+    MODALITY_VIDEO: _ClassVar[Modality]
+    MODALITY_DOCUMENT: _ClassVar[Modality]
+ROLE_UNSPECIFIED: Role
+ROLE_SYSTEM: Role
+ROLE_USER: Role
+ROLE_ASSISTANT: Role
+FINISH_REASON_UNSPECIFIED: FinishReason
+FINISH_REASON_STOP: FinishReason
+FINISH_REASON_LENGTH: FinishReason
+FINISH_REASON_CONTENT_FILTER: FinishReason
+FINISH_REASON_TOOL_CALLS: FinishReason
+FINISH_REASON_OTHER: FinishReason
+USAGE_WARNING_UNSPECIFIED: UsageWarning
+USAGE_WARNING_INPUT_MODALITY_DETAILS_INCOMPLETE: UsageWarning
+USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE: UsageWarning
+USAGE_WARNING_CACHE_TTL_UNKNOWN: UsageWarning
+USAGE_WARNING_REASONING_EXCLUDED_FROM_COMPLETION: UsageWarning
+USAGE_WARNING_THOUGHTS_INCLUDED_IN_CANDIDATES: UsageWarning
+USAGE_WARNING_PROVIDER_TOTAL_MISMATCH: UsageWarning
+USAGE_WARNING_DETAILS_EXCEED_TOTAL: UsageWarning
+USAGE_WARNING_USAGE_MISSING: UsageWarning
+MODALITY_UNSPECIFIED: Modality
+MODALITY_TEXT: Modality
+MODALITY_IMAGE: Modality
+MODALITY_AUDIO: Modality
+MODALITY_VIDEO: Modality
+MODALITY_DOCUMENT: Modality
+
+class Message(_message.Message):
+    __slots__ = ("role", "parts")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    role: Role
+    parts: _containers.RepeatedCompositeFieldContainer[Part]
+    def __init__(self, role: _Optional[_Union[Role, str]] = ..., parts: _Optional[_Iterable[_Union[Part, _Mapping]]] = ...) -> None: ...
+
+class Part(_message.Message):
+    __slots__ = ("text", "image", "audio", "video", "document")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    image: Media
+    audio: Media
+    video: Media
+    document: Media
+    def __init__(self, text: _Optional[str] = ..., image: _Optional[_Union[Media, _Mapping]] = ..., audio: _Optional[_Union[Media, _Mapping]] = ..., video: _Optional[_Union[Media, _Mapping]] = ..., document: _Optional[_Union[Media, _Mapping]] = ...) -> None: ...
+
+class Media(_message.Message):
+    __slots__ = ("url", "data", "mime_type")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MIME_TYPE_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    data: bytes
+    mime_type: str
+    def __init__(self, url: _Optional[str] = ..., data: _Optional[bytes] = ..., mime_type: _Optional[str] = ...) -> None: ...
+
+class CompleteRequest(_message.Message):
+    __slots__ = ("model", "messages", "max_tokens", "temperature", "top_p", "seed", "stop", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    messages: _containers.RepeatedCompositeFieldContainer[Message]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    stop: _containers.RepeatedScalarFieldContainer[str]
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class StreamCompleteRequest(_message.Message):
+    __slots__ = ("model", "messages", "max_tokens", "temperature", "top_p", "seed", "stop", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    messages: _containers.RepeatedCompositeFieldContainer[Message]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    stop: _containers.RepeatedScalarFieldContainer[str]
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Choice(_message.Message):
+    __slots__ = ("index", "message", "finish_reason", "raw_finish_reason")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    RAW_FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    message: Message
+    finish_reason: FinishReason
+    raw_finish_reason: str
+    def __init__(self, index: _Optional[int] = ..., message: _Optional[_Union[Message, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., raw_finish_reason: _Optional[str] = ...) -> None: ...
+
+class CompleteResponse(_message.Message):
+    __slots__ = ("id", "model", "provider", "created", "choices", "usage")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    CHOICES_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    model: str
+    provider: str
+    created: _timestamp_pb2.Timestamp
+    choices: _containers.RepeatedCompositeFieldContainer[Choice]
+    usage: Usage
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., choices: _Optional[_Iterable[_Union[Choice, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+
+class StreamCompleteResponse(_message.Message):
+    __slots__ = ("delta", "summary")
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    delta: TextDelta
+    summary: StreamSummary
+    def __init__(self, delta: _Optional[_Union[TextDelta, _Mapping]] = ..., summary: _Optional[_Union[StreamSummary, _Mapping]] = ...) -> None: ...
+
+class TextDelta(_message.Message):
+    __slots__ = ("choice_index", "text")
+    CHOICE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    choice_index: int
+    text: str
+    def __init__(self, choice_index: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
+
+class ChoiceFinish(_message.Message):
+    __slots__ = ("index", "finish_reason", "raw_finish_reason")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    RAW_FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    finish_reason: FinishReason
+    raw_finish_reason: str
+    def __init__(self, index: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., raw_finish_reason: _Optional[str] = ...) -> None: ...
+
+class StreamSummary(_message.Message):
+    __slots__ = ("id", "model", "provider", "created", "finishes", "usage")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    FINISHES_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    model: str
+    provider: str
+    created: _timestamp_pb2.Timestamp
+    finishes: _containers.RepeatedCompositeFieldContainer[ChoiceFinish]
+    usage: Usage
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finishes: _Optional[_Iterable[_Union[ChoiceFinish, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("input", "output", "total_tokens", "warnings", "estimated", "provider_reported")
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_REPORTED_FIELD_NUMBER: _ClassVar[int]
+    input: InputUsage
+    output: OutputUsage
+    total_tokens: int
+    warnings: _containers.RepeatedScalarFieldContainer[UsageWarning]
+    estimated: bool
+    provider_reported: ProviderReportedUsage
+    def __init__(self, input: _Optional[_Union[InputUsage, _Mapping]] = ..., output: _Optional[_Union[OutputUsage, _Mapping]] = ..., total_tokens: _Optional[int] = ..., warnings: _Optional[_Iterable[_Union[UsageWarning, str]]] = ..., estimated: _Optional[bool] = ..., provider_reported: _Optional[_Union[ProviderReportedUsage, _Mapping]] = ...) -> None: ...
+
+class InputUsage(_message.Message):
+    __slots__ = ("total", "text", "image", "audio", "video", "document", "cache_read", "cache_write_5m", "cache_write_1h", "cache_write_unknown_ttl", "unattributed")
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    CACHE_READ_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_5M_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_1H_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_UNKNOWN_TTL_FIELD_NUMBER: _ClassVar[int]
+    UNATTRIBUTED_FIELD_NUMBER: _ClassVar[int]
+    total: int
+    text: int
+    image: int
+    audio: int
+    video: int
+    document: int
+    cache_read: int
+    cache_write_5m: int
+    cache_write_1h: int
+    cache_write_unknown_ttl: int
+    unattributed: int
+    def __init__(self, total: _Optional[int] = ..., text: _Optional[int] = ..., image: _Optional[int] = ..., audio: _Optional[int] = ..., video: _Optional[int] = ..., document: _Optional[int] = ..., cache_read: _Optional[int] = ..., cache_write_5m: _Optional[int] = ..., cache_write_1h: _Optional[int] = ..., cache_write_unknown_ttl: _Optional[int] = ..., unattributed: _Optional[int] = ...) -> None: ...
+
+class OutputUsage(_message.Message):
+    __slots__ = ("total", "text", "audio", "image", "reasoning", "unattributed")
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    REASONING_FIELD_NUMBER: _ClassVar[int]
+    UNATTRIBUTED_FIELD_NUMBER: _ClassVar[int]
+    total: int
+    text: int
+    audio: int
+    image: int
+    reasoning: int
+    unattributed: int
+    def __init__(self, total: _Optional[int] = ..., text: _Optional[int] = ..., audio: _Optional[int] = ..., image: _Optional[int] = ..., reasoning: _Optional[int] = ..., unattributed: _Optional[int] = ...) -> None: ...
+
+class ProviderReportedUsage(_message.Message):
+    __slots__ = ("total_tokens", "tool_use_prompt_tokens", "accepted_prediction_tokens", "rejected_prediction_tokens", "cost_nano_usd")
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_USE_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_PREDICTION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_PREDICTION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COST_NANO_USD_FIELD_NUMBER: _ClassVar[int]
+    total_tokens: int
+    tool_use_prompt_tokens: int
+    accepted_prediction_tokens: int
+    rejected_prediction_tokens: int
+    cost_nano_usd: int
+    def __init__(self, total_tokens: _Optional[int] = ..., tool_use_prompt_tokens: _Optional[int] = ..., accepted_prediction_tokens: _Optional[int] = ..., rejected_prediction_tokens: _Optional[int] = ..., cost_nano_usd: _Optional[int] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("providers",)
+    PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    providers: _containers.RepeatedCompositeFieldContainer[ProviderInfo]
+    def __init__(self, providers: _Optional[_Iterable[_Union[ProviderInfo, _Mapping]]] = ...) -> None: ...
+
+class ProviderInfo(_message.Message):
+    __slots__ = ("name", "kind", "input_modalities", "mime_types")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    INPUT_MODALITIES_FIELD_NUMBER: _ClassVar[int]
+    MIME_TYPES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    input_modalities: _containers.RepeatedScalarFieldContainer[Modality]
+    mime_types: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., input_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., mime_types: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""Built-in provider adapters, each a pluggy plugin loaded through the `tollway.providers` entry points."""

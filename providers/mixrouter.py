@@ -1,0 +1,41 @@
+"""MixRouter: an OpenAI-compatible aggregator (new-api family) in front of many vendors' models.
+
+It takes media by URL in every modality (`image_url`, `audio_url`, `video_url`), inline
+bytes as data: URLs, and reports usage with the relay quirks of USAGE.md.
+"""
+
+from __future__ import annotations
+
+from service.adapter import AUDIO, DOCUMENT, IMAGE, VIDEO, Capabilities, ProviderKind, ProviderSettings
+from service.hookspecs import hookimpl
+
+from .openai_codec import ChatDialect, OpenAIChatAdapter
+
+CAPABILITIES = Capabilities(
+    mime_types={
+        IMAGE: frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"}),
+        AUDIO: frozenset({"audio/wav", "audio/x-wav", "audio/mpeg", "audio/mp3", "audio/ogg", "audio/flac",
+                          "audio/aac", "audio/webm"}),
+        VIDEO: frozenset({"video/mp4", "video/mpeg", "video/webm", "video/quicktime"}),
+        DOCUMENT: frozenset({"application/pdf"}),
+    },
+    url_modalities=frozenset({IMAGE, AUDIO, VIDEO}),
+)
+
+DIALECT = ChatDialect(audio_style="audio_url", max_tokens_field="max_tokens", relay_usage=True)
+
+
+def create(settings: ProviderSettings) -> OpenAIChatAdapter:
+    return OpenAIChatAdapter(settings, CAPABILITIES, DIALECT)
+
+
+@hookimpl
+def tollway_register_providers(register):
+    register(
+        ProviderKind(
+            name="mixrouter",
+            create=create,
+            default_base_url="https://api.mixrouter.com/v1",
+            default_api_key_env="MIXROUTER_API_KEY",
+        )
+    )

@@ -1,0 +1,411 @@
+"""The OpenAI Chat Completions format, written once for every adapter that speaks it.
+
+MixRouter, OpenAI and any OpenAI-compatible server (vLLM, Ollama, llama.cpp) differ only
+in a few choices, collected in a ChatDialect; everything else is here. Pure: no IO.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import Any
+
+import httpx
+import orjson
+from httpx_sse import ServerSentEvent
+
+from service.adapter import AnyRequest, Capabilities, ProviderSettings
+from service.errors import GatewayError, bad_upstream_body, invalid_argument, upstream_http_error
+from service.usage import ReportedUsage, missing_usage, normalize
+from tollway.v1 import completion_pb2 as pb
+
+W = pb.UsageWarning
+
+USER_AGENT = "tollway/0.1"
+
+ROLE_NAMES = {pb.ROLE_SYSTEM: "system", pb.ROLE_USER: "user", pb.ROLE_ASSISTANT: "assistant"}
+
+FINISH_REASONS = {
+    "stop": pb.FINISH_REASON_STOP,
+    "length": pb.FINISH_REASON_LENGTH,
+    "content_filter": pb.FINISH_REASON_CONTENT_FILTER,
+    "tool_calls": pb.FINISH_REASON_TOOL_CALLS,
+    "function_call": pb.FINISH_REASON_TOOL_CALLS,
+}
+
+
+@dataclass(frozen=True)
+class ChatDialect:
+    """The choices in which OpenAI-format servers differ."""
+
+    # "audio_url": {"audio_url": {"url"}} (MixRouter and new-api relays take URLs);
+    # "input_audio": {"input_audio": {"data", "format"}} (OpenAI takes base64 only).
+    audio_style: str = "audio_url"
+    # OpenAI deprecated max_tokens for max_completion_tokens; relays still read max_tokens.
+    max_tokens_field: str = "max_tokens"
+    # Relays that front Claude report prompt_tokens without cache reads and writes.
+    relay_usage: bool = False
+
+
+def data_url(mime_type: str, data: bytes) -> str:
+    return f"data:{mime_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def media_url(media: pb.Media) -> str:
+    return media.url if media.WhichOneof("source") == "url" else data_url(media.mime_type, media.data)
+
+
+# -- request -----------------------------------------------------------------------------
+
+
+def build_body(request: AnyRequest, model: str, *, stream: bool, dialect: ChatDialect) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [_message(i, m, dialect) for i, m in enumerate(request.messages)],
+    }
+    if request.HasField("max_tokens"):
+        body[dialect.max_tokens_field] = request.max_tokens
+    if request.HasField("temperature"):
+        body["temperature"] = request.temperature
+    if request.HasField("top_p"):
+        body["top_p"] = request.top_p
+    if request.HasField("seed"):
+        body["seed"] = request.seed
+    if request.stop:
+        body["stop"] = list(request.stop)
+    if stream:
+        body["stream"] = True
+        # Without this the usage never arrives on a stream.
+        body["stream_options"] = {"include_usage": True}
+    else:
+        body["stream"] = False
+    return body
+
+
+def _message(index: int, message: pb.Message, dialect: ChatDialect) -> dict[str, Any]:
+    role = ROLE_NAMES[message.role]
+    parts = message.parts
+    if role != "user":
+        # System and assistant turns take text only in the Chat format.
+        for j, part in enumerate(parts):
+            if part.WhichOneof("content") != "text":
+                raise invalid_argument(
+                    f"messages[{index}].parts[{j}]", f"{role} messages take text parts only in the OpenAI format"
+                )
+        return {"role": role, "content": "".join(p.text for p in parts)}
+    return {"role": role, "content": [_part(index, j, p, dialect) for j, p in enumerate(parts)]}
+
+
+def _part(i: int, j: int, part: pb.Part, dialect: ChatDialect) -> dict[str, Any]:
+    kind = part.WhichOneof("content")
+    if kind == "text":
+        return {"type": "text", "text": part.text}
+    media = getattr(part, kind)
+    if kind == "image":
+        return {"type": "image_url", "image_url": {"url": media_url(media)}}
+    if kind == "audio":
+        if dialect.audio_style == "input_audio":
+            if media.WhichOneof("source") != "data":
+                raise invalid_argument(f"messages[{i}].parts[{j}].audio.url", "this provider takes audio as bytes only")
+            return {"type": "input_audio", "input_audio": {"data": base64.b64encode(media.data).decode("ascii"),
+                                                           "format": audio_format(media.mime_type)}}
+        return {"type": "audio_url", "audio_url": {"url": media_url(media)}}
+    if kind == "video":
+        return {"type": "video_url", "video_url": {"url": media_url(media)}}
+    # document
+    if media.WhichOneof("source") != "data":
+        raise invalid_argument(f"messages[{i}].parts[{j}].document.url", "this provider takes documents as bytes only")
+    return {"type": "file", "file": {"filename": f"document-{i}-{j}{_extension(media.mime_type)}",
+                                     "file_data": data_url(media.mime_type, media.data)}}
+
+
+def audio_format(mime_type: str) -> str:
+    return {"audio/wav": "wav", "audio/x-wav": "wav", "audio/wave": "wav", "audio/mpeg": "mp3", "audio/mp3": "mp3"}.get(
+        mime_type, mime_type.rpartition("/")[2]
+    )
+
+
+def _extension(mime_type: str) -> str:
+    return {"application/pdf": ".pdf", "text/plain": ".txt"}.get(mime_type, "")
+
+
+def build_http_request(
+    settings: ProviderSettings, body: Mapping[str, Any], *, stream: bool, headers: Mapping[str, str] | None = None
+) -> httpx.Request:
+    all_headers = {"content-type": "application/json", "accept": "text/event-stream" if stream else "application/json",
+                   "user-agent": USER_AGENT}
+    if settings.api_key:
+        all_headers["authorization"] = f"Bearer {settings.api_key}"
+    if headers:
+        all_headers.update(headers)
+    return httpx.Request("POST", f"{settings.base_url}/chat/completions", headers=all_headers,
+                         content=orjson.dumps(body))
+
+
+# -- response ----------------------------------------------------------------------------
+
+
+def finish_reason(raw: str | None) -> int:
+    if not raw:
+        return pb.FINISH_REASON_UNSPECIFIED
+    return FINISH_REASONS.get(raw, pb.FINISH_REASON_OTHER)
+
+
+def load_json(provider: str, body: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise bad_upstream_body(provider, "a body that is not JSON") from None
+    if not isinstance(data, dict):
+        raise bad_upstream_body(provider, "JSON that is not an object")
+    return data
+
+
+def parse_completion(provider: str, body: bytes, requested_model: str, dialect: ChatDialect) -> pb.CompleteResponse:
+    data = load_json(provider, body)
+    choices = data.get("choices")
+    if not isinstance(choices, list):
+        if "error" in data:
+            raise _in_body_error(provider, data["error"])
+        raise bad_upstream_body(provider, "JSON without choices")
+    out = pb.CompleteResponse(id=str(data.get("id") or ""), model=str(data.get("model") or requested_model),
+                              provider=provider)
+    created = data.get("created")
+    if isinstance(created, (int, float)) and created > 0:
+        out.created.FromSeconds(int(created))
+    for position, choice in enumerate(choices):
+        message = choice.get("message") or {}
+        raw_reason = choice.get("finish_reason") or ""
+        out.choices.append(
+            pb.Choice(
+                index=int(choice.get("index", position)),
+                message=pb.Message(role=pb.ROLE_ASSISTANT, parts=_content_parts(message.get("content"))),
+                finish_reason=finish_reason(raw_reason),
+                raw_finish_reason=raw_reason,
+            )
+        )
+    usage = data.get("usage")
+    if isinstance(usage, dict):
+        out.usage.CopyFrom(normalize(reported_usage(usage, out.model, dialect)))
+    else:
+        text_bytes = sum(len(p.text.encode()) for c in out.choices for p in c.message.parts)
+        out.usage.CopyFrom(missing_usage(len(body) - text_bytes, text_bytes))
+    return out
+
+
+def _content_parts(content: Any) -> list[pb.Part]:
+    if isinstance(content, str):
+        return [pb.Part(text=content)] if content else []
+    if isinstance(content, list):  # some servers answer with typed parts
+        return [pb.Part(text=p["text"]) for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    return []
+
+
+def _in_body_error(provider: str, error: Any) -> GatewayError:
+    message = error.get("message") if isinstance(error, dict) else str(error)
+    return upstream_http_error(provider, 502, None, str(message or "error without message"))
+
+
+def parse_error(settings: ProviderSettings, response: httpx.Response) -> GatewayError:
+    """An OpenAI-style error body: {"error": {"message", "type", "code"}}."""
+    message = None
+    try:
+        data = orjson.loads(response.content)
+        error = data.get("error") if isinstance(data, dict) else None
+        if isinstance(error, dict):
+            message = error.get("message") or error.get("type")
+        elif isinstance(error, str):
+            message = error
+        elif isinstance(data, dict) and isinstance(data.get("message"), str):
+            message = data["message"]
+    except orjson.JSONDecodeError:
+        message = "the body is not JSON (an HTML error page or a proxy's answer)"
+    return upstream_http_error(settings.name, response.status_code, response.headers.get("retry-after"), message,
+                               secrets=(settings.api_key,))
+
+
+# -- usage -------------------------------------------------------------------------------
+
+
+def _int(mapping: Mapping[str, Any] | None, key: str) -> int:
+    if not mapping:
+        return 0
+    value = mapping.get(key)
+    return int(value) if isinstance(value, (int, float)) and value > 0 else 0
+
+
+def usd_to_nano(value: Any) -> int | None:
+    """A provider's float USD figure as integer nano-USD, rounded half-even at the nano."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        return int((Decimal(str(value)) * 1_000_000_000).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+    except InvalidOperation:
+        return None
+
+
+def reported_usage(u: Mapping[str, Any], model: str, dialect: ChatDialect) -> ReportedUsage:
+    """OpenAI Chat usage, and the relay family's variations, in the provider-neutral sense."""
+    prompt = _int(u, "prompt_tokens")
+    completion = _int(u, "completion_tokens")
+    pd = u.get("prompt_tokens_details") or {}
+    cd = u.get("completion_tokens_details") or {}
+    cache_read = _int(pd, "cached_tokens")
+    write_5m = _int(u, "claude_cache_creation_5_m_tokens")
+    write_1h = _int(u, "claude_cache_creation_1_h_tokens")
+    # new-api reports the total of Claude cache writes as cached_creation_tokens;
+    # OpenRouter reports cache writes (no TTL) as cache_write_tokens.
+    writes_total = max(_int(pd, "cached_creation_tokens"), _int(pd, "cache_write_tokens"), write_5m + write_1h)
+    write_unknown = writes_total - write_5m - write_1h
+
+    r = ReportedUsage(
+        input_by_modality={m: _int(pd, f"{m}_tokens") for m in ("text", "image", "audio", "video")},
+        cache_read=cache_read,
+        cache_write_5m=write_5m,
+        cache_write_1h=write_1h,
+        cache_write_unknown_ttl=write_unknown,
+        output_by_modality={m: _int(cd, f"{m}_tokens") for m in ("text", "audio", "image")},
+        reasoning=_int(cd, "reasoning_tokens"),
+    )
+    claude_upstream = dialect.relay_usage and (
+        "claude" in model.lower()
+        or write_5m > 0
+        or write_1h > 0
+        or _int(pd, "cached_creation_tokens") > 0
+        or cache_read > prompt
+    )
+    if claude_upstream:
+        # Claude behind a relay: prompt_tokens excludes cache reads and writes.
+        r.input_total = prompt + cache_read + writes_total
+        r.modalities_include_cache_reads = False
+    else:
+        r.input_total = prompt
+
+    r.output_total = completion
+    total = u.get("total_tokens")
+    if isinstance(total, int) and not isinstance(total, bool):
+        r.provider_total = total
+        if r.reasoning and total == prompt + completion + r.reasoning:
+            # xAI-style: reasoning reported outside completion_tokens; the total proves it.
+            r.output_total = completion + r.reasoning
+            r.warnings.add(W.USAGE_WARNING_REASONING_EXCLUDED_FROM_COMPLETION)
+    if "accepted_prediction_tokens" in cd:
+        r.accepted_prediction_tokens = _int(cd, "accepted_prediction_tokens")
+    if "rejected_prediction_tokens" in cd:
+        r.rejected_prediction_tokens = _int(cd, "rejected_prediction_tokens")
+    r.cost_nano_usd = usd_to_nano(u.get("cost")) if "cost" in u else None
+    return r
+
+
+# -- stream ------------------------------------------------------------------------------
+
+
+class ChatStreamDecoder:
+    """OpenAI chat.completion.chunk events -> text deltas and a final summary.
+
+    The terminal event is `data: [DONE]`; a stream that ends without it was cut off.
+    Usage arrives on the one chunk with a non-null `usage` (stream_options.include_usage).
+    """
+
+    def __init__(self, provider: str, requested_model: str, dialect: ChatDialect, input_bytes: int) -> None:
+        self._provider = provider
+        self._dialect = dialect
+        self._input_bytes = input_bytes
+        self._output_bytes = 0
+        self._id = ""
+        self._model = requested_model
+        self._created = 0
+        self._finishes: dict[int, str] = {}
+        self._usage: Mapping[str, Any] | None = None
+        self.finished = False
+
+    def feed(self, event: ServerSentEvent) -> Iterable[pb.StreamCompleteResponse]:
+        data = event.data
+        if data == "[DONE]":
+            self.finished = True
+            return ()
+        if not data:
+            return ()
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise bad_upstream_body(self._provider, "a stream event that is not JSON") from None
+        if not isinstance(chunk, dict):
+            raise bad_upstream_body(self._provider, "a stream event that is not a JSON object")
+        if "error" in chunk:
+            raise _in_body_error(self._provider, chunk["error"])
+        if not self._id and chunk.get("id"):
+            self._id = str(chunk["id"])
+            self._model = str(chunk.get("model") or self._model)
+            created = chunk.get("created")
+            if isinstance(created, (int, float)):
+                self._created = int(created)
+        usage = chunk.get("usage")
+        if usage:
+            self._usage = usage
+        out = []
+        for choice in chunk.get("choices") or ():
+            index = int(choice.get("index", 0))
+            text = (choice.get("delta") or {}).get("content")
+            if text:
+                self._output_bytes += len(text.encode())
+                out.append(pb.StreamCompleteResponse(delta=pb.TextDelta(choice_index=index, text=text)))
+            reason = choice.get("finish_reason")
+            if reason:
+                self._finishes[index] = reason
+        return out
+
+    def summary(self) -> pb.StreamSummary:
+        summary = pb.StreamSummary(id=self._id, model=self._model, provider=self._provider)
+        if self._created:
+            summary.created.FromSeconds(self._created)
+        for index in sorted(self._finishes):
+            raw = self._finishes[index]
+            summary.finishes.append(pb.ChoiceFinish(index=index, finish_reason=finish_reason(raw),
+                                                    raw_finish_reason=raw))
+        if self._usage is not None:
+            reported = reported_usage(self._usage, self._model, self._dialect)
+            reported.estimated = not self.finished
+            summary.usage.CopyFrom(normalize(reported))
+        else:
+            summary.usage.CopyFrom(missing_usage(self._input_bytes, self._output_bytes))
+        return summary
+
+
+# -- the adapter -------------------------------------------------------------------------
+
+
+class OpenAIChatAdapter:
+    """An Adapter for any server that speaks the Chat Completions format."""
+
+    def __init__(self, settings: ProviderSettings, capabilities: Capabilities, dialect: ChatDialect,
+                 extra_headers: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        self.capabilities = capabilities
+        self.dialect = dialect
+        self._extra_headers = dict(extra_headers or {})
+
+    def build_request(self, request: AnyRequest, model: str, *, stream: bool) -> httpx.Request:
+        body = build_body(request, model, stream=stream, dialect=self.dialect)
+        return build_http_request(self.settings, body, stream=stream, headers=self._extra_headers)
+
+    def parse_response(self, response: httpx.Response) -> pb.CompleteResponse:
+        out = parse_completion(self.settings.name, response.content, "", self.dialect)
+        if not out.model:  # rare: a server that does not echo the model
+            out.model = _requested_model(response)
+        return out
+
+    def stream_decoder(self, request: AnyRequest, model: str) -> ChatStreamDecoder:
+        return ChatStreamDecoder(self.settings.name, model, self.dialect, request.ByteSize())
+
+    def parse_error(self, response: httpx.Response) -> GatewayError:
+        return parse_error(self.settings, response)
+
+
+def _requested_model(response: httpx.Response) -> str:
+    try:
+        return str(orjson.loads(response.request.content).get("model", ""))
+    except (orjson.JSONDecodeError, AttributeError, RuntimeError):
+        return ""

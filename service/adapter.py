@@ -1,0 +1,123 @@
+"""What a provider adapter is: pure translations between the proto contract and HTTP.
+
+An adapter never opens a socket, reads the environment or sleeps. The engine owns the
+network and hands adapters only httpx Request/Response objects and decoded SSE events,
+so an adapter is testable with nothing but payload files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import httpx
+from httpx_sse import ServerSentEvent
+
+from tollway.v1 import completion_pb2 as pb
+
+from .errors import GatewayError
+
+# A request as either RPC carries it: both message types have the same fields.
+AnyRequest = pb.CompleteRequest | pb.StreamCompleteRequest
+
+TEXT = pb.MODALITY_TEXT
+IMAGE = pb.MODALITY_IMAGE
+AUDIO = pb.MODALITY_AUDIO
+VIDEO = pb.MODALITY_VIDEO
+DOCUMENT = pb.MODALITY_DOCUMENT
+
+# Part oneof field name -> Modality.
+PART_MODALITY: Mapping[str, int] = {
+    "text": TEXT,
+    "image": IMAGE,
+    "audio": AUDIO,
+    "video": VIDEO,
+    "document": DOCUMENT,
+}
+
+
+def modality_name(modality: int) -> str:
+    """"MODALITY_AUDIO" -> "audio", for messages a person reads."""
+    return pb.Modality.Name(modality).removeprefix("MODALITY_").lower()
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an adapter accepts, checked centrally before any network call."""
+
+    # Media types accepted per modality (TEXT needs none).
+    mime_types: Mapping[int, frozenset[str]]
+    # Modalities the provider can take by URL; media of other modalities sent by URL
+    # must be fetched by the gateway and inlined, or is refused.
+    url_modalities: frozenset[int] = frozenset()
+
+    @property
+    def modalities(self) -> frozenset[int]:
+        return frozenset({TEXT, *self.mime_types})
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """Everything the host resolved for one configured provider instance."""
+
+    name: str
+    kind: str
+    base_url: str
+    api_key: str | None
+    # Typed, kind-specific options from config, validated by the kind's factory.
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+class StreamDecoder(Protocol):
+    """Turns one provider's SSE events into stream messages; holds only parse state."""
+
+    def feed(self, event: ServerSentEvent) -> Iterable[pb.StreamCompleteResponse]:
+        """Messages (text deltas) for one event; raises GatewayError on an error event."""
+        ...
+
+    @property
+    def finished(self) -> bool:
+        """True once the provider's terminal event arrived."""
+        ...
+
+    def summary(self) -> pb.StreamSummary:
+        """The final message: id, model, finish reasons, usage (estimated if never sent)."""
+        ...
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """One configured provider: the four translations and what it accepts."""
+
+    settings: ProviderSettings
+    capabilities: Capabilities
+
+    def build_request(self, request: AnyRequest, model: str, *, stream: bool) -> httpx.Request:
+        """proto -> HTTP request, pure."""
+        ...
+
+    def parse_response(self, response: httpx.Response) -> pb.CompleteResponse:
+        """HTTP response (2xx, body read) -> proto; raises GatewayError on a body it cannot read."""
+        ...
+
+    def stream_decoder(self, request: AnyRequest, model: str) -> StreamDecoder:
+        """A fresh decoder for one stream."""
+        ...
+
+    def parse_error(self, response: httpx.Response) -> GatewayError:
+        """HTTP error response (body read) -> GatewayError with the provider's message, scrubbed."""
+        ...
+
+
+@dataclass(frozen=True)
+class ProviderKind:
+    """What a plugin registers: a kind of provider and how to build its adapters."""
+
+    name: str
+    create: Callable[[ProviderSettings], Adapter]
+    default_base_url: str | None
+    # The environment variable that holds the key when config names none.
+    default_api_key_env: str | None
+    # A kind whose servers run without keys (a local vLLM) sets this False.
+    requires_api_key: bool = True

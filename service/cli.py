@@ -1,0 +1,135 @@
+"""The `tollway` command: `serve` runs the gateway, `complete` sends one request to a running one."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import mimetypes
+import os
+import sys
+from pathlib import Path
+
+from .config import DEFAULT_LISTEN, ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tollway", description="A gRPC gateway for LLM completions.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--listen", help=f"HOST:PORT (env TOLLWAY_LISTEN, default {DEFAULT_LISTEN})")
+    serve.add_argument("--config", help="TOML config file (env TOLLWAY_CONFIG; default: embedded)")
+
+    complete = commands.add_parser("complete", help="send one request to a running gateway")
+    complete.add_argument("--target", default=os.environ.get("TOLLWAY_TARGET", DEFAULT_LISTEN),
+                          help="gateway address (env TOLLWAY_TARGET)")
+    complete.add_argument("--model", required=True, help='"provider/model" or a route name')
+    complete.add_argument("--text", required=True)
+    complete.add_argument("--system", help="a system prompt")
+    for kind in ("image", "audio", "video", "document"):
+        complete.add_argument(f"--{kind}", action="append", default=[], metavar="URL|PATH")
+    complete.add_argument("--max-tokens", type=int)
+    complete.add_argument("--temperature", type=float)
+    complete.add_argument("--stream", action="store_true")
+    complete.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return _complete(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .logs import configure_logging
+    from .plugins import PluginError
+    from .server import serve_forever
+
+    try:
+        config = load_config(args.config or os.environ.get("TOLLWAY_CONFIG"))
+    except ConfigError as exc:
+        print(f"tollway: {exc}", file=sys.stderr)
+        return 2
+    if args.listen:
+        from dataclasses import replace
+
+        config = replace(config, server=replace(config.server, listen=args.listen))
+    configure_logging(config.server.log_format)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # uvloop is optional off Linux/macOS
+        runner = asyncio.run
+    try:
+        runner(serve_forever(config))
+    except (ConfigError, PluginError, OSError) as exc:
+        print(f"tollway: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _complete(args: argparse.Namespace) -> int:
+    import grpc
+
+    from tollway.v1 import completion_pb2 as pb
+    from tollway.v1 import completion_pb2_grpc as pb_grpc
+
+    messages = []
+    if args.system:
+        messages.append(pb.Message(role=pb.ROLE_SYSTEM, parts=[pb.Part(text=args.system)]))
+    parts = [pb.Part(text=args.text)]
+    for kind in ("image", "audio", "video", "document"):
+        for ref in getattr(args, kind):
+            parts.append(pb.Part(**{kind: _media(ref)}))
+    messages.append(pb.Message(role=pb.ROLE_USER, parts=parts))
+    fields = dict(model=args.model, messages=messages)
+    if args.max_tokens is not None:
+        fields["max_tokens"] = args.max_tokens
+    if args.temperature is not None:
+        fields["temperature"] = args.temperature
+
+    with grpc.insecure_channel(args.target) as channel:
+        stub = pb_grpc.CompletionStub(channel)
+        try:
+            if args.stream:
+                usage = None
+                for message in stub.StreamComplete(pb.StreamCompleteRequest(**fields), timeout=args.timeout):
+                    if message.HasField("delta"):
+                        sys.stdout.write(message.delta.text)
+                        sys.stdout.flush()
+                    else:
+                        usage = message.summary.usage
+                        sys.stdout.write("\n")
+                _print_usage(usage)
+            else:
+                response = stub.Complete(pb.CompleteRequest(**fields), timeout=args.timeout)
+                for choice in response.choices:
+                    print("".join(p.text for p in choice.message.parts))
+                print(f"\n[{response.provider} {response.model}]", file=sys.stderr)
+                _print_usage(response.usage)
+        except grpc.RpcError as err:
+            print(f"tollway: {err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _media(ref: str):
+    from tollway.v1 import completion_pb2 as pb
+
+    if ref.startswith(("http://", "https://", "data:")):
+        return pb.Media(url=ref)
+    path = Path(ref)
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return pb.Media(data=path.read_bytes(), mime_type=mime)
+
+
+def _print_usage(usage) -> None:
+    if usage is None:
+        return
+    from google.protobuf import json_format
+
+    print(json_format.MessageToJson(usage, indent=2), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Configuration: an optional TOML file, environment overrides, and the embedded default.
+
+With no file at all the gateway serves every registered provider whose API key is in the
+environment, on 127.0.0.1:50051, with plain logs.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+
+
+class ConfigError(Exception):
+    """A config file or value that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """One `[providers.<name>]` table."""
+
+    name: str
+    kind: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    # Upper bound for one upstream call when the caller set no shorter deadline.
+    timeout_s: float = 600.0
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str = DEFAULT_LISTEN
+    log_format: str = "plain"
+    # How long in-flight calls (streams too) may run on after SIGTERM.
+    grace_period_s: float = 30.0
+    # Largest request a caller may send; inline media counts here.
+    max_request_bytes: int = 64 * 1024 * 1024
+    # Upstream connection pool size (aiohttp connector limit).
+    max_upstream_connections: int = 1000
+
+
+@dataclass(frozen=True)
+class PluginsConfig:
+    # None: load every installed provider plugin.
+    allow: tuple[str, ...] | None = None
+    deny: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    # None: the embedded default (every registered kind whose key is set).
+    providers: Mapping[str, ProviderConfig] | None = None
+    source: str = "embedded default"
+
+
+_PROVIDER_KEYS = {"kind", "base_url", "api_key_env", "timeout_s"}
+
+
+def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] = os.environ) -> Config:
+    """Read the TOML file at path (None: the embedded default), then apply environment overrides."""
+    raw: dict[str, Any] = {}
+    source = "embedded default"
+    if path:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        source = str(path)
+    config = parse_config(raw, source)
+    listen = environ.get("TOLLWAY_LISTEN")
+    if listen:
+        config = _replace_server(config, listen=listen)
+    return config
+
+
+def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
+    unknown = set(raw) - {"server", "plugins", "providers"}
+    if unknown:
+        raise ConfigError(f"unknown top-level config table(s): {', '.join(sorted(unknown))}")
+    server = _parse_server(_table(raw, "server"))
+    plugins_raw = _table(raw, "plugins")
+    plugins = PluginsConfig(
+        allow=tuple(_str_list(plugins_raw, "allow", "plugins")) if "allow" in plugins_raw else None,
+        deny=tuple(_str_list(plugins_raw, "deny", "plugins")),
+    )
+    providers = None
+    if "providers" in raw:
+        providers = {name: _parse_provider(name, table) for name, table in _table(raw, "providers").items()}
+    return Config(server=server, plugins=plugins, providers=providers, source=source)
+
+
+def _parse_server(table: Mapping[str, Any]) -> ServerConfig:
+    allowed = {"listen", "log_format", "grace_period_s", "max_request_bytes", "max_upstream_connections"}
+    _no_unknown(table, allowed, "server")
+    server = ServerConfig(**table)
+    if server.log_format not in ("plain", "json"):
+        raise ConfigError('server.log_format must be "plain" or "json"')
+    if server.grace_period_s < 0:
+        raise ConfigError("server.grace_period_s must be >= 0")
+    return server
+
+
+def _parse_provider(name: str, table: Any) -> ProviderConfig:
+    where = f"providers.{name}"
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where} must be a table")
+    known = {k: v for k, v in table.items() if k in _PROVIDER_KEYS}
+    options = {k: v for k, v in table.items() if k not in _PROVIDER_KEYS}
+    for key in ("kind", "base_url", "api_key_env"):
+        if key in known and not isinstance(known[key], str):
+            raise ConfigError(f"{where}.{key} must be a string")
+    timeout = known.get("timeout_s", 600.0)
+    if not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ConfigError(f"{where}.timeout_s must be a positive number")
+    return ProviderConfig(
+        name=name,
+        kind=known.get("kind", name),
+        base_url=known.get("base_url"),
+        api_key_env=known.get("api_key_env"),
+        timeout_s=float(timeout),
+        options=options,
+    )
+
+
+def _table(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a table")
+    return value
+
+
+def _str_list(table: Mapping[str, Any], key: str, where: str) -> list[str]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}.{key} must be a list of strings")
+    return value
+
+
+def _no_unknown(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = set(table) - allowed
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [{where}]: {', '.join(sorted(unknown))}")
+
+
+def _replace_server(config: Config, **changes: Any) -> Config:
+    from dataclasses import replace
+
+    return replace(config, server=replace(config.server, **changes))

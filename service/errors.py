@@ -1,0 +1,161 @@
+"""One table from failure class to gRPC status, used by unary and streaming calls alike.
+
+Every message names the provider and the cause; none carries a key, a stack trace or
+an internal network detail.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+Code = grpc.StatusCode
+
+# HTTP status of a provider's answer -> gRPC status. The README shows this table.
+HTTP_STATUS_TABLE: Mapping[int, Code] = {
+    400: Code.INVALID_ARGUMENT,
+    401: Code.FAILED_PRECONDITION,
+    403: Code.FAILED_PRECONDITION,
+    404: Code.NOT_FOUND,
+    408: Code.DEADLINE_EXCEEDED,
+    413: Code.INVALID_ARGUMENT,
+    422: Code.INVALID_ARGUMENT,
+    429: Code.RESOURCE_EXHAUSTED,
+    504: Code.DEADLINE_EXCEEDED,
+}
+
+
+def grpc_code_for_http_status(status: int) -> Code:
+    """The gRPC code for an upstream HTTP error status."""
+    if status in HTTP_STATUS_TABLE:
+        return HTTP_STATUS_TABLE[status]
+    if status >= 500:
+        return Code.UNAVAILABLE
+    # Any other 4xx (402 payment required, 409, ...) is the provider refusing this
+    # gateway's request for a reason a retry will not fix.
+    return Code.FAILED_PRECONDITION
+
+
+@dataclass
+class FieldViolation:
+    field: str
+    description: str
+
+
+@dataclass
+class GatewayError(Exception):
+    """A failure that becomes one gRPC status for the caller."""
+
+    code: Code
+    message: str
+    retry_after: float | None = None
+    violations: list[FieldViolation] = field(default_factory=list)
+    # Set when the provider answered with an HTTP error; kept for logs and routing.
+    http_status: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def to_status(self) -> grpc.Status:
+        """The status with rich details (RetryInfo, BadRequest) in its trailers."""
+        details = []
+        if self.retry_after is not None:
+            delay = duration_pb2.Duration()
+            delay.FromNanoseconds(int(self.retry_after * 1e9))
+            info = error_details_pb2.RetryInfo(retry_delay=delay)
+            details.append(info)
+        if self.violations:
+            details.append(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                        for v in self.violations
+                    ]
+                )
+            )
+        status = status_pb2.Status(code=_code_number(self.code), message=self.message)
+        for detail in details:
+            status.details.add().Pack(detail)
+        return rpc_status.to_status(status)
+
+
+def invalid_argument(field_path: str, description: str) -> GatewayError:
+    """INVALID_ARGUMENT naming the field, with a BadRequest field violation."""
+    return GatewayError(
+        Code.INVALID_ARGUMENT,
+        f"{field_path}: {description}",
+        violations=[FieldViolation(field_path, description)],
+    )
+
+
+def _code_number(code: Code) -> int:
+    return code.value[0]
+
+
+assert _code_number(Code.UNAVAILABLE) == code_pb2.UNAVAILABLE
+
+# Shapes of credentials that must never reach a caller or a log, whatever the provider
+# echoes back: bearer tokens, OpenAI/Anthropic style keys, Google API keys.
+_SECRET_PATTERNS = re.compile(
+    r"(Bearer\s+[A-Za-z0-9._~+/=-]+|sk-[A-Za-z0-9_-]{8,}|AIza[0-9A-Za-z_-]{20,}|key=[A-Za-z0-9_-]{8,})"
+)
+
+
+def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """Remove known secrets and anything shaped like a credential from text."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[redacted]")
+    return _SECRET_PATTERNS.sub("[redacted]", text)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds: delta-seconds or an HTTP-date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+    from datetime import datetime, timezone
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max((when - datetime.now(timezone.utc)).total_seconds(), 0.0)
+
+
+def upstream_http_error(
+    provider: str,
+    status: int,
+    retry_after_header: str | None,
+    provider_message: str | None,
+    secrets: Iterable[str | None] = (),
+) -> GatewayError:
+    """The GatewayError for an HTTP error answer, by the one table."""
+    code = grpc_code_for_http_status(status)
+    if status in (401, 403):
+        # The provider's text may quote part of the key; say only what the operator must fix.
+        message = f"{provider}: provider rejected the gateway's credentials (HTTP {status})"
+    else:
+        message = f"{provider}: upstream returned HTTP {status}"
+        if provider_message:
+            message += f": {scrub(provider_message, secrets)[:500]}"
+    retry_after = parse_retry_after(retry_after_header) if code == Code.RESOURCE_EXHAUSTED else None
+    return GatewayError(code, message, retry_after=retry_after, http_status=status)
+
+
+def bad_upstream_body(provider: str, what: str) -> GatewayError:
+    """A 2xx whose body is not the provider's format (a proxy's HTML page, truncated JSON)."""
+    return GatewayError(Code.UNAVAILABLE, f"{provider}: upstream answered with {what}")

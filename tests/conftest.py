@@ -1,0 +1,88 @@
+"""Shared fixtures: a loopback upstream that plays a provider, and an in-process gateway
+on a free port reached over a real gRPC channel."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from service.config import parse_config
+from service.server import Gateway, start_gateway
+from tests.upstream import FakeUpstream
+from tollway.v1 import completion_pb2_grpc as pb_grpc
+
+FIXTURES = Path(__file__).parent / "fixtures"
+# Not a real key: a marker the log-scan tests look for.
+MIXROUTER_TEST_KEY = "tw-test-mixrouter-key-0123456789abcdef"
+
+
+def fixture_json(relative: str) -> Any:
+    return json.loads((FIXTURES / relative).read_text(encoding="utf-8"))
+
+
+def fixture_bytes(relative: str) -> bytes:
+    return (FIXTURES / relative).read_bytes()
+
+
+@dataclass
+class Client:
+    gateway: Gateway
+    channel: grpc.aio.Channel
+    stub: pb_grpc.CompletionStub
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.gateway.port}"
+
+
+@pytest.fixture(scope="session")
+async def upstream_server():
+    server = await FakeUpstream().start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def upstream(upstream_server: FakeUpstream) -> FakeUpstream:
+    upstream_server.reset()
+    return upstream_server
+
+
+@pytest.fixture
+async def start_client():
+    """start_client(config_dict, environ, extra_plugins) -> Client; all are stopped after the test."""
+    started: list[Client] = []
+
+    async def start(
+        config: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+        extra_plugins: Iterable[object] = (),
+    ) -> Client:
+        gateway = await start_gateway(
+            parse_config(config or {}), environ=environ or {}, extra_plugins=extra_plugins, listen="127.0.0.1:0"
+        )
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
+        client = Client(gateway, channel, pb_grpc.CompletionStub(channel))
+        started.append(client)
+        return client
+
+    yield start
+    for client in started:
+        await client.channel.close()
+        await client.gateway.stop(grace=0)
+
+
+def mixrouter_config(upstream: FakeUpstream, **extra: Any) -> dict[str, Any]:
+    return {"providers": {"mixrouter": {"base_url": f"{upstream.base_url}/v1", **extra}}}
+
+
+@pytest.fixture
+async def client(start_client, upstream: FakeUpstream) -> Client:
+    """A gateway with MixRouter pointed at the loopback upstream."""
+    return await start_client(mixrouter_config(upstream), {"MIXROUTER_API_KEY": MIXROUTER_TEST_KEY})

@@ -1,0 +1,152 @@
+"""A real HTTP server on 127.0.0.1 that plays a provider: it replays recorded payloads,
+records what it received, and injects faults.
+
+Tests queue a Reply (or set a default) and read `received` afterwards. Used by the test
+suite and the benchmark alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+@dataclass
+class Reply:
+    """One upstream answer. `fault` selects a misbehaviour instead of a clean answer."""
+
+    status: int = 200
+    body: bytes | str | dict | list = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    # SSE: each item is one event's data (str) or raw bytes written as they are.
+    events: Sequence[str | bytes] | None = None
+    # Line ending between SSE lines: "\n", "\r\n" or "\r".
+    newline: str = "\n"
+    delay_s: float = 0.0  # before the status line (slow first byte)
+    # "reset": close the socket without answering; "stall": send the head, then hang;
+    # "cut": stream the events, then close without the terminal event.
+    fault: str | None = None
+    event_delay_s: float = 0.0
+
+
+class FakeUpstream:
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.queue: list[Reply] = []
+        self.default: Reply | None = None
+        self.disconnects = 0  # requests whose client went away before the answer was complete
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self.disconnected = asyncio.Event()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> "FakeUpstream":
+        app = web.Application(client_max_size=256 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        site = web.SockSite(self._runner, sock)
+        await site.start()
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def reset(self) -> None:
+        self.received.clear()
+        self.queue.clear()
+        self.default = None
+        self.disconnects = 0
+        self.disconnected = asyncio.Event()
+
+    def reply(self, *replies: Reply) -> None:
+        self.queue.extend(replies)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.received.append(
+            Received(request.method, request.path, request.query_string, dict(request.headers), body)
+        )
+        reply = self.queue.pop(0) if self.queue else self.default
+        if reply is None:
+            return web.json_response({"error": {"message": "no reply queued"}}, status=599)
+        try:
+            return await self._answer(request, reply)
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.disconnects += 1
+            self.disconnected.set()
+            raise
+
+    async def _answer(self, request: web.Request, reply: Reply) -> web.StreamResponse:
+        if reply.delay_s:
+            await asyncio.sleep(reply.delay_s)
+        if reply.fault == "reset":
+            request.transport.abort() if request.transport else None
+            raise ConnectionResetError
+        if reply.events is not None:
+            return await self._stream(request, reply)
+        body = reply.body
+        if isinstance(body, (dict, list)):
+            body = orjson.dumps(body)
+        elif isinstance(body, str):
+            body = body.encode()
+        headers = {"content-type": "application/json", **reply.headers}
+        if reply.fault == "stall":
+            response = web.StreamResponse(status=reply.status, headers=headers)
+            await response.prepare(request)
+            await asyncio.sleep(3600)
+        return web.Response(status=reply.status, body=body, headers=headers)
+
+    async def _stream(self, request: web.Request, reply: Reply) -> web.StreamResponse:
+        headers = {"content-type": "text/event-stream", "cache-control": "no-cache", **reply.headers}
+        response = web.StreamResponse(status=reply.status, headers=headers)
+        await response.prepare(request)
+        nl = reply.newline
+        for event in reply.events or ():
+            if reply.event_delay_s:
+                await asyncio.sleep(reply.event_delay_s)
+            if isinstance(event, bytes):
+                await response.write(event)
+            else:
+                await response.write(f"data: {event}{nl}{nl}".encode())
+            if reply.fault == "stall":
+                await asyncio.sleep(3600)
+        if reply.fault == "cut":
+            # Close the connection mid-stream: no terminal event, no clean chunked end.
+            request.transport.abort() if request.transport else None
+            return response
+        await response.write_eof()
+        return response
+
+
+def sse_events(chunks: Sequence[Any], *, done: bool = True) -> list[str]:
+    """JSON chunks as SSE data lines, with OpenAI's terminal [DONE]."""
+    events = [orjson.dumps(c).decode() for c in chunks]
+    if done:
+        events.append("[DONE]")
+    return events

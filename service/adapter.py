@@ -51,6 +51,15 @@ class Capabilities:
     # Modalities the provider can take by URL; media of other modalities sent by URL
     # must be fetched by the gateway and inlined, or is refused.
     url_modalities: frozenset[int] = frozenset()
+    # URLs the provider takes by reference even for modalities outside url_modalities
+    # (e.g. Gemini's own Files API URIs), as prefixes per modality.
+    url_prefixes: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+
+    def takes_url(self, modality: int, url: str) -> bool:
+        """True when the provider fetches this URL itself; otherwise the gateway inlines it."""
+        if url.startswith("data:") or modality in self.url_modalities:
+            return True
+        return url.startswith(self.url_prefixes.get(modality, ()))
 
     @property
     def modalities(self) -> frozenset[int]:

@@ -87,10 +87,10 @@ class Engine:
                 raise adapter.parse_error(response)
             try:
                 async for event in EventSource(response).aiter_sse():
+                    # Read to the end even after the terminal event: a provider may send
+                    # usage after it (and Gemini has no terminal event at all).
                     for message in decoder.feed(event):
                         yield message
-                    if decoder.finished:
-                        break
             except SSEError:
                 raise bad_upstream_body(name, "a body that is not an event stream") from None
             except httpx.HTTPError as exc:

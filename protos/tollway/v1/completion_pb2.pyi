@@ -229,20 +229,30 @@ class StreamSummary(_message.Message):
     def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finishes: _Optional[_Iterable[_Union[ChoiceFinish, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("input", "output", "total_tokens", "warnings", "estimated", "provider_reported")
+    __slots__ = ("input", "output", "total_tokens", "warnings", "estimated", "provider_reported", "other_models")
     INPUT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_REPORTED_FIELD_NUMBER: _ClassVar[int]
+    OTHER_MODELS_FIELD_NUMBER: _ClassVar[int]
     input: InputUsage
     output: OutputUsage
     total_tokens: int
     warnings: _containers.RepeatedScalarFieldContainer[UsageWarning]
     estimated: bool
     provider_reported: ProviderReportedUsage
-    def __init__(self, input: _Optional[_Union[InputUsage, _Mapping]] = ..., output: _Optional[_Union[OutputUsage, _Mapping]] = ..., total_tokens: _Optional[int] = ..., warnings: _Optional[_Iterable[_Union[UsageWarning, str]]] = ..., estimated: _Optional[bool] = ..., provider_reported: _Optional[_Union[ProviderReportedUsage, _Mapping]] = ...) -> None: ...
+    other_models: _containers.RepeatedCompositeFieldContainer[ModelUsage]
+    def __init__(self, input: _Optional[_Union[InputUsage, _Mapping]] = ..., output: _Optional[_Union[OutputUsage, _Mapping]] = ..., total_tokens: _Optional[int] = ..., warnings: _Optional[_Iterable[_Union[UsageWarning, str]]] = ..., estimated: _Optional[bool] = ..., provider_reported: _Optional[_Union[ProviderReportedUsage, _Mapping]] = ..., other_models: _Optional[_Iterable[_Union[ModelUsage, _Mapping]]] = ...) -> None: ...
+
+class ModelUsage(_message.Message):
+    __slots__ = ("model", "usage")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    usage: Usage
+    def __init__(self, model: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
 
 class InputUsage(_message.Message):
     __slots__ = ("total", "text", "image", "audio", "video", "document", "cache_read", "cache_write_5m", "cache_write_1h", "cache_write_unknown_ttl", "unattributed")
@@ -287,18 +297,28 @@ class OutputUsage(_message.Message):
     def __init__(self, total: _Optional[int] = ..., text: _Optional[int] = ..., audio: _Optional[int] = ..., image: _Optional[int] = ..., reasoning: _Optional[int] = ..., unattributed: _Optional[int] = ...) -> None: ...
 
 class ProviderReportedUsage(_message.Message):
-    __slots__ = ("total_tokens", "tool_use_prompt_tokens", "accepted_prediction_tokens", "rejected_prediction_tokens", "cost_nano_usd")
+    __slots__ = ("total_tokens", "tool_use_prompt_tokens", "accepted_prediction_tokens", "rejected_prediction_tokens", "cost_nano_usd", "server_tool_use")
     TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TOOL_USE_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_PREDICTION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     REJECTED_PREDICTION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COST_NANO_USD_FIELD_NUMBER: _ClassVar[int]
+    SERVER_TOOL_USE_FIELD_NUMBER: _ClassVar[int]
     total_tokens: int
     tool_use_prompt_tokens: int
     accepted_prediction_tokens: int
     rejected_prediction_tokens: int
     cost_nano_usd: int
-    def __init__(self, total_tokens: _Optional[int] = ..., tool_use_prompt_tokens: _Optional[int] = ..., accepted_prediction_tokens: _Optional[int] = ..., rejected_prediction_tokens: _Optional[int] = ..., cost_nano_usd: _Optional[int] = ...) -> None: ...
+    server_tool_use: _containers.RepeatedCompositeFieldContainer[ServerToolUse]
+    def __init__(self, total_tokens: _Optional[int] = ..., tool_use_prompt_tokens: _Optional[int] = ..., accepted_prediction_tokens: _Optional[int] = ..., rejected_prediction_tokens: _Optional[int] = ..., cost_nano_usd: _Optional[int] = ..., server_tool_use: _Optional[_Iterable[_Union[ServerToolUse, _Mapping]]] = ...) -> None: ...
+
+class ServerToolUse(_message.Message):
+    __slots__ = ("tool", "count")
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    tool: str
+    count: int
+    def __init__(self, tool: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

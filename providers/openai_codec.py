@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
+import grpc
 import httpx
 import orjson
 from httpx_sse import ServerSentEvent
 
 from service.adapter import AnyRequest, Capabilities, ProviderSettings
-from service.errors import GatewayError, bad_upstream_body, invalid_argument, upstream_http_error
+from service.errors import GatewayError, bad_upstream_body, invalid_argument, scrub, upstream_http_error
 from service.usage import ReportedUsage, missing_usage, normalize
 from tollway.v1 import completion_pb2 as pb
 
@@ -204,8 +205,10 @@ def _content_parts(content: Any) -> list[pb.Part]:
 
 
 def _in_body_error(provider: str, error: Any) -> GatewayError:
+    """An error object inside a 2xx body or a stream event: the upstream failed behind the relay."""
     message = error.get("message") if isinstance(error, dict) else str(error)
-    return upstream_http_error(provider, 502, None, str(message or "error without message"))
+    text = scrub(str(message or "error without message"))[:500]
+    return GatewayError(grpc.StatusCode.UNAVAILABLE, f"{provider}: upstream answered with an error: {text}")
 
 
 def parse_error(settings: ProviderSettings, response: httpx.Response) -> GatewayError:

@@ -16,7 +16,7 @@ from tollway.v1 import completion_pb2_grpc as pb_grpc
 
 from .adapter import AnyRequest
 from .engine import Engine
-from .errors import GatewayError
+from .errors import GatewayError, scrub
 from .logs import log_request
 from .registry import Provider, Registry
 from .validation import check_capabilities, validate_request
@@ -130,6 +130,9 @@ class _Call:
         )
 
     async def fail(self, context: grpc.aio.ServicerContext, err: GatewayError):
+        if self.provider is not None and self.provider.adapter is not None:
+            # Whatever an adapter quoted from the provider, the provider's key never leaves.
+            err.message = scrub(err.message, (self.provider.adapter.settings.api_key,))
         self.log(err.code.name, err.message)
         status = err.to_status()
         await context.abort(status.code, status.details,

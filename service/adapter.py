@@ -56,8 +56,9 @@ class Capabilities:
     url_prefixes: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
 
     def takes_url(self, modality: int, url: str) -> bool:
-        """True when the provider fetches this URL itself; otherwise the gateway inlines it."""
-        if url.startswith("data:") or modality in self.url_modalities:
+        """True when the provider takes this URL as it is; otherwise the gateway inlines it
+        (fetching http(s), decoding data: URLs), so adapters see only URLs they can pass on."""
+        if modality in self.url_modalities:
             return True
         return url.startswith(self.url_prefixes.get(modality, ()))
 

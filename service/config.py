@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .media import MediaPolicy
+
 DEFAULT_LISTEN = "127.0.0.1:50051"
 
 
@@ -39,8 +41,6 @@ class ServerConfig:
     log_format: str = "plain"
     # How long in-flight calls (streams too) may run on after SIGTERM.
     grace_period_s: float = 30.0
-    # Largest request a caller may send; inline media counts here.
-    max_request_bytes: int = 64 * 1024 * 1024
     # Upstream connection pool size (aiohttp connector limit).
     max_upstream_connections: int = 1000
 
@@ -58,6 +58,7 @@ class Config:
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     # None: the embedded default (every registered kind whose key is set).
     providers: Mapping[str, ProviderConfig] | None = None
+    media: MediaPolicy = field(default_factory=MediaPolicy)
     source: str = "embedded default"
 
 
@@ -84,7 +85,7 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] 
 
 
 def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
-    unknown = set(raw) - {"server", "plugins", "providers"}
+    unknown = set(raw) - {"server", "plugins", "providers", "media"}
     if unknown:
         raise ConfigError(f"unknown top-level config table(s): {', '.join(sorted(unknown))}")
     server = _parse_server(_table(raw, "server"))
@@ -96,11 +97,15 @@ def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
     providers = None
     if "providers" in raw:
         providers = {name: _parse_provider(name, table) for name, table in _table(raw, "providers").items()}
-    return Config(server=server, plugins=plugins, providers=providers, source=source)
+    try:
+        media = MediaPolicy.from_table(dict(_table(raw, "media")))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    return Config(server=server, plugins=plugins, providers=providers, media=media, source=source)
 
 
 def _parse_server(table: Mapping[str, Any]) -> ServerConfig:
-    allowed = {"listen", "log_format", "grace_period_s", "max_request_bytes", "max_upstream_connections"}
+    allowed = {"listen", "log_format", "grace_period_s", "max_upstream_connections"}
     _no_unknown(table, allowed, "server")
     server = ServerConfig(**table)
     if server.log_format not in ("plain", "json"):

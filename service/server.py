@@ -17,7 +17,7 @@ from tollway.v1 import completion_pb2_grpc as pb_grpc
 
 from .adapter import ProviderKind
 from .config import Config
-from .engine import Engine
+from .engine import Engine, MediaFetcher
 from .plugins import load_provider_kinds
 from .registry import Registry, build_registry
 from .servicer import CompletionServicer, Runtime
@@ -42,6 +42,7 @@ class Gateway:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.grace_period_s if grace is None else grace)
         await self.runtime.engine.aclose()
+        await self.runtime.media.aclose()
 
 
 def load_kinds(config: Config, extra_plugins: Iterable[object] = ()) -> Mapping[str, ProviderKind]:
@@ -62,9 +63,12 @@ async def start_gateway(
     registry: Registry = build_registry(config, kinds, os.environ if environ is None else environ)
     engine = Engine(max_connections=config.server.max_upstream_connections)
     await engine.start()
-    runtime = Runtime(registry=registry, engine=engine)
+    media = MediaFetcher(config.media)
+    await media.start()
+    runtime = Runtime(registry=registry, engine=engine, media=media)
 
-    max_bytes = config.server.max_request_bytes
+    # The receive limit matches the inline media limit, plus room for the text around it.
+    max_bytes = config.media.max_request_bytes + 4 * 1024 * 1024
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_bytes),

@@ -15,7 +15,8 @@ from tollway.v1 import completion_pb2 as pb
 from tollway.v1 import completion_pb2_grpc as pb_grpc
 
 from .adapter import AnyRequest
-from .engine import Engine
+from .engine import Engine, MediaFetcher
+from .media import check_inline_sizes
 from .errors import GatewayError, scrub
 from .logs import log_request
 from .registry import Provider, Registry
@@ -33,6 +34,7 @@ class Runtime:
 
     registry: Registry
     engine: Engine
+    media: MediaFetcher
 
 
 class CompletionServicer(pb_grpc.CompletionServicer):
@@ -42,7 +44,8 @@ class CompletionServicer(pb_grpc.CompletionServicer):
     async def Complete(self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:
         call = _Call("Complete", request)
         try:
-            provider, upstream_model = call.prepare(self._runtime.registry)
+            provider, upstream_model = call.prepare(self._runtime.registry, self._runtime.media)
+            request = await call.inline_media(self._runtime.media, _time_budget(context, provider.timeout_s))
             timeout = _time_budget(context, provider.timeout_s)
             response = await self._runtime.engine.complete(provider.adapter, request, upstream_model, timeout)
         except GatewayError as err:
@@ -60,7 +63,8 @@ class CompletionServicer(pb_grpc.CompletionServicer):
     async def StreamComplete(self, request: pb.StreamCompleteRequest, context: grpc.aio.ServicerContext):
         call = _Call("StreamComplete", request)
         try:
-            provider, upstream_model = call.prepare(self._runtime.registry)
+            provider, upstream_model = call.prepare(self._runtime.registry, self._runtime.media)
+            request = await call.inline_media(self._runtime.media, _time_budget(context, provider.timeout_s))
             idle_timeout = _time_budget(context, provider.timeout_s)
             stream = self._runtime.engine.stream(provider.adapter, request, upstream_model, idle_timeout)
             async with aclosing(stream) as messages:
@@ -107,12 +111,21 @@ class _Call:
         self.upstream_model = ""
         self.usage: pb.Usage | None = None
 
-    def prepare(self, registry: Registry) -> tuple[Provider, str]:
+    def prepare(self, registry: Registry, media: MediaFetcher) -> tuple[Provider, str]:
         validate_request(self.request)
+        check_inline_sizes(self.request, media.policy)
         provider, self.upstream_model = registry.resolve(self.request.model)
         self.provider = provider
         check_capabilities(provider.name, provider.adapter.capabilities, self.request)
         return provider, self.upstream_model
+
+    async def inline_media(self, media: MediaFetcher, time_left: float) -> AnyRequest:
+        """Fetch URL media the provider cannot take; the fetched types are checked again."""
+        capabilities = self.provider.adapter.capabilities
+        inlined = await media.inline(self.request, capabilities, time_left)
+        if inlined is not self.request:
+            check_capabilities(self.provider.name, capabilities, inlined)
+        return inlined
 
     def log(self, status: str, error: str | None = None) -> None:
         usage = self.usage

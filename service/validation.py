@@ -96,7 +96,3 @@ def check_capabilities(provider: str, capabilities: Capabilities, request: AnyRe
                     f"{path}.mime_type",
                     f'provider "{provider}" does not accept {mime} (accepted: {", ".join(sorted(accepted))})',
                 )
-            if media.WhichOneof("source") == "url" and not capabilities.takes_url(modality, media.url):
-                raise invalid_argument(
-                    f"{path}.url", f'provider "{provider}" takes {modality_name(modality)} as inline data, not by URL'
-                )

@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -26,6 +27,25 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_TOOL_CALLS: _ClassVar[FinishReason]
     FINISH_REASON_OTHER: _ClassVar[FinishReason]
 
+class TokenClass(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TOKEN_CLASS_UNSPECIFIED: _ClassVar[TokenClass]
+    TOKEN_CLASS_INPUT_TEXT: _ClassVar[TokenClass]
+    TOKEN_CLASS_INPUT_IMAGE: _ClassVar[TokenClass]
+    TOKEN_CLASS_INPUT_AUDIO: _ClassVar[TokenClass]
+    TOKEN_CLASS_INPUT_VIDEO: _ClassVar[TokenClass]
+    TOKEN_CLASS_INPUT_DOCUMENT: _ClassVar[TokenClass]
+    TOKEN_CLASS_INPUT_UNATTRIBUTED: _ClassVar[TokenClass]
+    TOKEN_CLASS_CACHE_READ: _ClassVar[TokenClass]
+    TOKEN_CLASS_CACHE_WRITE_5M: _ClassVar[TokenClass]
+    TOKEN_CLASS_CACHE_WRITE_1H: _ClassVar[TokenClass]
+    TOKEN_CLASS_CACHE_WRITE_UNKNOWN_TTL: _ClassVar[TokenClass]
+    TOKEN_CLASS_OUTPUT_TEXT: _ClassVar[TokenClass]
+    TOKEN_CLASS_OUTPUT_AUDIO: _ClassVar[TokenClass]
+    TOKEN_CLASS_OUTPUT_IMAGE: _ClassVar[TokenClass]
+    TOKEN_CLASS_OUTPUT_REASONING: _ClassVar[TokenClass]
+    TOKEN_CLASS_OUTPUT_UNATTRIBUTED: _ClassVar[TokenClass]
+
 class UsageWarning(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     USAGE_WARNING_UNSPECIFIED: _ClassVar[UsageWarning]
@@ -46,6 +66,16 @@ class Modality(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODALITY_AUDIO: _ClassVar[Modality]
     MODALITY_VIDEO: _ClassVar[Modality]
     MODALITY_DOCUMENT: _ClassVar[Modality]
+
+class UsageGrouping(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    USAGE_GROUPING_UNSPECIFIED: _ClassVar[UsageGrouping]
+    USAGE_GROUPING_CALLER: _ClassVar[UsageGrouping]
+    USAGE_GROUPING_PROVIDER: _ClassVar[UsageGrouping]
+    USAGE_GROUPING_MODEL: _ClassVar[UsageGrouping]
+    USAGE_GROUPING_ROUTE: _ClassVar[UsageGrouping]
+    USAGE_GROUPING_DAY: _ClassVar[UsageGrouping]
+    USAGE_GROUPING_LABEL: _ClassVar[UsageGrouping]
 ROLE_UNSPECIFIED: Role
 ROLE_SYSTEM: Role
 ROLE_USER: Role
@@ -56,6 +86,22 @@ FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_CONTENT_FILTER: FinishReason
 FINISH_REASON_TOOL_CALLS: FinishReason
 FINISH_REASON_OTHER: FinishReason
+TOKEN_CLASS_UNSPECIFIED: TokenClass
+TOKEN_CLASS_INPUT_TEXT: TokenClass
+TOKEN_CLASS_INPUT_IMAGE: TokenClass
+TOKEN_CLASS_INPUT_AUDIO: TokenClass
+TOKEN_CLASS_INPUT_VIDEO: TokenClass
+TOKEN_CLASS_INPUT_DOCUMENT: TokenClass
+TOKEN_CLASS_INPUT_UNATTRIBUTED: TokenClass
+TOKEN_CLASS_CACHE_READ: TokenClass
+TOKEN_CLASS_CACHE_WRITE_5M: TokenClass
+TOKEN_CLASS_CACHE_WRITE_1H: TokenClass
+TOKEN_CLASS_CACHE_WRITE_UNKNOWN_TTL: TokenClass
+TOKEN_CLASS_OUTPUT_TEXT: TokenClass
+TOKEN_CLASS_OUTPUT_AUDIO: TokenClass
+TOKEN_CLASS_OUTPUT_IMAGE: TokenClass
+TOKEN_CLASS_OUTPUT_REASONING: TokenClass
+TOKEN_CLASS_OUTPUT_UNATTRIBUTED: TokenClass
 USAGE_WARNING_UNSPECIFIED: UsageWarning
 USAGE_WARNING_INPUT_MODALITY_DETAILS_INCOMPLETE: UsageWarning
 USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE: UsageWarning
@@ -71,6 +117,13 @@ MODALITY_IMAGE: Modality
 MODALITY_AUDIO: Modality
 MODALITY_VIDEO: Modality
 MODALITY_DOCUMENT: Modality
+USAGE_GROUPING_UNSPECIFIED: UsageGrouping
+USAGE_GROUPING_CALLER: UsageGrouping
+USAGE_GROUPING_PROVIDER: UsageGrouping
+USAGE_GROUPING_MODEL: UsageGrouping
+USAGE_GROUPING_ROUTE: UsageGrouping
+USAGE_GROUPING_DAY: UsageGrouping
+USAGE_GROUPING_LABEL: UsageGrouping
 
 class Message(_message.Message):
     __slots__ = ("role", "parts")
@@ -171,20 +224,26 @@ class Choice(_message.Message):
     def __init__(self, index: _Optional[int] = ..., message: _Optional[_Union[Message, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., raw_finish_reason: _Optional[str] = ...) -> None: ...
 
 class CompleteResponse(_message.Message):
-    __slots__ = ("id", "model", "provider", "created", "choices", "usage")
+    __slots__ = ("id", "model", "provider", "created", "choices", "usage", "cost", "attempts", "route")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     CHOICES_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
     provider: str
     created: _timestamp_pb2.Timestamp
     choices: _containers.RepeatedCompositeFieldContainer[Choice]
     usage: Usage
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., choices: _Optional[_Iterable[_Union[Choice, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+    cost: Cost
+    attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
+    route: str
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., choices: _Optional[_Iterable[_Union[Choice, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., route: _Optional[str] = ...) -> None: ...
 
 class StreamCompleteResponse(_message.Message):
     __slots__ = ("delta", "summary")
@@ -213,20 +272,68 @@ class ChoiceFinish(_message.Message):
     def __init__(self, index: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., raw_finish_reason: _Optional[str] = ...) -> None: ...
 
 class StreamSummary(_message.Message):
-    __slots__ = ("id", "model", "provider", "created", "finishes", "usage")
+    __slots__ = ("id", "model", "provider", "created", "finishes", "usage", "cost", "attempts", "route")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     FINISHES_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
     provider: str
     created: _timestamp_pb2.Timestamp
     finishes: _containers.RepeatedCompositeFieldContainer[ChoiceFinish]
     usage: Usage
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finishes: _Optional[_Iterable[_Union[ChoiceFinish, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+    cost: Cost
+    attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
+    route: str
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finishes: _Optional[_Iterable[_Union[ChoiceFinish, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., route: _Optional[str] = ...) -> None: ...
+
+class Attempt(_message.Message):
+    __slots__ = ("provider", "model", "code", "message", "duration")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DURATION_FIELD_NUMBER: _ClassVar[int]
+    provider: str
+    model: str
+    code: int
+    message: str
+    duration: _duration_pb2.Duration
+    def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class CostLineItem(_message.Message):
+    __slots__ = ("token_class", "tokens", "unit_price_nano_usd_per_million", "amount_nano_usd")
+    TOKEN_CLASS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    UNIT_PRICE_NANO_USD_PER_MILLION_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_NANO_USD_FIELD_NUMBER: _ClassVar[int]
+    token_class: TokenClass
+    tokens: int
+    unit_price_nano_usd_per_million: int
+    amount_nano_usd: int
+    def __init__(self, token_class: _Optional[_Union[TokenClass, str]] = ..., tokens: _Optional[int] = ..., unit_price_nano_usd_per_million: _Optional[int] = ..., amount_nano_usd: _Optional[int] = ...) -> None: ...
+
+class Cost(_message.Message):
+    __slots__ = ("line_items", "total_nano_usd", "unpriced", "unpriced_reason", "provider_reported_nano_usd", "price_entry")
+    LINE_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_NANO_USD_FIELD_NUMBER: _ClassVar[int]
+    UNPRICED_FIELD_NUMBER: _ClassVar[int]
+    UNPRICED_REASON_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_REPORTED_NANO_USD_FIELD_NUMBER: _ClassVar[int]
+    PRICE_ENTRY_FIELD_NUMBER: _ClassVar[int]
+    line_items: _containers.RepeatedCompositeFieldContainer[CostLineItem]
+    total_nano_usd: int
+    unpriced: bool
+    unpriced_reason: str
+    provider_reported_nano_usd: int
+    price_entry: str
+    def __init__(self, line_items: _Optional[_Iterable[_Union[CostLineItem, _Mapping]]] = ..., total_nano_usd: _Optional[int] = ..., unpriced: _Optional[bool] = ..., unpriced_reason: _Optional[str] = ..., provider_reported_nano_usd: _Optional[int] = ..., price_entry: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("input", "output", "total_tokens", "warnings", "estimated", "provider_reported", "other_models")
@@ -319,6 +426,86 @@ class ServerToolUse(_message.Message):
     tool: str
     count: int
     def __init__(self, tool: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class GetUsageSummaryRequest(_message.Message):
+    __slots__ = ("start_time", "end_time", "caller", "labels", "provider", "model", "route", "group_by", "group_by_label_keys")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_LABEL_KEYS_FIELD_NUMBER: _ClassVar[int]
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    caller: str
+    labels: _containers.ScalarMap[str, str]
+    provider: str
+    model: str
+    route: str
+    group_by: _containers.RepeatedScalarFieldContainer[UsageGrouping]
+    group_by_label_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., caller: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., route: _Optional[str] = ..., group_by: _Optional[_Iterable[_Union[UsageGrouping, str]]] = ..., group_by_label_keys: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UsageGroup(_message.Message):
+    __slots__ = ("caller", "provider", "model", "route", "day", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    DAY_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    caller: str
+    provider: str
+    model: str
+    route: str
+    day: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, caller: _Optional[str] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., route: _Optional[str] = ..., day: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class UsageSummaryRow(_message.Message):
+    __slots__ = ("group", "requests", "input", "output", "total_tokens", "cost_nano_usd", "unpriced_requests", "estimated_requests", "provider_reported_cost_nano_usd")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COST_NANO_USD_FIELD_NUMBER: _ClassVar[int]
+    UNPRICED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_REPORTED_COST_NANO_USD_FIELD_NUMBER: _ClassVar[int]
+    group: UsageGroup
+    requests: int
+    input: InputUsage
+    output: OutputUsage
+    total_tokens: int
+    cost_nano_usd: int
+    unpriced_requests: int
+    estimated_requests: int
+    provider_reported_cost_nano_usd: int
+    def __init__(self, group: _Optional[_Union[UsageGroup, _Mapping]] = ..., requests: _Optional[int] = ..., input: _Optional[_Union[InputUsage, _Mapping]] = ..., output: _Optional[_Union[OutputUsage, _Mapping]] = ..., total_tokens: _Optional[int] = ..., cost_nano_usd: _Optional[int] = ..., unpriced_requests: _Optional[int] = ..., estimated_requests: _Optional[int] = ..., provider_reported_cost_nano_usd: _Optional[int] = ...) -> None: ...
+
+class GetUsageSummaryResponse(_message.Message):
+    __slots__ = ("rows",)
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[UsageSummaryRow]
+    def __init__(self, rows: _Optional[_Iterable[_Union[UsageSummaryRow, _Mapping]]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

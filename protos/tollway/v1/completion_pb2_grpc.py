@@ -50,6 +50,11 @@ class CompletionStub:
                 request_serializer=tollway_dot_v1_dot_completion__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=tollway_dot_v1_dot_completion__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.GetUsageSummary = channel.unary_unary(
+                '/tollway.v1.Completion/GetUsageSummary',
+                request_serializer=tollway_dot_v1_dot_completion__pb2.GetUsageSummaryRequest.SerializeToString,
+                response_deserializer=tollway_dot_v1_dot_completion__pb2.GetUsageSummaryResponse.FromString,
+                _registered_method=True)
 
 
 class CompletionServicer:
@@ -79,6 +84,14 @@ class CompletionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsageSummary(self, request, context):
+        """GetUsageSummary sums the usage ledger. A caller sees only its own usage unless it
+        has the admin role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CompletionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +109,11 @@ def add_CompletionServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=tollway_dot_v1_dot_completion__pb2.ListModelsRequest.FromString,
                     response_serializer=tollway_dot_v1_dot_completion__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GetUsageSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsageSummary,
+                    request_deserializer=tollway_dot_v1_dot_completion__pb2.GetUsageSummaryRequest.FromString,
+                    response_serializer=tollway_dot_v1_dot_completion__pb2.GetUsageSummaryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +198,33 @@ class Completion:
             '/tollway.v1.Completion/ListModels',
             tollway_dot_v1_dot_completion__pb2.ListModelsRequest.SerializeToString,
             tollway_dot_v1_dot_completion__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsageSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tollway.v1.Completion/GetUsageSummary',
+            tollway_dot_v1_dot_completion__pb2.GetUsageSummaryRequest.SerializeToString,
+            tollway_dot_v1_dot_completion__pb2.GetUsageSummaryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,8 @@ def load_provider_kinds(
     pm = pm or new_plugin_manager()
     allowed = set(allow) if allow is not None else None
     denied = set(deny)
+    # Entry-point names by plugin object, so errors name the plugin as allow/deny do.
+    loaded: dict[int, str] = {}
     for dist_plugin in _entry_points():
         name = dist_plugin.name
         if name in denied or (allowed is not None and name not in allowed):
@@ -53,10 +55,20 @@ def load_provider_kinds(
             plugin = dist_plugin.load()
         except Exception as exc:  # a broken third-party plugin must not hide which one
             raise PluginError(f"plugin {name!r} failed to import: {exc}") from exc
-        pm.register(plugin, name=name)
+        try:
+            pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise _invalid(name, exc) from exc
+        loaded[id(plugin)] = name
     for plugin in extra_plugins:
-        pm.register(plugin)
-    pm.check_pending()
+        try:
+            pm.register(plugin)
+        except pluggy.PluginValidationError as exc:
+            raise _invalid(None, exc) from exc
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise _invalid(loaded.get(id(exc.plugin)), exc) from exc
 
     kinds: dict[str, ProviderKind] = {}
 
@@ -71,6 +83,13 @@ def load_provider_kinds(
 
     pm.hook.tollway_register_providers(register=register)
     return MappingProxyType(kinds)
+
+
+def _invalid(name: str | None, exc: pluggy.PluginValidationError) -> PluginError:
+    """A hookimpl that matches no spec (a misspelled hook name, a wrong argument) as a
+    PluginError, which `tollway serve` reports in one line instead of a traceback."""
+    # pluggy's message names the hook and the plugin object.
+    return PluginError(f"plugin {name!r} is invalid: {exc}" if name else f"invalid plugin: {exc}")
 
 
 def _entry_points():

@@ -44,8 +44,9 @@ def _serve(args: argparse.Namespace) -> int:
     from .plugins import PluginError
     from .server import serve_forever
 
+    config_path = args.config or os.environ.get("TOLLWAY_CONFIG")
     try:
-        config = load_config(args.config or os.environ.get("TOLLWAY_CONFIG"))
+        config = load_config(config_path)
     except ConfigError as exc:
         print(f"tollway: {exc}", file=sys.stderr)
         return 2
@@ -61,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError:  # uvloop is optional off Linux/macOS
         runner = asyncio.run
     try:
-        runner(serve_forever(config))
+        runner(serve_forever(config, config_path))
     except (ConfigError, PluginError, OSError) as exc:
         print(f"tollway: {exc}", file=sys.stderr)
         return 1
@@ -80,7 +81,11 @@ def _complete(args: argparse.Namespace) -> int:
     parts = [pb.Part(text=args.text)]
     for kind in ("image", "audio", "video", "document"):
         for ref in getattr(args, kind):
-            parts.append(pb.Part(**{kind: _media(ref)}))
+            try:
+                parts.append(pb.Part(**{kind: _media(ref)}))
+            except OSError as exc:
+                print(f"tollway: --{kind} {ref}: {exc.strerror or exc}", file=sys.stderr)
+                return 2
     messages.append(pb.Message(role=pb.ROLE_USER, parts=parts))
     fields = dict(model=args.model, messages=messages)
     if args.max_tokens is not None:

@@ -165,7 +165,11 @@ async def test_config_deny_list_keeps_the_plugin_out_of_the_gateway(installed_ec
     config = parse_config(echo_config(upstream, deny=["echo"]))
     with pytest.raises(ConfigError) as caught:
         await start_gateway(config, environ={}, listen="127.0.0.1:0")
-    assert str(caught.value) == "providers.echo: unknown kind 'echo' (installed: mixrouter)"
+    message = str(caught.value)
+    assert message.startswith("providers.echo: unknown kind 'echo' (installed: ")
+    installed = message.partition("(installed: ")[2].rstrip(")").split(", ")
+    assert "mixrouter" in installed
+    assert "echo" not in installed
 
 
 async def test_config_allow_list_loads_only_what_it_names(installed_echo, start_client, upstream: FakeUpstream):

@@ -121,11 +121,13 @@ async def test_complete_stream_prints_the_deltas(client, upstream: FakeUpstream)
 
 
 async def test_upstream_error_prints_code_and_message(client, upstream: FakeUpstream):
-    upstream.reply(Reply(status=429, body={"error": {"message": "quota exhausted"}}, headers={"retry-after": "7"}))
-    code, out, err = await tollway("complete", "--target", client.target, "--model", MODEL, "--text", "hi")
+    # A status no retry can fix, so exactly one upstream answer decides the outcome.
+    upstream.reply(Reply(status=404, body={"error": {"message": "model gemini-9 does not exist"}}))
+    code, out, err = await tollway("complete", "--target", client.target, "--model", "mixrouter/gemini-9",
+                                   "--text", "hi")
     assert code == 1
     assert out == ""
-    assert err == "tollway: RESOURCE_EXHAUSTED: mixrouter: upstream returned HTTP 429: quota exhausted\n"
+    assert err == "tollway: NOT_FOUND: mixrouter: upstream returned HTTP 404: model gemini-9 does not exist\n"
 
 
 async def test_stream_error_prints_code_and_message(client, upstream: FakeUpstream):

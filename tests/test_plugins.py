@@ -126,13 +126,15 @@ async def test_out_of_tree_provider_errors_go_through_the_one_table(
     installed_echo, start_client, upstream: FakeUpstream
 ):
     client = await start_client(echo_config(upstream), {"ECHO_API_KEY": ECHO_KEY})
-    upstream.reply(Reply(status=429, body={"problem": f"slow down, {ECHO_KEY}"}, headers={"retry-after": "3"}))
+    # A status no retry can fix, so exactly one upstream answer decides the outcome.
+    upstream.reply(Reply(status=400, body={"problem": f"prompt rejected for key {ECHO_KEY}"}))
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await client.stub.Complete(pb.CompleteRequest(model="echo/echo-1", messages=user_text("hi")), timeout=10)
 
-    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert caught.value.details() == "echo: upstream returned HTTP 429: slow down, [redacted]"
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == "echo: upstream returned HTTP 400: prompt rejected for key [redacted]"
+    assert len(upstream.received) == 1
 
 
 async def test_host_refuses_media_the_plugin_did_not_declare(installed_echo, start_client, upstream: FakeUpstream):

@@ -164,7 +164,10 @@ def load_json(provider: str, body: bytes) -> dict[str, Any]:
     return data
 
 
-def parse_completion(provider: str, body: bytes, requested_model: str, dialect: ChatDialect) -> pb.CompleteResponse:
+def parse_completion(provider: str, body: bytes, requested_model: str, dialect: ChatDialect,
+                     input_bytes: int | None = None) -> pb.CompleteResponse:
+    """A chat.completion body -> proto. input_bytes (the request body's size) sizes the
+    estimate when the server sent no usage."""
     data = load_json(provider, body)
     choices = data.get("choices")
     if not isinstance(choices, list):
@@ -177,11 +180,13 @@ def parse_completion(provider: str, body: bytes, requested_model: str, dialect: 
     if isinstance(created, (int, float)) and created > 0:
         out.created.FromSeconds(int(created))
     for position, choice in enumerate(choices):
-        message = choice.get("message") or {}
+        if not isinstance(choice, dict):
+            raise bad_upstream_body(provider, "a choice that is not a JSON object")
+        message = _mapping(choice.get("message"))
         raw_reason = choice.get("finish_reason") or ""
         out.choices.append(
             pb.Choice(
-                index=int(choice.get("index", position)),
+                index=_index(choice, position),
                 message=pb.Message(role=pb.ROLE_ASSISTANT, parts=_content_parts(message.get("content"))),
                 finish_reason=finish_reason(raw_reason),
                 raw_finish_reason=raw_reason,
@@ -192,16 +197,31 @@ def parse_completion(provider: str, body: bytes, requested_model: str, dialect: 
         out.usage.CopyFrom(normalize(reported_usage(usage, out.model, dialect)))
     else:
         text_bytes = sum(len(p.text.encode()) for c in out.choices for p in c.message.parts)
-        out.usage.CopyFrom(missing_usage(len(body) - text_bytes, text_bytes))
+        if input_bytes is None:
+            input_bytes = len(body) - text_bytes
+        out.usage.CopyFrom(missing_usage(input_bytes, text_bytes))
     return out
 
 
 def _content_parts(content: Any) -> list[pb.Part]:
+    text = content_text(content)
+    return [pb.Part(text=text)] if text else []
+
+
+def _index(choice: Mapping[str, Any], default: int) -> int:
+    index = choice.get("index")
+    return int(index) if _is_number(index) else default
+
+
+def content_text(content: Any) -> str:
+    """The visible text of a message or delta `content`: a string, or (Mistral and others)
+    a list of typed parts, of which only the "text" ones are visible output."""
     if isinstance(content, str):
-        return [pb.Part(text=content)] if content else []
-    if isinstance(content, list):  # some servers answer with typed parts
-        return [pb.Part(text=p["text"]) for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
-    return []
+        return content
+    if isinstance(content, list):
+        return "".join(p["text"] for p in content
+                       if isinstance(p, dict) and p.get("type", "text") == "text" and isinstance(p.get("text"), str))
+    return ""
 
 
 def _in_body_error(provider: str, error: Any) -> GatewayError:
@@ -233,10 +253,20 @@ def parse_error(settings: ProviderSettings, response: httpx.Response) -> Gateway
 
 
 def _int(mapping: Mapping[str, Any] | None, key: str) -> int:
+    """A count as stated, or 0 for a missing, null, negative or non-numeric one."""
     if not mapping:
         return 0
     value = mapping.get(key)
-    return int(value) if isinstance(value, (int, float)) and value > 0 else 0
+    return int(value) if _is_number(value) and value > 0 else 0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """A details object, or an empty one where a server sent null or something else."""
+    return value if isinstance(value, Mapping) else {}
 
 
 def usd_to_nano(value: Any) -> int | None:
@@ -249,12 +279,19 @@ def usd_to_nano(value: Any) -> int | None:
         return None
 
 
+def ticks_to_nano(value: Any) -> int | None:
+    """xAI-style `cost_in_usd_ticks` (1 USD = 10^10 ticks) as nano-USD, rounded half-even."""
+    if not _is_number(value) or value < 0:
+        return None
+    return int((Decimal(str(value)) / 10).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+
 def reported_usage(u: Mapping[str, Any], model: str, dialect: ChatDialect) -> ReportedUsage:
     """OpenAI Chat usage, and the relay family's variations, in the provider-neutral sense."""
     prompt = _int(u, "prompt_tokens")
     completion = _int(u, "completion_tokens")
-    pd = u.get("prompt_tokens_details") or {}
-    cd = u.get("completion_tokens_details") or {}
+    pd = _mapping(u.get("prompt_tokens_details"))
+    cd = _mapping(u.get("completion_tokens_details"))
     cache_read = _int(pd, "cached_tokens")
     write_5m = _int(u, "claude_cache_creation_5_m_tokens")
     write_1h = _int(u, "claude_cache_creation_1_h_tokens")
@@ -272,6 +309,9 @@ def reported_usage(u: Mapping[str, Any], model: str, dialect: ChatDialect) -> Re
         output_by_modality={m: _int(cd, f"{m}_tokens") for m in ("text", "audio", "image")},
         reasoning=_int(cd, "reasoning_tokens"),
     )
+    total = u.get("total_tokens")
+    total = int(total) if _is_number(total) else None
+    reasoning_outside, cache_outside = _outside_the_counts(prompt, completion, total, r.reasoning, cache_read)
     claude_upstream = dialect.relay_usage and (
         "claude" in model.lower()
         or write_5m > 0
@@ -283,23 +323,50 @@ def reported_usage(u: Mapping[str, Any], model: str, dialect: ChatDialect) -> Re
         # Claude behind a relay: prompt_tokens excludes cache reads and writes.
         r.input_total = prompt + cache_read + writes_total
         r.modalities_include_cache_reads = False
+        reasoning_outside = bool(r.reasoning) and total == prompt + completion + r.reasoning
+    elif cache_outside:
+        # Cache reads that cannot be inside prompt_tokens (more of them than the prompt
+        # holds, or a total that counts them separately) are added, not clamped away.
+        r.input_total = prompt + cache_read
+        r.modalities_include_cache_reads = False
     else:
         r.input_total = prompt
 
     r.output_total = completion
-    total = u.get("total_tokens")
-    if isinstance(total, int) and not isinstance(total, bool):
+    if total is not None:
         r.provider_total = total
-        if r.reasoning and total == prompt + completion + r.reasoning:
-            # xAI-style: reasoning reported outside completion_tokens; the total proves it.
-            r.output_total = completion + r.reasoning
-            r.warnings.add(W.USAGE_WARNING_REASONING_EXCLUDED_FROM_COMPLETION)
-    if "accepted_prediction_tokens" in cd:
-        r.accepted_prediction_tokens = _int(cd, "accepted_prediction_tokens")
-    if "rejected_prediction_tokens" in cd:
-        r.rejected_prediction_tokens = _int(cd, "rejected_prediction_tokens")
-    r.cost_nano_usd = usd_to_nano(u.get("cost")) if "cost" in u else None
+    if reasoning_outside:
+        # xAI-style: reasoning reported outside completion_tokens; the total proves it.
+        r.output_total = completion + r.reasoning
+        r.warnings.add(W.USAGE_WARNING_REASONING_EXCLUDED_FROM_COMPLETION)
+    # Rejected prediction tokens are inside completion_tokens and in no modality, so they
+    # end up in output.unattributed; both prediction figures are kept as stated.
+    for key in ("accepted_prediction_tokens", "rejected_prediction_tokens"):
+        if _is_number(cd.get(key)):
+            setattr(r, key, _int(cd, key))
+    if "cost" in u:
+        r.cost_nano_usd = usd_to_nano(u.get("cost"))
+    elif "cost_in_usd_ticks" in u:
+        r.cost_nano_usd = ticks_to_nano(u.get("cost_in_usd_ticks"))
     return r
+
+
+def _outside_the_counts(prompt: int, completion: int, total: int | None, reasoning: int,
+                        cache_read: int) -> tuple[bool, bool]:
+    """(reasoning outside completion_tokens, cache reads outside prompt_tokens).
+
+    The provider's own total proves either when what it counts beyond prompt + completion
+    is exactly the reasoning, the cache reads, or both; more cache reads than prompt
+    tokens prove the second without a total.
+    """
+    extra = total - prompt - completion if total is not None else 0
+    if reasoning and cache_read and extra == reasoning + cache_read:
+        return True, True
+    if reasoning and extra == reasoning:
+        return True, cache_read > prompt
+    if cache_read and extra == cache_read:
+        return False, True
+    return False, cache_read > prompt
 
 
 # -- stream ------------------------------------------------------------------------------
@@ -346,12 +413,16 @@ class ChatStreamDecoder:
             if isinstance(created, (int, float)):
                 self._created = int(created)
         usage = chunk.get("usage")
-        if usage:
+        if isinstance(usage, dict) and usage:
+            # Servers that send usage on every chunk (vLLM continuous_usage_stats) send
+            # running totals, so the last one wins.
             self._usage = usage
         out = []
         for choice in chunk.get("choices") or ():
-            index = int(choice.get("index", 0))
-            text = (choice.get("delta") or {}).get("content")
+            if not isinstance(choice, dict):
+                continue
+            index = _index(choice, 0)
+            text = content_text(_mapping(choice.get("delta")).get("content"))
             if text:
                 self._output_bytes += len(text.encode())
                 out.append(pb.StreamCompleteResponse(delta=pb.TextDelta(choice_index=index, text=text)))
@@ -395,7 +466,8 @@ class OpenAIChatAdapter:
         return build_http_request(self.settings, body, stream=stream, headers=self._extra_headers)
 
     def parse_response(self, response: httpx.Response) -> pb.CompleteResponse:
-        out = parse_completion(self.settings.name, response.content, "", self.dialect)
+        out = parse_completion(self.settings.name, response.content, "", self.dialect,
+                               input_bytes=_request_size(response))
         if not out.model:  # rare: a server that does not echo the model
             out.model = _requested_model(response)
         return out
@@ -405,6 +477,13 @@ class OpenAIChatAdapter:
 
     def parse_error(self, response: httpx.Response) -> GatewayError:
         return parse_error(self.settings, response)
+
+
+def _request_size(response: httpx.Response) -> int | None:
+    try:
+        return len(response.request.content)
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def _requested_model(response: httpx.Response) -> str:

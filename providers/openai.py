@@ -1,0 +1,47 @@
+"""OpenAI Chat Completions (`POST {base_url}/chat/completions`), key OPENAI_API_KEY.
+
+Images go as `image_url` (the URL itself, or a data: URL for bytes). Audio goes as
+`input_audio` {base64 data, format wav|mp3}: OpenAI takes no audio URL, so audio is
+declared outside url_modalities and the gateway fetches URL audio and hands this adapter
+the bytes. PDFs go as `file` parts with a data: URL. No video input.
+`max_completion_tokens` replaces the deprecated `max_tokens`; streams ask for usage with
+`stream_options.include_usage`.
+"""
+
+from __future__ import annotations
+
+from service.adapter import AUDIO, DOCUMENT, IMAGE, Capabilities, ProviderKind, ProviderSettings
+from service.hookspecs import hookimpl
+
+from .openai_codec import ChatDialect, OpenAIChatAdapter
+
+CAPABILITIES = Capabilities(
+    mime_types={
+        IMAGE: frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"}),
+        # input_audio.format takes exactly "wav" or "mp3".
+        AUDIO: frozenset({"audio/wav", "audio/mpeg"}),
+        DOCUMENT: frozenset({"application/pdf"}),
+    },
+    url_modalities=frozenset({IMAGE}),
+)
+
+DIALECT = ChatDialect(audio_style="input_audio", max_tokens_field="max_completion_tokens")
+
+
+def create(settings: ProviderSettings) -> OpenAIChatAdapter:
+    if settings.options:
+        # Options are typed per kind; one this kind does not know is a typo, not a no-op.
+        raise ValueError(f"unknown option(s) for kind openai: {', '.join(sorted(settings.options))}")
+    return OpenAIChatAdapter(settings, CAPABILITIES, DIALECT)
+
+
+@hookimpl
+def tollway_register_providers(register):
+    register(
+        ProviderKind(
+            name="openai",
+            create=create,
+            default_base_url="https://api.openai.com/v1",
+            default_api_key_env="OPENAI_API_KEY",
+        )
+    )

@@ -1,0 +1,120 @@
+"""Any server that speaks OpenAI Chat Completions: vLLM, Ollama, llama.cpp server, LM Studio.
+
+Each `[providers.<name>]` table with `kind = "openai_compatible"` is one instance, so a
+gateway can serve a local llama.cpp and a vLLM cluster side by side. There is no default
+base_url (the registry refuses an instance without one) and the key is optional: without
+one no Authorization header is sent.
+
+Servers differ in what they accept, so each instance states it in typed options:
+
+    max_tokens_field = "max_tokens"          # or "max_completion_tokens"
+    modalities = ["image"]                   # any of "image", "audio", "video", "document"
+    audio_style = "input_audio"              # or "audio_url" (vLLM takes audio by URL)
+
+Usage quirks of such servers (reasoning outside completion_tokens, no usage at all,
+zeros for unset details) are handled by the shared codec per USAGE.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from service.adapter import AUDIO, DOCUMENT, IMAGE, VIDEO, Capabilities, ProviderKind, ProviderSettings
+from service.hookspecs import hookimpl
+
+from .openai_codec import ChatDialect, OpenAIChatAdapter
+
+KIND = "openai_compatible"
+
+MODALITIES = {"image": IMAGE, "audio": AUDIO, "video": VIDEO, "document": DOCUMENT}
+MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
+AUDIO_STYLES = ("input_audio", "audio_url")
+
+MIME_TYPES = {
+    IMAGE: frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"}),
+    VIDEO: frozenset({"video/mp4", "video/webm", "video/quicktime", "video/mpeg"}),
+    DOCUMENT: frozenset({"application/pdf"}),
+}
+# input_audio.format is "wav" or "mp3" in the OpenAI format servers copy; a server that
+# fetches audio_url itself decodes whatever its audio library reads.
+AUDIO_MIME_TYPES = {
+    "input_audio": frozenset({"audio/wav", "audio/mpeg"}),
+    "audio_url": frozenset({"audio/wav", "audio/mpeg", "audio/ogg", "audio/flac", "audio/webm", "audio/aac"}),
+}
+
+
+@dataclass(frozen=True)
+class CompatibleOptions:
+    """The options of one openai_compatible instance, validated."""
+
+    max_tokens_field: str = "max_tokens"
+    modalities: tuple[str, ...] = ("image",)
+    audio_style: str = "input_audio"
+
+    @classmethod
+    def parse(cls, options: Mapping[str, Any]) -> "CompatibleOptions":
+        known = {"max_tokens_field", "modalities", "audio_style"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown option(s) for kind {KIND}: {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(known))})")
+        parsed = cls(
+            max_tokens_field=_one_of(options, "max_tokens_field", MAX_TOKENS_FIELDS, cls.max_tokens_field),
+            modalities=_modalities(options),
+            audio_style=_one_of(options, "audio_style", AUDIO_STYLES, cls.audio_style),
+        )
+        if "audio_style" in options and "audio" not in parsed.modalities:
+            raise ValueError('option audio_style is set but modalities does not include "audio"')
+        return parsed
+
+    def capabilities(self) -> Capabilities:
+        mime_types = {MODALITIES[m]: MIME_TYPES.get(MODALITIES[m]) for m in self.modalities}
+        if AUDIO in mime_types:
+            mime_types[AUDIO] = AUDIO_MIME_TYPES[self.audio_style]
+        # Images and videos go as URLs (data: URLs for bytes); input_audio and documents
+        # take bytes only, so the gateway fetches those URLs.
+        by_url = {IMAGE, VIDEO} | ({AUDIO} if self.audio_style == "audio_url" else set())
+        return Capabilities(mime_types=mime_types, url_modalities=frozenset(by_url & set(mime_types)))
+
+    def dialect(self) -> ChatDialect:
+        return ChatDialect(audio_style=self.audio_style, max_tokens_field=self.max_tokens_field)
+
+
+def _one_of(options: Mapping[str, Any], key: str, allowed: tuple[str, ...], default: str) -> str:
+    value = options.get(key, default)
+    if value not in allowed:
+        choices = " or ".join(f'"{a}"' for a in allowed)
+        raise ValueError(f"option {key} must be {choices}, not {value!r}")
+    return value
+
+
+def _modalities(options: Mapping[str, Any]) -> tuple[str, ...]:
+    value = options.get("modalities", list(CompatibleOptions.modalities))
+    if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+        raise ValueError("option modalities must be a list of strings")
+    for m in value:
+        if m not in MODALITIES:
+            raise ValueError(f"option modalities: unknown modality {m!r} (known: {', '.join(MODALITIES)})")
+    # Text needs no entry; order and repeats carry no meaning.
+    return tuple(m for m in MODALITIES if m in value)
+
+
+def create(settings: ProviderSettings) -> OpenAIChatAdapter:
+    options = CompatibleOptions.parse(settings.options)
+    return OpenAIChatAdapter(settings, options.capabilities(), options.dialect())
+
+
+@hookimpl
+def tollway_register_providers(register):
+    register(
+        ProviderKind(
+            name=KIND,
+            create=create,
+            # Every server lives somewhere else: config must name it.
+            default_base_url=None,
+            default_api_key_env=None,
+            requires_api_key=False,
+        )
+    )

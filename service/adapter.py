@@ -67,6 +67,20 @@ class Capabilities:
         return frozenset({TEXT, *self.mime_types})
 
 
+def intersect_capabilities(all_caps: list[Capabilities]) -> Capabilities:
+    """What every one of several adapters accepts (a route's capabilities).
+
+    A URL counts as accepted by reference only where every adapter takes it; elsewhere the
+    gateway fetches it, which every adapter accepts."""
+    first, *rest = all_caps
+    mime_types = {m: types for m, types in first.mime_types.items()}
+    url_modalities = set(first.url_modalities)
+    for caps in rest:
+        mime_types = {m: types & caps.mime_types[m] for m, types in mime_types.items() if m in caps.mime_types}
+        url_modalities &= caps.url_modalities
+    return Capabilities(mime_types=mime_types, url_modalities=frozenset(url_modalities))
+
+
 @dataclass(frozen=True)
 class ProviderSettings:
     """Everything the host resolved for one configured provider instance."""

@@ -44,8 +44,9 @@ def _serve(args: argparse.Namespace) -> int:
     from .plugins import PluginError
     from .server import serve_forever
 
+    config_path = args.config or os.environ.get("TOLLWAY_CONFIG")
     try:
-        config = load_config(args.config or os.environ.get("TOLLWAY_CONFIG"))
+        config = load_config(config_path)
     except ConfigError as exc:
         print(f"tollway: {exc}", file=sys.stderr)
         return 2
@@ -61,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError:  # uvloop is optional off Linux/macOS
         runner = asyncio.run
     try:
-        runner(serve_forever(config))
+        runner(serve_forever(config, config_path))
     except (ConfigError, PluginError, OSError) as exc:
         print(f"tollway: {exc}", file=sys.stderr)
         return 1

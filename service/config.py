@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .media import MediaPolicy
+from .routing import Route, RoutingConfigError, RoutingPolicy, parse_routes, parse_routing
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 
@@ -29,9 +30,15 @@ class ProviderConfig:
     name: str
     kind: str
     base_url: str | None = None
-    api_key_env: str | None = None
-    # Upper bound for one upstream call when the caller set no shorter deadline.
+    # Environment variables holding this provider's keys; requests spread over them.
+    api_key_envs: tuple[str, ...] = ()
+    # One unary attempt, whole (the caller's remaining deadline may cut it shorter).
     timeout_s: float = 600.0
+    # Streams: connecting, the first event, and each gap between events. No total
+    # timeout, so a healthy long stream is never killed.
+    connect_timeout_s: float = 10.0
+    first_byte_timeout_s: float = 120.0
+    idle_timeout_s: float = 60.0
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -59,10 +66,14 @@ class Config:
     # None: the embedded default (every registered kind whose key is set).
     providers: Mapping[str, ProviderConfig] | None = None
     media: MediaPolicy = field(default_factory=MediaPolicy)
+    routes: Mapping[str, Route] = field(default_factory=dict)
+    routing: RoutingPolicy = field(default_factory=RoutingPolicy)
     source: str = "embedded default"
 
 
-_PROVIDER_KEYS = {"kind", "base_url", "api_key_env", "timeout_s"}
+_PROVIDER_KEYS = {"kind", "base_url", "api_key_env", "api_key_envs", "timeout_s", "connect_timeout_s",
+                  "first_byte_timeout_s", "idle_timeout_s"}
+_PROVIDER_TIMEOUTS = ("timeout_s", "connect_timeout_s", "first_byte_timeout_s", "idle_timeout_s")
 
 
 def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] = os.environ) -> Config:
@@ -85,7 +96,7 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] 
 
 
 def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
-    unknown = set(raw) - {"server", "plugins", "providers", "media"}
+    unknown = set(raw) - {"server", "plugins", "providers", "media", "routes", "routing"}
     if unknown:
         raise ConfigError(f"unknown top-level config table(s): {', '.join(sorted(unknown))}")
     server = _parse_server(_table(raw, "server"))
@@ -99,9 +110,12 @@ def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
         providers = {name: _parse_provider(name, table) for name, table in _table(raw, "providers").items()}
     try:
         media = MediaPolicy.from_table(dict(_table(raw, "media")))
-    except (TypeError, ValueError) as exc:
+        routes = parse_routes(raw.get("routes", []))
+        routing = parse_routing(_table(raw, "routing"))
+    except (TypeError, ValueError, RoutingConfigError) as exc:
         raise ConfigError(str(exc)) from None
-    return Config(server=server, plugins=plugins, providers=providers, media=media, source=source)
+    return Config(server=server, plugins=plugins, providers=providers, media=media, routes=routes, routing=routing,
+                  source=source)
 
 
 def _parse_server(table: Mapping[str, Any]) -> ServerConfig:
@@ -124,16 +138,25 @@ def _parse_provider(name: str, table: Any) -> ProviderConfig:
     for key in ("kind", "base_url", "api_key_env"):
         if key in known and not isinstance(known[key], str):
             raise ConfigError(f"{where}.{key} must be a string")
-    timeout = known.get("timeout_s", 600.0)
-    if not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ConfigError(f"{where}.timeout_s must be a positive number")
+    if "api_key_env" in known and "api_key_envs" in known:
+        raise ConfigError(f"{where}: set api_key_env or api_key_envs, not both")
+    key_envs = known.get("api_key_envs", [known["api_key_env"]] if "api_key_env" in known else [])
+    if not isinstance(key_envs, list) or not all(isinstance(k, str) and k for k in key_envs):
+        raise ConfigError(f"{where}.api_key_envs must be a list of environment variable names")
+    timeouts = {}
+    for key in _PROVIDER_TIMEOUTS:
+        if key in known:
+            value = known[key]
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{where}.{key} must be a positive number")
+            timeouts[key] = float(value)
     return ProviderConfig(
         name=name,
         kind=known.get("kind", name),
         base_url=known.get("base_url"),
-        api_key_env=known.get("api_key_env"),
-        timeout_s=float(timeout),
+        api_key_envs=tuple(key_envs),
         options=options,
+        **timeouts,
     )
 
 

@@ -15,6 +15,7 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
@@ -42,6 +43,18 @@ Code = grpc.StatusCode
 CONNECT_TIMEOUT_S = 10.0
 
 
+@dataclass(frozen=True)
+class AttemptTimeouts:
+    """Limits for one upstream attempt, already cut to the caller's remaining deadline."""
+
+    connect: float
+    # Unary: the whole attempt.
+    total: float
+    # Streams: until the first event, then between events.
+    first_byte: float
+    idle: float
+
+
 class Engine:
     def __init__(self, *, max_connections: int = 1000) -> None:
         self._max_connections = max_connections
@@ -58,16 +71,18 @@ class Engine:
             await self._client.aclose()
             self._client = None
 
-    async def complete(self, adapter: Adapter, request: AnyRequest, model: str, timeout: float) -> pb.CompleteResponse:
-        """One unary call; timeout bounds the whole exchange (the caller's deadline or the provider's limit)."""
+    async def complete(
+        self, adapter: Adapter, request: AnyRequest, model: str, timeouts: AttemptTimeouts
+    ) -> pb.CompleteResponse:
+        """One unary attempt; timeouts.total bounds the whole exchange."""
         http_request = adapter.build_request(request, model, stream=False)
-        _set_socket_timeouts(http_request, timeout)
+        http_request.extensions["timeout"] = {"connect": timeouts.connect, "read": None, "pool": timeouts.total}
         name = adapter.settings.name
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeouts.total):
                 response = await self._send(http_request, stream=False)
         except TimeoutError:
-            raise _timeout(name, timeout) from None
+            raise _timeout(name, f"did not answer within {timeouts.total:.3g}s") from None
         except httpx.HTTPError as exc:
             raise _transport_error(name, exc) from None
         if response.status_code >= 400:
@@ -75,42 +90,61 @@ class Engine:
         return adapter.parse_response(response)
 
     async def stream(
-        self, adapter: Adapter, request: AnyRequest, model: str, idle_timeout: float
+        self, adapter: Adapter, request: AnyRequest, model: str, timeouts: AttemptTimeouts
     ) -> AsyncIterator[pb.StreamCompleteResponse]:
         """Text deltas as they arrive, then the summary; a stream cut off raises UNAVAILABLE.
 
-        idle_timeout bounds connecting, the first byte and each gap between chunks, never
-        the whole stream, so a healthy long stream is not killed.
+        Time limits: connecting, the first event, and each gap between events; never the
+        whole stream, so a healthy long stream is not killed. An error after the first
+        message carries the usage seen so far (estimated) as err.partial_summary.
         """
         http_request = adapter.build_request(request, model, stream=True)
-        _set_socket_timeouts(http_request, idle_timeout)
+        http_request.extensions["timeout"] = {"connect": timeouts.connect, "read": None, "pool": timeouts.first_byte}
         name = adapter.settings.name
         decoder = adapter.stream_decoder(request, model)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeouts.first_byte
+        waiting_for = f"sent nothing within {timeouts.first_byte:.3g}s"
         try:
-            async with asyncio.timeout(idle_timeout):
+            async with asyncio.timeout_at(deadline):
                 response = await self._send(http_request, stream=True)
         except TimeoutError:
-            raise _timeout(name, idle_timeout) from None
+            raise _timeout(name, waiting_for) from None
         except httpx.HTTPError as exc:
             raise _transport_error(name, exc) from None
+        events = EventSource(response).aiter_sse()
+        delivered = False
         try:
             if response.status_code >= 400:
-                await _read_body(name, response)
+                async with asyncio.timeout_at(deadline):
+                    await _read_body(name, response)
                 raise adapter.parse_error(response)
-            try:
-                async for event in EventSource(response).aiter_sse():
-                    # Read to the end even after the terminal event: a provider may send
-                    # usage after it (and Gemini has no terminal event at all).
-                    for message in decoder.feed(event):
-                        yield message
-            except SSEError:
-                raise bad_upstream_body(name, "a body that is not an event stream") from None
-            except httpx.HTTPError as exc:
-                raise _transport_error(name, exc, mid_stream=True) from None
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        event = await anext(events)
+                except StopAsyncIteration:
+                    break
+                # Read to the end even after the terminal event: a provider may send usage
+                # after it (and Gemini has no terminal event at all).
+                deadline = loop.time() + timeouts.idle
+                waiting_for = f"stalled for {timeouts.idle:.3g}s mid-stream"
+                for message in decoder.feed(event):
+                    delivered = True
+                    yield message
             if not decoder.finished:
                 raise GatewayError(Code.UNAVAILABLE, f"{name}: upstream stream ended before its final event (truncated)")
             yield pb.StreamCompleteResponse(summary=decoder.summary())
+        except TimeoutError:
+            raise _with_partial(_timeout(name, waiting_for), decoder, delivered) from None
+        except SSEError:
+            raise bad_upstream_body(name, "a body that is not an event stream") from None
+        except httpx.HTTPError as exc:
+            raise _with_partial(_transport_error(name, exc, mid_stream=True), decoder, delivered) from None
+        except GatewayError as err:
+            raise _with_partial(err, decoder, delivered) from None
         finally:
+            await events.aclose()
             # Closing before the body is read drops the connection: the upstream sees the cancel.
             await response.aclose()
 
@@ -131,8 +165,17 @@ def _set_socket_timeouts(request: httpx.Request, timeout: float) -> None:
     request.extensions["timeout"] = {"connect": min(CONNECT_TIMEOUT_S, timeout), "read": timeout, "pool": timeout}
 
 
-def _timeout(name: str, timeout: float) -> GatewayError:
-    return GatewayError(Code.DEADLINE_EXCEEDED, f"{name}: upstream did not answer within {timeout:.3g}s")
+def _timeout(name: str, what: str) -> GatewayError:
+    return GatewayError(Code.DEADLINE_EXCEEDED, f"{name}: upstream {what}", attempt_timeout=True)
+
+
+def _with_partial(err: GatewayError, decoder, delivered: bool) -> GatewayError:
+    """Attach the usage seen so far to an error that ends a stream the caller already saw."""
+    if delivered and err.partial_summary is None:
+        summary = decoder.summary()
+        summary.usage.estimated = True
+        err.partial_summary = summary
+    return err
 
 
 def _transport_error(name: str, exc: httpx.HTTPError, *, mid_stream: bool = False) -> GatewayError:
@@ -141,7 +184,7 @@ def _transport_error(name: str, exc: httpx.HTTPError, *, mid_stream: bool = Fals
     if isinstance(cause, (asyncio.TimeoutError, TimeoutError)) or (
         isinstance(exc, httpx.TimeoutException) and exc.__cause__ is None
     ):
-        return GatewayError(Code.DEADLINE_EXCEEDED, f"{name}: upstream timed out")
+        return GatewayError(Code.DEADLINE_EXCEEDED, f"{name}: upstream timed out", attempt_timeout=True)
     if isinstance(cause, aiohttp.ClientConnectorError):
         return GatewayError(Code.UNAVAILABLE, f"{name}: cannot connect to upstream")
     if mid_stream or isinstance(cause, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)):
@@ -161,15 +204,14 @@ class _GuardedResolver(AbstractResolver):
     connects anew and is checked again.
     """
 
-    def __init__(self, policy: MediaPolicy, inner: AbstractResolver | None = None) -> None:
-        self._policy = policy
+    def __init__(self, fetcher: "MediaFetcher", inner: AbstractResolver | None = None) -> None:
+        self._fetcher = fetcher  # its policy may be replaced by a config reload
         self._inner = inner or ThreadedResolver()
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET):
         infos = await self._inner.resolve(host, port, family)
-        if not self._policy.host_is_trusted(host) and not all(
-            self._policy.address_allowed(info["host"]) for info in infos
-        ):
+        policy = self._fetcher.policy
+        if not policy.host_is_trusted(host) and not all(policy.address_allowed(info["host"]) for info in infos):
             raise AddressBlocked(f"{host} resolves to a non-public address")
         return infos
 
@@ -187,7 +229,7 @@ class MediaFetcher:
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
-            limit=100, use_dns_cache=False, resolver=_GuardedResolver(self.policy, self._resolver)
+            limit=100, use_dns_cache=False, resolver=_GuardedResolver(self, self._resolver)
         )
         session = aiohttp.ClientSession(connector=connector, trust_env=False)
         self._client = httpx.AsyncClient(transport=AiohttpTransport(client=session), timeout=None)

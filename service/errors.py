@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
@@ -58,13 +59,18 @@ class GatewayError(Exception):
     violations: list[FieldViolation] = field(default_factory=list)
     # Set when the provider answered with an HTTP error; kept for logs and routing.
     http_status: int | None = None
+    # The attempt's own time limit ran out (retryable while the caller's deadline holds).
+    attempt_timeout: bool = False
+    # For a stream that failed after messages reached the caller: the StreamSummary
+    # with the usage seen so far, marked estimated.
+    partial_summary: Any = None
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
 
-    def to_status(self) -> grpc.Status:
-        """The status with rich details (RetryInfo, BadRequest) in its trailers."""
-        details = []
+    def to_status(self, extra_details: Iterable[Any] = ()) -> grpc.Status:
+        """The status with rich details (RetryInfo, BadRequest, ...) in its trailers."""
+        details = list(extra_details)
         if self.retry_after is not None:
             delay = duration_pb2.Duration()
             delay.FromNanoseconds(int(self.retry_after * 1e9))

@@ -12,7 +12,7 @@ REQUEST_LOGGER = "tollway.request"
 
 # Fields a request line carries, in order.
 REQUEST_FIELDS = ("request_id", "rpc", "model", "provider", "upstream_model", "status", "latency_ms",
-                  "input_tokens", "output_tokens", "error")
+                  "attempts", "input_tokens", "output_tokens", "error")
 
 
 class JsonFormatter(logging.Formatter):

@@ -16,11 +16,13 @@ from tollway.v1 import completion_pb2 as pb
 from tollway.v1 import completion_pb2_grpc as pb_grpc
 
 from .adapter import ProviderKind
-from .config import Config
+from .breaker import HealthBoard
+from .config import Config, ConfigError, load_config
 from .engine import Engine, MediaFetcher
-from .plugins import load_provider_kinds
-from .registry import Registry, build_registry
-from .servicer import CompletionServicer, Runtime
+from .plugins import PluginError, load_provider_kinds
+from .registry import build_registry
+from .router import Router
+from .servicer import CompletionServicer, Runtime, ServingState
 
 log = logging.getLogger("tollway.server")
 
@@ -36,6 +38,30 @@ class Gateway:
     runtime: Runtime
     port: int
     grace_period_s: float
+    environ: Mapping[str, str]
+    extra_plugins: tuple[object, ...] = ()
+    config_path: str | None = None
+
+    def reload(self) -> bool:
+        """Re-read the config file and swap in a new registry atomically.
+
+        A bad file is refused with a log line and the old config stays. Calls in flight
+        finish on the state they started with. Listen address and media limits of the
+        server itself take effect only on restart."""
+        try:
+            config = load_config(self.config_path, self.environ)
+            state = build_state(config, self.environ, self.extra_plugins)
+        except (ConfigError, PluginError, OSError) as exc:
+            log.error("config reload refused, keeping the running config: %s", exc)
+            return False
+        router = self.runtime.router
+        router.board = router.board.with_policy(config.routing.breaker)
+        self.runtime.media.policy = config.media
+        self.runtime.state = state
+        log.info("config reloaded from %s; providers: %s; routes: %s", config.source,
+                 ", ".join(p.name for p in state.registry.usable()) or "none",
+                 ", ".join(sorted(state.registry.routes)) or "none")
+        return True
 
     async def stop(self, grace: float | None = None) -> None:
         """Health turns NOT_SERVING, new calls are refused, in-flight calls get the grace period."""
@@ -49,23 +75,33 @@ def load_kinds(config: Config, extra_plugins: Iterable[object] = ()) -> Mapping[
     return load_provider_kinds(allow=config.plugins.allow, deny=config.plugins.deny, extra_plugins=extra_plugins)
 
 
+def build_state(config: Config, environ: Mapping[str, str], extra_plugins: Iterable[object] = ()) -> ServingState:
+    """Plugins' hooks run here, at start-up and on reload, never per request."""
+    kinds = load_kinds(config, extra_plugins)
+    return ServingState(config=config, registry=build_registry(config, kinds, environ))
+
+
 async def start_gateway(
     config: Config,
     *,
     environ: Mapping[str, str] | None = None,
     extra_plugins: Iterable[object] = (),
     listen: str | None = None,
+    config_path: str | None = None,
 ) -> Gateway:
     """Load plugins, build the registry, bind and start. listen overrides config (tests use port 0)."""
     import os
 
-    kinds = load_kinds(config, extra_plugins)
-    registry: Registry = build_registry(config, kinds, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    extra_plugins = tuple(extra_plugins)
+    state = build_state(config, environ, extra_plugins)
+    registry = state.registry
     engine = Engine(max_connections=config.server.max_upstream_connections)
     await engine.start()
     media = MediaFetcher(config.media)
     await media.start()
-    runtime = Runtime(registry=registry, engine=engine, media=media)
+    router = Router(engine, media, HealthBoard(config.routing.breaker))
+    runtime = Runtime(state=state, engine=engine, media=media, router=router)
 
     # The receive limit matches the inline media limit, plus room for the text around it.
     max_bytes = config.media.max_request_bytes + 4 * 1024 * 1024
@@ -92,16 +128,18 @@ async def start_gateway(
     usable = ", ".join(p.name for p in registry.usable()) or "none (set a provider's API key)"
     log.info("serving on %s (config: %s); providers: %s", address.rsplit(":", 1)[0] + f":{port}", config.source,
              usable)
-    return Gateway(server, health_servicer, runtime, port, config.server.grace_period_s)
+    return Gateway(server, health_servicer, runtime, port, config.server.grace_period_s, environ, extra_plugins,
+                   config_path)
 
 
-async def serve_forever(config: Config) -> None:
-    """Run until SIGTERM or SIGINT, then drain and return (the process exits 0)."""
-    gateway = await start_gateway(config)
+async def serve_forever(config: Config, config_path: str | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain and return (the process exits 0). SIGHUP reloads."""
+    gateway = await start_gateway(config, config_path=config_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, gateway.reload)
     await stop.wait()
     log.info("stopping: draining in-flight calls for up to %.3gs", gateway.grace_period_s)
     await gateway.stop()

@@ -1,4 +1,4 @@
-"""The Completion servicer: validate, resolve the provider, call the engine, map errors to status."""
+"""The Completion servicer: validate, resolve the route, hand it to the router, map errors to status."""
 
 from __future__ import annotations
 
@@ -15,11 +15,14 @@ from tollway.v1 import completion_pb2 as pb
 from tollway.v1 import completion_pb2_grpc as pb_grpc
 
 from .adapter import AnyRequest
+from .config import Config
 from .engine import Engine, MediaFetcher
-from .media import check_inline_sizes
 from .errors import GatewayError, scrub
 from .logs import log_request
-from .registry import Provider, Registry
+from .media import check_inline_sizes
+from .registry import Registry
+from .router import RoutedCall, Router
+from .routing import Route
 from .validation import check_capabilities, validate_request
 
 log = logging.getLogger("tollway.servicer")
@@ -27,14 +30,21 @@ log = logging.getLogger("tollway.servicer")
 REQUEST_ID_KEY = "tollway-request-id"
 
 
+@dataclass(frozen=True)
+class ServingState:
+    """Config and the registry built from it, replaced together on reload. A call reads it
+    once, so it finishes on the config it started with."""
+
+    config: Config
+    registry: Registry
+
+
 @dataclass
 class Runtime:
-    """What the servicer reads per request. The registry is replaced whole on reload, so a
-    call that took its snapshot finishes on the config it started with."""
-
-    registry: Registry
+    state: ServingState
     engine: Engine
     media: MediaFetcher
+    router: Router
 
 
 class CompletionServicer(pb_grpc.CompletionServicer):
@@ -42,12 +52,10 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         self._runtime = runtime
 
     async def Complete(self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:
-        call = _Call("Complete", request)
+        call = _Call("Complete", request, self._runtime.state)
         try:
-            provider, upstream_model = call.prepare(self._runtime.registry, self._runtime.media)
-            request = await call.inline_media(self._runtime.media, _time_budget(context, provider.timeout_s))
-            timeout = _time_budget(context, provider.timeout_s)
-            response = await self._runtime.engine.complete(provider.adapter, request, upstream_model, timeout)
+            routed = call.prepare(context)
+            response = await self._runtime.router.complete(call.state.registry, call.state.config.routing, routed)
         except GatewayError as err:
             await call.fail(context, err)
         except asyncio.CancelledError:
@@ -55,22 +63,20 @@ class CompletionServicer(pb_grpc.CompletionServicer):
             raise
         except Exception:
             await call.crash(context)
-        call.usage = response.usage
-        call.log("OK")
+        call.finish(response.provider, response.model, response.usage)
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
         return response
 
     async def StreamComplete(self, request: pb.StreamCompleteRequest, context: grpc.aio.ServicerContext):
-        call = _Call("StreamComplete", request)
+        call = _Call("StreamComplete", request, self._runtime.state)
         try:
-            provider, upstream_model = call.prepare(self._runtime.registry, self._runtime.media)
-            request = await call.inline_media(self._runtime.media, _time_budget(context, provider.timeout_s))
-            idle_timeout = _time_budget(context, provider.timeout_s)
-            stream = self._runtime.engine.stream(provider.adapter, request, upstream_model, idle_timeout)
+            routed = call.prepare(context)
+            stream = self._runtime.router.stream(call.state.registry, call.state.config.routing, routed)
             async with aclosing(stream) as messages:
                 async for message in messages:
                     if message.HasField("summary"):
-                        call.usage = message.summary.usage
+                        summary = message.summary
+                        call.finish(summary.provider, summary.model, summary.usage)
                     yield message
         except GatewayError as err:
             await call.fail(context, err)
@@ -83,71 +89,100 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        registry = self._runtime.state.registry
         response = pb.ListModelsResponse()
-        for provider in sorted(self._runtime.registry.usable(), key=lambda p: p.name):
+        for provider in sorted(registry.usable(), key=lambda p: p.name):
             caps = provider.adapter.capabilities
             response.providers.append(
                 pb.ProviderInfo(
                     name=provider.name,
                     kind=provider.kind,
                     input_modalities=sorted(caps.modalities),
-                    mime_types=sorted({m for types in caps.mime_types.values() for m in types}),
+                    mime_types=_mime_list(caps),
                 )
             )
+        for route in sorted(registry.routes.values(), key=lambda r: r.name):
+            caps = registry.route_capabilities(route)
+            info = pb.RouteInfo(name=route.name)
+            for t in route.targets:
+                info.targets.append(pb.RouteTarget(provider=t.provider, model=t.model, weight=t.weight,
+                                                   priority=t.priority, usable=bool(registry.providers[t.provider].keys)))
+            if caps is not None:
+                info.input_modalities.extend(sorted(caps.modalities))
+                info.mime_types.extend(_mime_list(caps))
+            response.routes.append(info)
         return response
 
 
+def _mime_list(caps) -> list[str]:
+    return sorted({m for types in caps.mime_types.values() for m in types})
+
+
 class _Call:
-    """Bookkeeping for one RPC: its id, timing, and the one log line it ends with."""
+    """Bookkeeping for one RPC: its id, timing, the route, and the one log line it ends with."""
 
-    __slots__ = ("rpc", "request", "request_id", "started", "provider", "upstream_model", "usage")
+    __slots__ = ("rpc", "request", "state", "request_id", "started", "routed", "provider", "upstream_model", "usage")
 
-    def __init__(self, rpc: str, request: AnyRequest) -> None:
+    def __init__(self, rpc: str, request: AnyRequest, state: ServingState) -> None:
         self.rpc = rpc
         self.request = request
+        self.state = state
         self.request_id = uuid.uuid4().hex
         self.started = time.perf_counter()
-        self.provider: Provider | None = None
+        self.routed: RoutedCall | None = None
+        self.provider = ""
         self.upstream_model = ""
         self.usage: pb.Usage | None = None
 
-    def prepare(self, registry: Registry, media: MediaFetcher) -> tuple[Provider, str]:
+    def prepare(self, context: grpc.aio.ServicerContext) -> RoutedCall:
+        """Every check that needs no network, then the call's deadline budget."""
+        config, registry = self.state.config, self.state.registry
         validate_request(self.request)
-        check_inline_sizes(self.request, media.policy)
-        provider, self.upstream_model = registry.resolve(self.request.model)
-        self.provider = provider
-        check_capabilities(provider.name, provider.adapter.capabilities, self.request)
-        return provider, self.upstream_model
+        check_inline_sizes(self.request, config.media)
+        route = registry.resolve(self.request.model)
+        _check_route_accepts(registry, route, self.request)
+        remaining = context.time_remaining()
+        budget = config.routing.default_deadline_s if remaining is None else remaining
+        self.routed = RoutedCall(route, self.request, asyncio.get_running_loop().time() + budget)
+        return self.routed
 
-    async def inline_media(self, media: MediaFetcher, time_left: float) -> AnyRequest:
-        """Fetch URL media the provider cannot take; the fetched types are checked again."""
-        capabilities = self.provider.adapter.capabilities
-        inlined = await media.inline(self.request, capabilities, time_left)
-        if inlined is not self.request:
-            check_capabilities(self.provider.name, capabilities, inlined)
-        return inlined
+    def finish(self, provider: str, model: str, usage: pb.Usage) -> None:
+        self.provider, self.upstream_model, self.usage = provider, model, usage
+        if self.rpc == "Complete":
+            self.log("OK")
 
     def log(self, status: str, error: str | None = None) -> None:
         usage = self.usage
+        target = self.routed.target if self.routed else None
         log_request(
             request_id=self.request_id,
             rpc=self.rpc,
             model=self.request.model,
-            provider=self.provider.name if self.provider else None,
-            upstream_model=self.upstream_model,
+            provider=self.provider or (target.provider if target else None),
+            upstream_model=self.upstream_model or (target.model if target else None),
             status=status,
             latency_ms=round((time.perf_counter() - self.started) * 1000, 2),
+            attempts=len(self.routed.attempts) if self.routed else 0,
             input_tokens=usage.input.total if usage is not None else None,
             output_tokens=usage.output.total if usage is not None else None,
             error=error,
         )
 
     async def fail(self, context: grpc.aio.ServicerContext, err: GatewayError):
-        if self.provider is not None and self.provider.adapter is not None:
-            # Whatever an adapter quoted from the provider, the provider's key never leaves.
-            err.message = scrub(err.message, (self.provider.adapter.settings.api_key,))
+        # Whatever an adapter quoted from a provider, no configured key ever leaves.
+        err.message = scrub(err.message, self.state.registry.secrets)
+        if err.partial_summary is not None:
+            self.usage = err.partial_summary.usage
         self.log(err.code.name, err.message)
-        status = err.to_status()
+        details = []
+        if self.routed is not None and (self.routed.attempts or self.usage is not None):
+            failure = pb.CallFailure(route=self.routed.route.name, attempts=self.routed.attempts)
+            for attempt in failure.attempts:
+                attempt.message = scrub(attempt.message, self.state.registry.secrets)
+            if self.usage is not None:
+                failure.usage.CopyFrom(self.usage)
+            details.append(failure)
+        status = err.to_status(details)
         await context.abort(status.code, status.details,
                             tuple(status.trailing_metadata) + ((REQUEST_ID_KEY, self.request_id),))
 
@@ -160,9 +195,13 @@ class _Call:
                             ((REQUEST_ID_KEY, self.request_id),))
 
 
-def _time_budget(context: grpc.aio.ServicerContext, provider_timeout: float) -> float:
-    """The smaller of the caller's remaining deadline and the provider's limit."""
-    remaining = context.time_remaining()
-    if remaining is None:
-        return provider_timeout
-    return max(min(remaining, provider_timeout), 0.001)
+def _check_route_accepts(registry: Registry, route: Route, request: AnyRequest) -> None:
+    """Refuse media that any usable target of the route cannot take, before any network call."""
+    caps = registry.route_capabilities(route)
+    if caps is None:
+        return  # nothing usable: the router says why
+    if len(route.targets) == 1 and "/" in route.name:
+        subject = f'provider "{route.targets[0].provider}"'
+    else:
+        subject = f'route "{route.name}"'
+    check_capabilities(subject, caps, request)

@@ -77,8 +77,9 @@ def media_mime_type(media: pb.Media) -> str:
     return ""
 
 
-def check_capabilities(provider: str, capabilities: Capabilities, request: AnyRequest) -> None:
-    """Refuse what the provider cannot take; nothing is ever silently dropped."""
+def check_capabilities(subject: str, capabilities: Capabilities, request: AnyRequest) -> None:
+    """Refuse what the provider (or every target of a route) cannot take; nothing is ever
+    silently dropped. subject names it for the message: 'provider "openai"', 'route "fast"'."""
     for i, message in enumerate(request.messages):
         for j, part in enumerate(message.parts):
             kind = part.WhichOneof("content")
@@ -88,11 +89,11 @@ def check_capabilities(provider: str, capabilities: Capabilities, request: AnyRe
             path = f"messages[{i}].parts[{j}].{kind}"
             accepted = capabilities.mime_types.get(modality)
             if accepted is None:
-                raise invalid_argument(path, f'provider "{provider}" does not accept {modality_name(modality)} input')
+                raise invalid_argument(path, f"{subject} does not accept {modality_name(modality)} input")
             media = getattr(part, kind)
             mime = media_mime_type(media)
             if mime and mime not in accepted:
                 raise invalid_argument(
                     f"{path}.mime_type",
-                    f'provider "{provider}" does not accept {mime} (accepted: {", ".join(sorted(accepted))})',
+                    f'{subject} does not accept {mime} (accepted: {", ".join(sorted(accepted))})',
                 )

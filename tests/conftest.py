@@ -79,7 +79,9 @@ async def start_client():
 
 
 def mixrouter_config(upstream: FakeUpstream, **extra: Any) -> dict[str, Any]:
-    return {"providers": {"mixrouter": {"base_url": f"{upstream.base_url}/v1", **extra}}}
+    # No retries: these tests look at one upstream exchange; routing tests set their own policy.
+    return {"providers": {"mixrouter": {"base_url": f"{upstream.base_url}/v1", **extra}},
+            "routing": {"max_retries": 0}}
 
 
 @pytest.fixture

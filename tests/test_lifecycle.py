@@ -150,8 +150,9 @@ async def test_provider_timeout_from_config_bounds_a_unary_call(start_client, up
     await asyncio.wait_for(upstream.disconnected.wait(), WAIT_S)
 
 
-async def test_provider_timeout_from_config_bounds_the_first_byte_of_a_stream(start_client, upstream):
-    client = await start_client(mixrouter_config(upstream, timeout_s=0.3), {"MIXROUTER_API_KEY": MIXROUTER_TEST_KEY})
+async def test_provider_first_byte_timeout_bounds_the_start_of_a_stream(start_client, upstream):
+    client = await start_client(mixrouter_config(upstream, first_byte_timeout_s=0.3),
+                                {"MIXROUTER_API_KEY": MIXROUTER_TEST_KEY})
     upstream.reply(Reply(events=sse_events(stream_chunks(["late"])), delay_s=30))
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -159,12 +160,12 @@ async def test_provider_timeout_from_config_bounds_the_first_byte_of_a_stream(st
             pass
 
     assert caught.value.code() == Code.DEADLINE_EXCEEDED
-    assert caught.value.details() == "mixrouter: upstream did not answer within 0.3s"
+    assert caught.value.details() == "mixrouter: upstream sent nothing within 0.3s"
     await asyncio.wait_for(upstream.disconnected.wait(), WAIT_S)
 
 
-async def test_provider_timeout_from_config_bounds_a_gap_inside_a_stream(start_client, upstream):
-    client = await start_client(mixrouter_config(upstream, timeout_s=0.3), {"MIXROUTER_API_KEY": MIXROUTER_TEST_KEY})
+async def test_provider_idle_timeout_bounds_a_gap_inside_a_stream(start_client, upstream):
+    client = await start_client(mixrouter_config(upstream, idle_timeout_s=0.3), {"MIXROUTER_API_KEY": MIXROUTER_TEST_KEY})
     upstream.reply(Reply(events=sse_events(stream_chunks(["one", "two"])), fault="stall"))
 
     call = client.stub.StreamComplete(pb.StreamCompleteRequest(**fields()), timeout=30)
@@ -175,7 +176,7 @@ async def test_provider_timeout_from_config_bounds_a_gap_inside_a_stream(start_c
 
     assert [m.delta.text for m in received] == ["one"]
     assert caught.value.code() == Code.DEADLINE_EXCEEDED
-    assert caught.value.details() == "mixrouter: upstream timed out"
+    assert caught.value.details() == "mixrouter: upstream stalled for 0.3s mid-stream"
     await asyncio.wait_for(upstream.disconnected.wait(), WAIT_S)
 
 

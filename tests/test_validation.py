@@ -164,7 +164,16 @@ async def test_unknown_provider_is_not_found(client, upstream, kind):
 
 
 @pytest.mark.parametrize("kind", CALL_KINDS)
-@pytest.mark.parametrize("model", ["gemini-2.0-flash", "mixrouter/", "/gemini-2.0-flash"])
+async def test_a_name_without_a_slash_is_a_route_and_must_be_configured(client, upstream, kind):
+    error = await refused(client, kind, model="gemini-2.0-flash", messages=hello())
+
+    assert error.code() == Code.NOT_FOUND
+    assert error.details() == 'model: unknown route "gemini-2.0-flash" (routes: none; or name "provider/model")'
+    assert upstream.received == []
+
+
+@pytest.mark.parametrize("kind", CALL_KINDS)
+@pytest.mark.parametrize("model", ["mixrouter/", "/gemini-2.0-flash"])
 async def test_model_not_of_the_form_provider_slash_model(client, upstream, kind, model):
     error = await refused(client, kind, model=model, messages=hello())
 

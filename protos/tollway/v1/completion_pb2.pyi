@@ -307,6 +307,16 @@ class Attempt(_message.Message):
     duration: _duration_pb2.Duration
     def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
+class CallFailure(_message.Message):
+    __slots__ = ("route", "attempts", "usage")
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    route: str
+    attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
+    usage: Usage
+    def __init__(self, route: _Optional[str] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+
 class CostLineItem(_message.Message):
     __slots__ = ("token_class", "tokens", "unit_price_nano_usd_per_million", "amount_nano_usd")
     TOKEN_CLASS_FIELD_NUMBER: _ClassVar[int]
@@ -512,10 +522,38 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListModelsResponse(_message.Message):
-    __slots__ = ("providers",)
+    __slots__ = ("providers", "routes")
     PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
     providers: _containers.RepeatedCompositeFieldContainer[ProviderInfo]
-    def __init__(self, providers: _Optional[_Iterable[_Union[ProviderInfo, _Mapping]]] = ...) -> None: ...
+    routes: _containers.RepeatedCompositeFieldContainer[RouteInfo]
+    def __init__(self, providers: _Optional[_Iterable[_Union[ProviderInfo, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[RouteInfo, _Mapping]]] = ...) -> None: ...
+
+class RouteInfo(_message.Message):
+    __slots__ = ("name", "targets", "input_modalities", "mime_types")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_MODALITIES_FIELD_NUMBER: _ClassVar[int]
+    MIME_TYPES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    targets: _containers.RepeatedCompositeFieldContainer[RouteTarget]
+    input_modalities: _containers.RepeatedScalarFieldContainer[Modality]
+    mime_types: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[RouteTarget, _Mapping]]] = ..., input_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., mime_types: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RouteTarget(_message.Message):
+    __slots__ = ("provider", "model", "weight", "priority", "usable")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    USABLE_FIELD_NUMBER: _ClassVar[int]
+    provider: str
+    model: str
+    weight: int
+    priority: int
+    usable: bool
+    def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., weight: _Optional[int] = ..., priority: _Optional[int] = ..., usable: _Optional[bool] = ...) -> None: ...
 
 class ProviderInfo(_message.Message):
     __slots__ = ("name", "kind", "input_modalities", "mime_types")

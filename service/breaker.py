@@ -1,0 +1,140 @@
+"""Circuit breakers and key cool-downs: what the router remembers about upstream health.
+
+State lives across requests and across config reloads (keyed by names, not objects), so a
+reload does not forget that a target is failing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """The `[routing.breaker]` config table."""
+
+    # Opens after this many failures in a row...
+    consecutive_failures: int = 5
+    # ...or when the failure rate over the window exceeds this, once min_calls were seen.
+    error_rate: float = 0.5
+    window_s: float = 60.0
+    min_calls: int = 20
+    # How long an open breaker refuses calls before letting one probe through.
+    cooldown_s: float = 30.0
+
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+class CircuitBreaker:
+    """closed -> open (on failures) -> half-open after cooldown (one probe) -> closed or open."""
+
+    __slots__ = ("policy", "state", "_clock", "_consecutive", "_outcomes", "_opened_at", "_probe_in_flight")
+
+    def __init__(self, policy: BreakerPolicy, clock: Callable[[], float] = time.monotonic) -> None:
+        self.policy = policy
+        self.state = CLOSED
+        self._clock = clock
+        self._consecutive = 0
+        self._outcomes: deque[tuple[float, bool]] = deque()
+        self._opened_at = 0.0
+        self._probe_in_flight = False
+
+    def allow(self) -> bool:
+        """May a call go out now? A half-open breaker admits exactly one probe at a time."""
+        if self.state == CLOSED:
+            return True
+        if self.state == OPEN:
+            if self._clock() - self._opened_at < self.policy.cooldown_s:
+                return False
+            self.state = HALF_OPEN
+            self._probe_in_flight = False
+        if self._probe_in_flight:
+            return False
+        self._probe_in_flight = True
+        return True
+
+    def record_success(self) -> None:
+        if self.state == HALF_OPEN:
+            self._reset()
+            return
+        self._consecutive = 0
+        self._push(ok=True)
+
+    def record_failure(self) -> None:
+        if self.state == HALF_OPEN:
+            self._open()
+            return
+        self._consecutive += 1
+        self._push(ok=False)
+        if self._consecutive >= self.policy.consecutive_failures or self._rate_exceeded():
+            self._open()
+
+    def release_probe(self) -> None:
+        """A probe ended without a verdict (the caller cancelled): let another one through."""
+        self._probe_in_flight = False
+
+    def _push(self, ok: bool) -> None:
+        now = self._clock()
+        self._outcomes.append((now, ok))
+        horizon = now - self.policy.window_s
+        while self._outcomes and self._outcomes[0][0] < horizon:
+            self._outcomes.popleft()
+
+    def _rate_exceeded(self) -> bool:
+        calls = len(self._outcomes)
+        if calls < self.policy.min_calls:
+            return False
+        failures = sum(1 for _, ok in self._outcomes if not ok)
+        return failures / calls > self.policy.error_rate
+
+    def _open(self) -> None:
+        self.state = OPEN
+        self._opened_at = self._clock()
+        self._probe_in_flight = False
+
+    def _reset(self) -> None:
+        self.state = CLOSED
+        self._consecutive = 0
+        self._outcomes.clear()
+        self._probe_in_flight = False
+
+
+class HealthBoard:
+    """Breakers per (provider, model, key) and cool-down deadlines per (provider, key)."""
+
+    def __init__(self, policy: BreakerPolicy, clock: Callable[[], float] = time.monotonic) -> None:
+        self.policy = policy
+        self._clock = clock
+        self._breakers: dict[tuple[str, str, str], CircuitBreaker] = {}
+        self._cool_until: dict[tuple[str, str], float] = {}
+
+    def breaker(self, provider: str, model: str, key_id: str) -> CircuitBreaker:
+        key = (provider, model, key_id)
+        breaker = self._breakers.get(key)
+        if breaker is None:
+            breaker = self._breakers[key] = CircuitBreaker(self.policy, self._clock)
+        return breaker
+
+    def cool_down(self, provider: str, key_id: str, seconds: float) -> None:
+        until = self._clock() + seconds
+        if until > self._cool_until.get((provider, key_id), 0.0):
+            self._cool_until[(provider, key_id)] = until
+
+    def is_cooling(self, provider: str, key_id: str) -> bool:
+        until = self._cool_until.get((provider, key_id))
+        return until is not None and self._clock() < until
+
+    def with_policy(self, policy: BreakerPolicy) -> "HealthBoard":
+        """The same remembered state under a reloaded policy."""
+        if policy == self.policy:
+            return self
+        board = HealthBoard(policy, self._clock)
+        board._cool_until = self._cool_until
+        for key, old in self._breakers.items():
+            old.policy = policy
+            board._breakers[key] = old
+        return board

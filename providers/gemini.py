@@ -173,7 +173,8 @@ def gemini_mime_type(mime: str) -> str:
     return GEMINI_SPELLING.get(mime, mime)
 
 
-def build_http_request(settings: ProviderSettings, model: str, body: Mapping[str, Any], *, stream: bool) -> httpx.Request:
+def build_http_request(settings: ProviderSettings, model: str, body: Mapping[str, Any], *,
+                       stream: bool) -> httpx.Request:
     # "gemini/models/gemini-2.5-flash" and "gemini/gemini-2.5-flash" name the same model;
     # quoting keeps a model name from adding path segments or a query.
     name = quote(model.removeprefix("models/"), safe="-._~")
@@ -389,8 +390,8 @@ def reported_usage(u: Mapping[str, Any]) -> ReportedUsage:
         input_total=prompt + tool_use,
         input_by_modality=_by_modality(u.get("promptTokensDetails"), u.get("toolUsePromptTokensDetails")),
         cache_read=_count(u, "cachedContentTokenCount"),
-        cache_read_by_modality=(_by_modality(u.get("cacheTokensDetails"))
-                                if isinstance(u.get("cacheTokensDetails"), list) else None),
+        # An empty or absent list is no breakdown: cache reads then come out in rule-4 order.
+        cache_read_by_modality=_by_modality(u.get("cacheTokensDetails")) if u.get("cacheTokensDetails") else None,
         reasoning=thoughts,
         provider_total=total,
         tool_use_prompt_tokens=tool_use if "toolUsePromptTokenCount" in u else None,

@@ -13,6 +13,8 @@ import json
 import grpc
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from httpx_sse import ServerSentEvent
@@ -440,12 +442,48 @@ def test_thoughts_inside_candidates_are_not_added_twice():
     assert list(usage.warnings) == [W.USAGE_WARNING_THOUGHTS_INCLUDED_IN_CANDIDATES]
 
 
+def test_empty_cache_breakdown_is_no_breakdown():
+    # An empty cacheTokensDetails list must not leave the cached tokens inside "text".
+    usage = normalize(reported_usage({
+        "promptTokenCount": 100, "cachedContentTokenCount": 80, "candidatesTokenCount": 5, "totalTokenCount": 105,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 100}], "cacheTokensDetails": [],
+        "candidatesTokensDetails": [{"modality": "TEXT", "tokenCount": 5}],
+    }))
+
+    assert usage.input == pb.InputUsage(total=100, text=20, cache_read=80)
+    assert list(usage.warnings) == []
+
+
 def test_total_that_matches_neither_reading_is_flagged():
     usage = normalize(reported_usage({"promptTokenCount": 10, "candidatesTokenCount": 5, "thoughtsTokenCount": 3,
                                       "totalTokenCount": 99}))
 
     assert usage.output == pb.OutputUsage(total=8, reasoning=3, unattributed=5)
     assert W.USAGE_WARNING_PROVIDER_TOTAL_MISMATCH in usage.warnings
+
+
+_counts = st.integers(min_value=-5, max_value=10**7)
+_details = st.lists(st.fixed_dictionaries({"modality": st.sampled_from(
+    ["TEXT", "IMAGE", "AUDIO", "VIDEO", "DOCUMENT", "MODALITY_UNSPECIFIED"]), "tokenCount": _counts}), max_size=6)
+_usage_metadata = st.fixed_dictionaries({}, optional={
+    "promptTokenCount": _counts, "cachedContentTokenCount": _counts, "candidatesTokenCount": _counts,
+    "toolUsePromptTokenCount": _counts, "thoughtsTokenCount": _counts, "totalTokenCount": _counts,
+    "promptTokensDetails": _details, "cacheTokensDetails": _details, "candidatesTokensDetails": _details,
+    "toolUsePromptTokensDetails": _details,
+})
+
+
+@given(_usage_metadata)
+def test_any_usage_metadata_adds_up(u):
+    usage = normalize(reported_usage(u))
+
+    i, o = usage.input, usage.output
+    assert min(i.total, i.text, i.image, i.audio, i.video, i.document, i.cache_read, i.unattributed) >= 0
+    assert min(o.total, o.text, o.audio, o.image, o.reasoning, o.unattributed) >= 0
+    assert i.total == (i.text + i.image + i.audio + i.video + i.document + i.cache_read + i.cache_write_5m
+                       + i.cache_write_1h + i.cache_write_unknown_ttl + i.unattributed)
+    assert o.total == o.text + o.audio + o.image + o.reasoning + o.unattributed
+    assert usage.total_tokens == i.total + o.total
 
 
 # -- streams from fixtures -------------------------------------------------------------------

@@ -151,7 +151,8 @@ def _conversation(request: AnyRequest, provider: str) -> tuple[list[dict], list[
 
 def _text_block(i: int, j: int, part: pb.Part, role: str, provider: str) -> dict[str, Any]:
     if part.WhichOneof("content") != "text":
-        raise invalid_argument(f"messages[{i}].parts[{j}]", f'provider "{provider}" takes text only in {role} messages')
+        raise invalid_argument(f"messages[{i}].parts[{j}]",
+                               f'provider "{provider}" takes text only in {role} messages')
     return {"type": "text", "text": part.text}
 
 

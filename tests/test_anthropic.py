@@ -37,7 +37,8 @@ PDF = b"%PDF-1.4\n%not-a-real-document\n"
 PNG = b"\x89PNG\r\n\x1a\n-not-a-real-image"
 
 # What every Anthropic response says about modalities: nothing (USAGE.md rule 1).
-NO_MODALITIES = {W.USAGE_WARNING_INPUT_MODALITY_DETAILS_INCOMPLETE, W.USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE}
+NO_MODALITIES = {W.USAGE_WARNING_INPUT_MODALITY_DETAILS_INCOMPLETE,
+                 W.USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE}
 
 
 def make_adapter(**options) -> anthropic.AnthropicAdapter:
@@ -161,7 +162,8 @@ def test_system_messages_go_to_top_level_system_and_same_role_turns_merge():
 
     body = sent_body(req)
 
-    assert body["system"] == [{"type": "text", "text": "You are terse."}, {"type": "text", "text": "Answer in one line."}]
+    assert body["system"] == [{"type": "text", "text": "You are terse."},
+                              {"type": "text", "text": "Answer in one line."}]
     assert body["messages"] == [
         {"role": "user", "content": [{"type": "text", "text": "Hello there."}]},
         {"role": "assistant", "content": [{"type": "text", "text": "Hi, I'm Claude."}]},
@@ -458,7 +460,8 @@ def http_error(status: int, body: dict | bytes, headers: dict | None = None) -> 
 
 
 def error_body(error_type: str, message: str) -> dict:
-    return {"type": "error", "error": {"type": error_type, "message": message}, "request_id": "req_011CSHoEeqs5C35K2UUqR7Fy"}
+    return {"type": "error", "error": {"type": error_type, "message": message},
+            "request_id": "req_011CSHoEeqs5C35K2UUqR7Fy"}
 
 
 def test_http_error_body_keeps_type_and_message():
@@ -509,7 +512,8 @@ def test_keys_echoed_in_an_error_message_are_scrubbed():
     err = http_error(400, error_body("invalid_request_error", f"bad key {KEY} and sk-ant-api03-abcdefghijkl"))
 
     assert err.code == Code.INVALID_ARGUMENT
-    assert err.message == "anthropic: upstream returned HTTP 400: invalid_request_error: bad key [redacted] and [redacted]"
+    assert err.message == ("anthropic: upstream returned HTTP 400: "
+                           "invalid_request_error: bad key [redacted] and [redacted]")
 
 
 def test_html_error_page_is_named_as_such():
@@ -664,7 +668,8 @@ def test_docs_error_event_is_unavailable():
     "error_type, code, message",
     [
         ("rate_limit_error", Code.RESOURCE_EXHAUSTED, "anthropic: upstream reported rate_limit_error: slow down"),
-        ("invalid_request_error", Code.INVALID_ARGUMENT, "anthropic: upstream reported invalid_request_error: slow down"),
+        ("invalid_request_error", Code.INVALID_ARGUMENT,
+         "anthropic: upstream reported invalid_request_error: slow down"),
         ("api_error", Code.UNAVAILABLE, "anthropic: upstream reported api_error: slow down"),
         ("timeout_error", Code.DEADLINE_EXCEEDED, "anthropic: upstream reported timeout_error: slow down"),
         ("billing_error", Code.FAILED_PRECONDITION, "anthropic: upstream reported billing_error: slow down"),

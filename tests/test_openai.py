@@ -19,7 +19,7 @@ import pytest
 from httpx_sse import ServerSentEvent
 
 from providers import openai as openai_provider
-from providers.openai_codec import ChatDialect, reported_usage
+from providers.openai_codec import reported_usage
 from service.adapter import ProviderSettings
 from service.errors import GatewayError
 from service.usage import normalize
@@ -59,7 +59,7 @@ def settings(name: str = "openai", kind: str = "openai", base_url: str = "https:
     return ProviderSettings(name=name, kind=kind, base_url=base_url, api_key=api_key, options=options)
 
 
-def respond(adapter, request: httpx.Request, status: int, body: bytes, headers: dict | None = None) -> httpx.Response:
+def respond(request: httpx.Request, status: int, body: bytes, headers: dict | None = None) -> httpx.Response:
     return httpx.Response(status, content=body, headers=headers or {}, request=request)
 
 
@@ -92,7 +92,8 @@ def build_json(adapter, request, model: str = "gpt-4.1", *, stream: bool = False
 
 
 ADAPTER = openai_provider.create(settings())
-WAV = b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00\x40\x1f\x00\x00\x80\x3e\x00\x00\x02\x00\x10\x00data"
+WAV = (b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00\x40\x1f\x00\x00\x80\x3e\x00\x00"
+       b"\x02\x00\x10\x00data")
 MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00\xff\xfb\x90\x00"
 PDF = b"%PDF-1.4\n1 0 obj << >> endobj\ntrailer << >>\n%%EOF\n"
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
@@ -171,7 +172,8 @@ def test_image_url_and_image_bytes():
 
 @pytest.mark.parametrize(("data", "mime", "fmt"), [(WAV, "audio/wav", "wav"), (MP3, "audio/mpeg", "mp3")])
 def test_audio_bytes_go_as_input_audio(data, mime, fmt):
-    request = pb.CompleteRequest(messages=[user(pb.Part(text="Transcribe."), pb.Part(audio=pb.Media(data=data, mime_type=mime)))])
+    request = pb.CompleteRequest(messages=[user(pb.Part(text="Transcribe."),
+                                                pb.Part(audio=pb.Media(data=data, mime_type=mime)))])
 
     assert build_json(ADAPTER, request)["messages"][0]["content"] == [
         {"type": "text", "text": "Transcribe."},
@@ -185,7 +187,8 @@ def test_pdf_goes_as_a_file_part():
 
     assert build_json(ADAPTER, request)["messages"][0]["content"] == [
         {"type": "text", "text": "Summarize."},
-        {"type": "file", "file": {"filename": "document-0-1.pdf", "file_data": f"data:application/pdf;base64,{b64(PDF)}"}},
+        {"type": "file", "file": {"filename": "document-0-1.pdf",
+                                  "file_data": f"data:application/pdf;base64,{b64(PDF)}"}},
     ]
 
 
@@ -232,10 +235,12 @@ def test_unknown_option_is_refused_by_name():
 # -- response translation ----------------------------------------------------------------
 
 
+HI = pb.CompleteRequest(messages=[user(pb.Part(text="hi"))])
+
+
 def parse_fixture(name: str) -> pb.CompleteResponse:
-    http_request = ADAPTER.build_request(pb.CompleteRequest(messages=[user(pb.Part(text="hi"))]), "gpt-4.1",
-                                         stream=False)
-    return ADAPTER.parse_response(respond(ADAPTER, http_request, 200, (FIXTURES / name).read_bytes()))
+    http_request = ADAPTER.build_request(HI, "gpt-4.1", stream=False)
+    return ADAPTER.parse_response(respond(http_request, 200, (FIXTURES / name).read_bytes()))
 
 
 def test_text_completion():
@@ -246,7 +251,8 @@ def test_text_completion():
     assert response.created.seconds == 1741569952
     assert len(response.choices) == 1
     choice = response.choices[0]
-    assert choice.message == pb.Message(role=pb.ROLE_ASSISTANT, parts=[pb.Part(text="Hello! How can I assist you today?")])
+    assert choice.message == pb.Message(role=pb.ROLE_ASSISTANT,
+                                        parts=[pb.Part(text="Hello! How can I assist you today?")])
     assert (choice.finish_reason, choice.raw_finish_reason) == (pb.FINISH_REASON_STOP, "stop")
     usage = response.usage
     # 19 prompt tokens: none cached, no modality stated (audio_tokens 0 is "none").
@@ -314,10 +320,10 @@ def test_predicted_outputs_usage():
 
 
 def test_body_that_is_not_json_is_unavailable():
-    http_request = ADAPTER.build_request(pb.CompleteRequest(messages=[user(pb.Part(text="hi"))]), "gpt-4.1", stream=False)
+    http_request = ADAPTER.build_request(HI, "gpt-4.1", stream=False)
 
     with pytest.raises(GatewayError) as caught:
-        ADAPTER.parse_response(respond(ADAPTER, http_request, 200, b"<html>502 Bad Gateway</html>"))
+        ADAPTER.parse_response(respond(http_request, 200, b"<html>502 Bad Gateway</html>"))
 
     assert caught.value.code == Code.UNAVAILABLE
     assert caught.value.message == "openai: upstream answered with a body that is not JSON"
@@ -325,7 +331,8 @@ def test_body_that_is_not_json_is_unavailable():
 
 # -- stream translation ------------------------------------------------------------------
 
-STREAM_REQUEST = pb.StreamCompleteRequest(model="openai/gpt-4o", messages=[user(pb.Part(text="What's the weather like in SF?"))])
+STREAM_REQUEST = pb.StreamCompleteRequest(model="openai/gpt-4o",
+                                         messages=[user(pb.Part(text="What's the weather like in SF?"))])
 
 
 def test_stream_with_include_usage():
@@ -337,7 +344,8 @@ def test_stream_with_include_usage():
     assert (summary.id, summary.model, summary.provider) == ("chatcmpl-9tXjg9DdaOfymTPDrSLfxslQEH0C2",
                                                              "gpt-4o-2024-08-06", "openai")
     assert summary.created.seconds == 1723024748
-    assert list(summary.finishes) == [pb.ChoiceFinish(index=0, finish_reason=pb.FINISH_REASON_STOP, raw_finish_reason="stop")]
+    assert list(summary.finishes) == [
+        pb.ChoiceFinish(index=0, finish_reason=pb.FINISH_REASON_STOP, raw_finish_reason="stop")]
     # The usage chunk (choices: []) states only the three totals.
     assert summary.usage.input == pb.InputUsage(total=14, unattributed=14)
     assert summary.usage.output == pb.OutputUsage(total=47, unattributed=47)
@@ -393,8 +401,8 @@ def test_stream_that_breaks_off_with_an_error_event():
 
 
 def error_for(status: int, body: bytes, headers: dict | None = None) -> GatewayError:
-    http_request = ADAPTER.build_request(pb.CompleteRequest(messages=[user(pb.Part(text="hi"))]), "gpt-4.1", stream=False)
-    return ADAPTER.parse_error(respond(ADAPTER, http_request, status, body, headers))
+    http_request = ADAPTER.build_request(HI, "gpt-4.1", stream=False)
+    return ADAPTER.parse_error(respond(http_request, status, body, headers))
 
 
 def test_server_error_body_keeps_openais_message():
@@ -511,8 +519,8 @@ async def test_invalid_request_end_to_end(openai_client, upstream):
                                                      "param": "messages", "code": "context_length_exceeded"}}))
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await openai_client.stub.Complete(pb.CompleteRequest(model="openai/gpt-4.1", messages=[user(pb.Part(text="hi"))]),
-                                          timeout=10)
+        await openai_client.stub.Complete(
+            pb.CompleteRequest(model="openai/gpt-4.1", messages=[user(pb.Part(text="hi"))]), timeout=10)
 
     assert caught.value.code() == Code.INVALID_ARGUMENT
     assert caught.value.details() == f"openai: upstream returned HTTP 400: {message}"

@@ -15,9 +15,11 @@ import grpc
 import pytest
 
 from providers import openai_compatible
+from providers.openai_codec import reported_usage
 from providers.openai_compatible import CompatibleOptions
 from service.config import ConfigError
 from service.errors import GatewayError
+from service.usage import normalize
 from tests.test_openai import (
     FIXTURES,
     INCOMPLETE,
@@ -80,11 +82,13 @@ def test_input_audio_takes_wav_and_mp3_as_bytes():
 
 @pytest.mark.parametrize(("options", "message"), [
     ({"max_token_field": "max_tokens"},
-     "unknown option(s) for kind openai_compatible: max_token_field (known: audio_style, max_tokens_field, modalities)"),
+     "unknown option(s) for kind openai_compatible: max_token_field "
+     "(known: audio_style, max_tokens_field, modalities)"),
     ({"max_tokens_field": "maxTokens"}, "option max_tokens_field must be \"max_tokens\" or \"max_completion_tokens\", "
                                         "not 'maxTokens'"),
     ({"modalities": "image"}, "option modalities must be a list of strings"),
-    ({"modalities": ["image", "pdf"]}, "option modalities: unknown modality 'pdf' (known: image, audio, video, document)"),
+    ({"modalities": ["image", "pdf"]},
+     "option modalities: unknown modality 'pdf' (known: image, audio, video, document)"),
     ({"modalities": ["audio"], "audio_style": "base64"}, "option audio_style must be \"input_audio\" or \"audio_url\", "
                                                          "not 'base64'"),
     ({"audio_style": "audio_url"}, 'option audio_style is set but modalities does not include "audio"'),
@@ -146,7 +150,8 @@ def test_media_parts_per_modality_and_audio_style():
         {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64(PNG)}"}},
         {"type": "video_url", "video_url": {"url": "https://example.com/clip.mp4"}},
         {"type": "input_audio", "input_audio": {"data": b64(MP3), "format": "mp3"}},
-        {"type": "file", "file": {"filename": "document-0-3.pdf", "file_data": f"data:application/pdf;base64,{b64(PDF)}"}},
+        {"type": "file", "file": {"filename": "document-0-3.pdf",
+                                  "file_data": f"data:application/pdf;base64,{b64(PDF)}"}},
     ]
     assert as_audio_url[2] == {"type": "audio_url", "audio_url": {"url": f"data:audio/mpeg;base64,{b64(MP3)}"}}
 
@@ -157,7 +162,7 @@ def test_media_parts_per_modality_and_audio_style():
 def parse(name: str, **options) -> pb.CompleteResponse:
     a = adapter(**options)
     http_request = a.build_request(pb.CompleteRequest(messages=[user(pb.Part(text="hi"))]), "m", stream=False)
-    return a.parse_response(respond(a, http_request, 200, (FIXTURES / name).read_bytes()))
+    return a.parse_response(respond(http_request, 200, (FIXTURES / name).read_bytes()))
 
 
 def test_xai_reasoning_outside_completion_tokens():
@@ -202,6 +207,21 @@ def test_ollama_totals_only():
     assert response.usage.provider_reported == pb.ProviderReportedUsage(total_tokens=95)
 
 
+def test_cache_reads_outside_prompt_tokens_are_added_not_clamped():
+    # The shape Vercel's xAI usage tests pin as "non-inclusive reporting": more cache
+    # reads than prompt tokens, and 4142 + 254 + 4328 = 8724 = total_tokens.
+    payload = {"prompt_tokens": 4142, "completion_tokens": 254, "total_tokens": 8724,
+               "prompt_tokens_details": {"cached_tokens": 4328}}
+
+    usage = normalize(reported_usage(payload, "grok-4", CompatibleOptions().dialect()))
+
+    assert usage.input == pb.InputUsage(total=8470, cache_read=4328, unattributed=4142)
+    assert usage.output == pb.OutputUsage(total=254, unattributed=254)
+    assert usage.total_tokens == 8724
+    assert W.USAGE_WARNING_DETAILS_EXCEED_TOTAL not in usage.warnings
+    assert W.USAGE_WARNING_PROVIDER_TOTAL_MISMATCH not in usage.warnings
+
+
 def test_a_body_without_usage_is_estimated_from_what_went_each_way():
     a = adapter()
     http_request = a.build_request(pb.CompleteRequest(messages=[user(pb.Part(text="hi"))]), "m", stream=False)
@@ -209,7 +229,7 @@ def test_a_body_without_usage_is_estimated_from_what_went_each_way():
                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello, world"},
                                     "finish_reason": "stop"}]}).encode()
 
-    usage = a.parse_response(respond(a, http_request, 200, body)).usage
+    usage = a.parse_response(respond(http_request, 200, body)).usage
 
     # About four bytes a token: the request body sent, and the 12 bytes of answer text.
     sent = len(http_request.content)
@@ -275,7 +295,7 @@ def test_a_server_error_string_keeps_its_message():
     a = adapter()
     http_request = a.build_request(pb.CompleteRequest(messages=[user(pb.Part(text="hi"))]), "m", stream=False)
 
-    error = a.parse_error(respond(a, http_request, 404, b'{"error":"model \'nonexistent-model-12345\' not found"}'))
+    error = a.parse_error(respond(http_request, 404, b'{"error":"model \'nonexistent-model-12345\' not found"}'))
 
     assert isinstance(error, GatewayError)
     assert error.code == Code.NOT_FOUND
@@ -368,7 +388,8 @@ async def test_not_found_end_to_end(compat_client, upstream):
 async def test_audio_is_refused_by_an_instance_that_did_not_declare_it(compat_client, upstream):
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await compat_client.stub.Complete(pb.CompleteRequest(
-            model="local/llama3", messages=[user(pb.Part(audio=pb.Media(data=WAV, mime_type="audio/wav")))]), timeout=10)
+            model="local/llama3", messages=[user(pb.Part(audio=pb.Media(data=WAV, mime_type="audio/wav")))]),
+            timeout=10)
 
     assert caught.value.code() == Code.INVALID_ARGUMENT
     assert caught.value.details() == 'messages[0].parts[0].audio: provider "local" does not accept audio input'

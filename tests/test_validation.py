@@ -16,13 +16,33 @@ from grpc_status import rpc_status
 from providers.openai_codec import ChatDialect, OpenAIChatAdapter
 from service.adapter import IMAGE, Capabilities, ProviderKind
 from service.hookspecs import hookimpl
-from tests.conftest import MIXROUTER_TEST_KEY, mixrouter_config
+from service.config import parse_config
+from service.server import start_gateway
+from tests.conftest import MIXROUTER_TEST_KEY, Client, mixrouter_config
 from tests.upstream import Reply
 from tollway.v1 import completion_pb2 as pb
+from tollway.v1 import completion_pb2_grpc as pb_grpc
 
 Code = grpc.StatusCode
 CALL_KINDS = ["unary", "stream"]
 MODEL = "mixrouter/gemini-2.0-flash"
+
+
+@pytest.fixture(scope="module")
+async def shared_client(upstream_server):
+    """One gateway for the module: refusals leave no state behind, and a gateway per case is slow."""
+    gateway = await start_gateway(parse_config(mixrouter_config(upstream_server)),
+                                  environ={"MIXROUTER_API_KEY": MIXROUTER_TEST_KEY}, listen="127.0.0.1:0")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
+    yield Client(gateway, channel, pb_grpc.CompletionStub(channel))
+    await channel.close()
+    await gateway.stop(grace=0)
+
+
+@pytest.fixture
+def client(shared_client, upstream):
+    """The shared gateway, with the upstream's record cleared for this test."""
+    return shared_client
 
 
 def user(*parts: pb.Part) -> pb.Message:

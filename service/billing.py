@@ -12,7 +12,7 @@ The catalog
     name or a kind. For a request, the first of these that has a version in effect wins:
     operator entries for the provider's configured name, operator entries for its kind,
     shipped entries for its kind. A provider kind the shipped catalog does not list (a
-    generic OpenAI-compatible server, say) is unpriced until an operator adds its prices.
+    generic self-hosted server, say) is unpriced until an operator adds its prices.
 
 Prices a version does not list
     - image, audio, video, document and unattributed input: the input text price;
@@ -56,7 +56,6 @@ from tollway.v1 import completion_pb2 as pb
 
 TC = pb.TokenClass
 
-NANO_PER_MILLION_ROUNDING = 1_000_000
 INT64_MAX = (1 << 63) - 1
 DEFAULT_OPERATOR_SOURCE = "operator configuration"
 
@@ -111,7 +110,7 @@ class PriceCatalogError(ValueError):
 
 def line_amount(tokens: int, unit_price_per_million: int) -> int:
     """tokens x unit price per million tokens, rounded half up to a whole nano-USD."""
-    return (tokens * unit_price_per_million + 500_000) // NANO_PER_MILLION_ROUNDING
+    return (tokens * unit_price_per_million + 500_000) // 1_000_000
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from tollway.v1 import completion_pb2 as pb
 
 from .adapter import Adapter, AnyRequest, Capabilities
 from .errors import GatewayError, bad_upstream_body, invalid_argument
+from .usage import replace_missing_estimate
 from .media import (
     MediaPolicy,
     blocked_address,
@@ -84,10 +85,13 @@ class Engine:
         except TimeoutError:
             raise _timeout(name, f"did not answer within {timeouts.total:.3g}s") from None
         except httpx.HTTPError as exc:
-            raise _transport_error(name, exc) from None
+            raise _transport_error(name, exc, connect_s=timeouts.connect) from None
         if response.status_code >= 400:
             raise adapter.parse_error(response)
-        return adapter.parse_response(response)
+        parsed = adapter.parse_response(response)
+        replace_missing_estimate(parsed.usage, request,
+                                 sum(len(p.text.encode()) for c in parsed.choices for p in c.message.parts))
+        return parsed
 
     async def stream(
         self, adapter: Adapter, request: AnyRequest, model: str, timeouts: AttemptTimeouts
@@ -111,9 +115,10 @@ class Engine:
         except TimeoutError:
             raise _timeout(name, waiting_for) from None
         except httpx.HTTPError as exc:
-            raise _transport_error(name, exc) from None
+            raise _transport_error(name, exc, connect_s=timeouts.connect) from None
         events = EventSource(response).aiter_sse()
         delivered = False
+        output_bytes = 0
         try:
             if response.status_code >= 400:
                 async with asyncio.timeout_at(deadline):
@@ -131,18 +136,22 @@ class Engine:
                 waiting_for = f"stalled for {timeouts.idle:.3g}s mid-stream"
                 for message in decoder.feed(event):
                     delivered = True
+                    output_bytes += len(message.delta.text.encode())
                     yield message
             if not decoder.finished:
                 raise GatewayError(Code.UNAVAILABLE, f"{name}: upstream stream ended before its final event (truncated)")
-            yield pb.StreamCompleteResponse(summary=decoder.summary())
+            summary = decoder.summary()
+            replace_missing_estimate(summary.usage, request, output_bytes)
+            yield pb.StreamCompleteResponse(summary=summary)
         except TimeoutError:
-            raise _with_partial(_timeout(name, waiting_for), decoder, delivered) from None
+            raise _with_partial(_timeout(name, waiting_for), decoder, delivered, request, output_bytes) from None
         except SSEError:
             raise bad_upstream_body(name, "a body that is not an event stream") from None
         except httpx.HTTPError as exc:
-            raise _with_partial(_transport_error(name, exc, mid_stream=True), decoder, delivered) from None
+            raise _with_partial(_transport_error(name, exc, mid_stream=True), decoder, delivered, request,
+                                output_bytes) from None
         except GatewayError as err:
-            raise _with_partial(err, decoder, delivered) from None
+            raise _with_partial(err, decoder, delivered, request, output_bytes) from None
         finally:
             await events.aclose()
             # Closing before the body is read drops the connection: the upstream sees the cancel.
@@ -169,18 +178,24 @@ def _timeout(name: str, what: str) -> GatewayError:
     return GatewayError(Code.DEADLINE_EXCEEDED, f"{name}: upstream {what}", attempt_timeout=True)
 
 
-def _with_partial(err: GatewayError, decoder, delivered: bool) -> GatewayError:
+def _with_partial(err: GatewayError, decoder, delivered: bool, request: AnyRequest, output_bytes: int) -> GatewayError:
     """Attach the usage seen so far to an error that ends a stream the caller already saw."""
     if delivered and err.partial_summary is None:
         summary = decoder.summary()
+        replace_missing_estimate(summary.usage, request, output_bytes)
         summary.usage.estimated = True
         err.partial_summary = summary
     return err
 
 
-def _transport_error(name: str, exc: httpx.HTTPError, *, mid_stream: bool = False) -> GatewayError:
+def _transport_error(name: str, exc: httpx.HTTPError, *, mid_stream: bool = False,
+                     connect_s: float | None = None) -> GatewayError:
     """Classify by the underlying aiohttp error: the transport maps every connection error to ConnectTimeout."""
     cause = exc.__cause__ or exc
+    if isinstance(cause, aiohttp.ConnectionTimeoutError) and connect_s is not None:
+        # The connect limit, not the upstream's speed: say which, so an operator tunes the right one.
+        return GatewayError(Code.DEADLINE_EXCEEDED, f"{name}: upstream did not accept a connection within "
+                            f"{connect_s:.3g}s", attempt_timeout=True)
     if isinstance(cause, (asyncio.TimeoutError, TimeoutError)) or (
         isinstance(exc, httpx.TimeoutException) and exc.__cause__ is None
     ):

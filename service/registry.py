@@ -156,6 +156,8 @@ def _build_provider(cfg: ProviderConfig, kinds: Mapping[str, ProviderKind], envi
             reason = f"provider is configured but has no API key (set {' or '.join(key_envs) or 'api_key_env'})"
             log.warning("%s: %s", cfg.name, reason)
             return Provider(cfg.name, kind.name, cfg, unusable_reason=reason)
+        if cfg.api_key_envs:
+            log.warning("%s: no key in %s; sending requests without one", cfg.name, ", ".join(cfg.api_key_envs))
         present = [("", None)]
     keys = []
     for key_id, api_key in present:

@@ -158,6 +158,19 @@ def estimate_tokens(text_bytes: int) -> int:
     return (text_bytes + 3) // 4
 
 
+def request_text_bytes(request) -> int:
+    """UTF-8 size of a request's text parts: what an estimate can honestly count (media sizes
+    say little about their token counts)."""
+    return sum(len(p.text.encode()) for m in request.messages for p in m.parts if p.WhichOneof("content") == "text")
+
+
+def replace_missing_estimate(usage: pb.Usage, request, output_bytes: int) -> None:
+    """Where the upstream sent no usage, Tollway's one estimate: from the request's text and the
+    output text, whatever rough figure the adapter put there."""
+    if W.USAGE_WARNING_USAGE_MISSING in usage.warnings:
+        usage.CopyFrom(missing_usage(request_text_bytes(request), output_bytes))
+
+
 def missing_usage(input_bytes: int, output_bytes: int) -> pb.Usage:
     """Usage estimated by Tollway when the upstream sent none; figures are unattributed."""
     return normalize(

@@ -8,6 +8,7 @@ from tollway.v1 import completion_pb2 as pb
 
 from .adapter import AnyRequest, Capabilities, modality_name, PART_MODALITY
 from .errors import invalid_argument
+from .media import normalize_mime
 
 
 def validate_request(request: AnyRequest) -> None:
@@ -71,9 +72,9 @@ def _is_valid_media_url(url: str) -> bool:
 def media_mime_type(media: pb.Media) -> str:
     """The declared media type, or the one a data: URL names."""
     if media.mime_type:
-        return media.mime_type.lower()
+        return normalize_mime(media.mime_type)
     if media.WhichOneof("source") == "url" and media.url.startswith("data:"):
-        return media.url[5:].partition(",")[0].partition(";")[0].lower()
+        return normalize_mime(media.url[5:].partition(",")[0])
     return ""
 
 

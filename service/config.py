@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .billing import PriceCatalog
 from .media import MediaPolicy
 from .routing import Route, RoutingConfigError, RoutingPolicy, parse_routes, parse_routing
 
@@ -68,6 +69,7 @@ class Config:
     media: MediaPolicy = field(default_factory=MediaPolicy)
     routes: Mapping[str, Route] = field(default_factory=dict)
     routing: RoutingPolicy = field(default_factory=RoutingPolicy)
+    prices: PriceCatalog = field(default_factory=PriceCatalog.load_default)
     source: str = "embedded default"
 
 
@@ -96,7 +98,7 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] 
 
 
 def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
-    unknown = set(raw) - {"server", "plugins", "providers", "media", "routes", "routing"}
+    unknown = set(raw) - {"server", "plugins", "providers", "media", "routes", "routing", "prices"}
     if unknown:
         raise ConfigError(f"unknown top-level config table(s): {', '.join(sorted(unknown))}")
     server = _parse_server(_table(raw, "server"))
@@ -112,10 +114,14 @@ def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
         media = MediaPolicy.from_table(dict(_table(raw, "media")))
         routes = parse_routes(raw.get("routes", []))
         routing = parse_routing(_table(raw, "routing"))
+        prices = raw.get("prices", [])
+        if not isinstance(prices, list):
+            raise ValueError("prices must be an array of tables ([[prices]])")
+        catalog = PriceCatalog.load_default().with_overrides(prices) if prices else PriceCatalog.load_default()
     except (TypeError, ValueError, RoutingConfigError) as exc:
         raise ConfigError(str(exc)) from None
     return Config(server=server, plugins=plugins, providers=providers, media=media, routes=routes, routing=routing,
-                  source=source)
+                  prices=catalog, source=source)
 
 
 def _parse_server(table: Mapping[str, Any]) -> ServerConfig:

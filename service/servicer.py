@@ -8,6 +8,7 @@ import time
 import uuid
 from contextlib import aclosing
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import grpc
 
@@ -63,6 +64,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
             raise
         except Exception:
             await call.crash(context)
+        response.cost.CopyFrom(call.price(response.provider, response.model, response.usage))
         call.finish(response.provider, response.model, response.usage)
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
         return response
@@ -76,6 +78,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
                 async for message in messages:
                     if message.HasField("summary"):
                         summary = message.summary
+                        summary.cost.CopyFrom(call.price(summary.provider, summary.model, summary.usage))
                         call.finish(summary.provider, summary.model, summary.usage)
                     yield message
         except GatewayError as err:
@@ -121,7 +124,8 @@ def _mime_list(caps) -> list[str]:
 class _Call:
     """Bookkeeping for one RPC: its id, timing, the route, and the one log line it ends with."""
 
-    __slots__ = ("rpc", "request", "state", "request_id", "started", "routed", "provider", "upstream_model", "usage")
+    __slots__ = ("rpc", "request", "state", "request_id", "started", "at", "routed", "provider", "upstream_model",
+                 "usage")
 
     def __init__(self, rpc: str, request: AnyRequest, state: ServingState) -> None:
         self.rpc = rpc
@@ -129,6 +133,8 @@ class _Call:
         self.state = state
         self.request_id = uuid.uuid4().hex
         self.started = time.perf_counter()
+        # Wall-clock time of the request: it picks the price in effect.
+        self.at = datetime.now(timezone.utc)
         self.routed: RoutedCall | None = None
         self.provider = ""
         self.upstream_model = ""
@@ -145,6 +151,10 @@ class _Call:
         budget = config.routing.default_deadline_s if remaining is None else remaining
         self.routed = RoutedCall(route, self.request, asyncio.get_running_loop().time() + budget)
         return self.routed
+
+    def price(self, provider: str, model: str, usage: pb.Usage) -> pb.Cost:
+        kind = self.state.registry.providers[provider].kind
+        return self.state.config.prices.price(usage, provider, model, self.at, kind=kind)
 
     def finish(self, provider: str, model: str, usage: pb.Usage) -> None:
         self.provider, self.upstream_model, self.usage = provider, model, usage

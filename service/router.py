@@ -31,6 +31,13 @@ Code = grpc.StatusCode
 # Failures another attempt may fix. An attempt's own timeout is retryable too
 # (GatewayError.attempt_timeout) while the caller's deadline holds.
 RETRYABLE = frozenset({Code.UNAVAILABLE, Code.RESOURCE_EXHAUSTED})
+# HTTP statuses that are the upstream's own timeout (the table maps them to DEADLINE_EXCEEDED):
+# the caller's deadline did not pass, so another attempt may well succeed.
+UPSTREAM_TIMEOUT_STATUSES = frozenset({408, 504})
+
+
+def _retryable(err: GatewayError) -> bool:
+    return err.code in RETRYABLE or err.attempt_timeout or err.http_status in UPSTREAM_TIMEOUT_STATUSES
 
 
 @dataclass
@@ -59,11 +66,13 @@ class Router:
         last_error: GatewayError | None = None
         for target, provider in self._targets(registry, call):
             for retry in range(policy.max_retries + 1):
+                # Budget and media first: a key picked is a breaker probe taken, which must
+                # not be stranded by a failure before the attempt starts.
+                timeouts = self._timeouts(provider, call, policy)
+                request = await self._inline(call, provider, timeouts.total)
                 key = self._pick_key(provider, target, call)
                 if key is None:
                     break
-                timeouts = self._timeouts(provider, call, policy)
-                request = await self._inline(call, provider, timeouts.total)
                 started = asyncio.get_running_loop().time()
                 try:
                     response = await self.engine.complete(key.adapter, request, target.model, timeouts)
@@ -74,7 +83,8 @@ class Router:
                         break
                     await asyncio.sleep(wait)
                     continue
-                except asyncio.CancelledError:
+                except BaseException:
+                    # Cancelled (or a bug of ours): no verdict on the target's health.
                     self.board.breaker(provider.name, target.model, key.key_id).release_probe()
                     raise
                 self._after_success(provider, target, key, call, started)
@@ -89,11 +99,12 @@ class Router:
         last_error: GatewayError | None = None
         for target, provider in self._targets(registry, call):
             for retry in range(policy.max_retries + 1):
+                timeouts = self._timeouts(provider, call, policy)
+                request = await self._inline(call, provider, timeouts.first_byte)
                 key = self._pick_key(provider, target, call)
                 if key is None:
                     break
-                timeouts = self._timeouts(provider, call, policy)
-                request = await self._inline(call, provider, timeouts.first_byte)
+                breaker = self.board.breaker(provider.name, target.model, key.key_id)
                 started = asyncio.get_running_loop().time()
                 committed = False
                 try:
@@ -102,8 +113,10 @@ class Router:
                             if not committed:
                                 # From here on the caller has seen output: no fallback.
                                 committed = True
-                                self._after_success(provider, target, key, call, started)
+                                breaker.record_success()
                             if message.HasField("summary"):
+                                # One attempt, recorded once, when its outcome is known.
+                                self._record(call, target, Code.OK, "", started)
                                 message.summary.attempts.extend(call.attempts)
                                 message.summary.route = call.route.name
                             yield message
@@ -111,15 +124,18 @@ class Router:
                 except GatewayError as err:
                     if committed:
                         self._record(call, target, err.code, err.message, started)
+                        if err.code == Code.UNAVAILABLE or err.attempt_timeout:
+                            breaker.record_failure()  # a stream cut off is a health signal too
                         raise
                     last_error = err
                     wait = self._after_failure(provider, target, key, call, err, started, retry, policy)
                     if wait is None:
                         break
                     await asyncio.sleep(wait)
-                except (asyncio.CancelledError, GeneratorExit):
+                except BaseException:
+                    # Cancelled, closed by the caller, or a bug of ours: no verdict on health.
                     if not committed:
-                        self.board.breaker(provider.name, target.model, key.key_id).release_probe()
+                        breaker.release_probe()
                     raise
         raise self._exhausted(call, last_error)
 
@@ -186,6 +202,12 @@ class Router:
     def _after_failure(self, provider: Provider, target: Target, key: ProviderKey, call: RoutedCall,
                        err: GatewayError, started: float, retry: int, policy: RoutingPolicy) -> float | None:
         """Record the attempt and decide: raise (final), None (next target), or seconds to wait."""
+        loop_time = asyncio.get_running_loop().time()
+        spent = call.deadline - loop_time < policy.min_attempt_s
+        if err.attempt_timeout and spent:
+            # The attempt's limit was what was left of the budget: that is the caller's deadline
+            # running out, not the provider's configured timeout. Nothing can follow it.
+            err.message += " (all that was left of the call's deadline)"
         self._record(call, target, err.code, err.message, started)
         breaker = self.board.breaker(provider.name, target.model, key.key_id)
         if err.code == Code.RESOURCE_EXHAUSTED:
@@ -193,12 +215,11 @@ class Router:
             self.board.cool_down(provider.name, key.key_id,
                                  err.retry_after if err.retry_after is not None else policy.key_cooldown_s)
             breaker.release_probe()
-        elif err.code == Code.UNAVAILABLE or err.attempt_timeout:
+        elif _retryable(err):
             breaker.record_failure()
         else:
             breaker.record_success()  # the upstream answered: it is healthy, the request was not
-        loop_time = asyncio.get_running_loop().time()
-        if loop_time >= call.deadline or not (err.code in RETRYABLE or err.attempt_timeout):
+        if not _retryable(err) or (err.attempt_timeout and spent):
             raise err
         if retry >= policy.max_retries:
             return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,9 +42,14 @@ class Reply:
     newline: str = "\n"
     delay_s: float = 0.0  # before the status line (slow first byte)
     # "reset": close the socket without answering; "stall": send the head, then hang;
-    # "cut": stream the events, then close without the terminal event.
+    # "cut": stream the events, then close without the terminal event; "malformed": a 200
+    # whose JSON body (or, with events, whose first event) breaks off mid-object.
     fault: str | None = None
     event_delay_s: float = 0.0
+
+
+# A JSON object that breaks off in the middle, as a proxy cutting a body short leaves it.
+MALFORMED_JSON = b'{"id": "chatcmpl-broken", "choices": [{"index": 0, "message": {"content": "Hel'
 
 
 class FakeUpstream:
@@ -53,6 +58,10 @@ class FakeUpstream:
         self.queue: list[Reply] = []
         self.default: Reply | None = None
         self.disconnects = 0  # requests whose client went away before the answer was complete
+        # Per-request faults: called with each request first; a Reply answers it, None falls
+        # through to the queue and the default.
+        self.responder: Callable[[Received], Reply | None] | None = None
+        self.active = 0  # requests being answered right now (a stalled one stays until its client leaves)
         self.port = 0
         self._runner: web.AppRunner | None = None
         self.disconnected = asyncio.Event()
@@ -83,6 +92,7 @@ class FakeUpstream:
         self.received.clear()
         self.queue.clear()
         self.default = None
+        self.responder = None
         self.disconnects = 0
         self.disconnected = asyncio.Event()
 
@@ -91,18 +101,22 @@ class FakeUpstream:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.received.append(
-            Received(request.method, request.path, request.query_string, dict(request.headers), body)
-        )
-        reply = self.queue.pop(0) if self.queue else self.default
+        received = Received(request.method, request.path, request.query_string, dict(request.headers), body)
+        self.received.append(received)
+        reply = self.responder(received) if self.responder is not None else None
+        if reply is None:
+            reply = self.queue.pop(0) if self.queue else self.default
         if reply is None:
             return web.json_response({"error": {"message": "no reply queued"}}, status=599)
+        self.active += 1
         try:
             return await self._answer(request, reply)
         except (asyncio.CancelledError, ConnectionResetError):
             self.disconnects += 1
             self.disconnected.set()
             raise
+        finally:
+            self.active -= 1
 
     async def _answer(self, request: web.Request, reply: Reply) -> web.StreamResponse:
         if reply.delay_s:
@@ -117,6 +131,8 @@ class FakeUpstream:
             body = orjson.dumps(body)
         elif isinstance(body, str):
             body = body.encode()
+        if reply.fault == "malformed":
+            body = MALFORMED_JSON
         headers = {"content-type": "application/json", **reply.headers}
         if reply.fault == "stall":
             response = web.StreamResponse(status=reply.status, headers=headers)
@@ -129,6 +145,8 @@ class FakeUpstream:
         response = web.StreamResponse(status=reply.status, headers=headers)
         await response.prepare(request)
         nl = reply.newline
+        if reply.fault == "malformed":
+            await response.write(b"data: " + MALFORMED_JSON + nl.encode() * 2)
         for event in reply.events or ():
             if reply.event_delay_s:
                 await asyncio.sleep(reply.event_delay_s)
@@ -152,3 +170,48 @@ def sse_events(chunks: Sequence[Any], *, done: bool = True) -> list[str]:
     if done:
         events.append("[DONE]")
     return events
+
+
+def html_error_page(status: int = 502, headers: dict[str, str] | None = None) -> Reply:
+    """What a load balancer in front of a provider answers: an HTML page, not the provider's JSON."""
+    title = f"{status} Bad Gateway" if status == 502 else f"{status} Error"
+    body = f"<html><head><title>{title}</title></head><body><center><h1>{title}</h1></center><hr>" \
+           "<center>nginx</center></body></html>\n"
+    return Reply(status=status, body=body, headers={"content-type": "text/html", **(headers or {})})
+
+
+class RefusedPort:
+    """A loopback port that refuses connections: bound (so nobody else takes it) but not listening."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class BlackHole:
+    """A loopback port where connecting hangs: a listener whose accept queue is full and
+    which never accepts, so the kernel drops further SYNs (a connect timeout, no network needed)."""
+
+    def __init__(self) -> None:
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(0)
+        self.port = self._listener.getsockname()[1]
+        # A backlog of 0 still queues one connection: fill it.
+        self._filler = socket.create_connection(("127.0.0.1", self.port))
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._filler.close()
+        self._listener.close()

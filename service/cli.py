@@ -32,11 +32,34 @@ def main(argv: list[str] | None = None) -> int:
     complete.add_argument("--temperature", type=float)
     complete.add_argument("--stream", action="store_true")
     complete.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
+    complete.add_argument("--key-env", default="TOLLWAY_KEY",
+                          help="environment variable holding this caller's key (default TOLLWAY_KEY)")
+
+    keys = commands.add_parser("keys", help="manage caller keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    new_key = key_commands.add_parser("new", help="print a fresh caller key once, and its config lines")
+    new_key.add_argument("name", help="the caller's name")
 
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "keys":
+        return _keys_new(args.name)
     return _complete(args)
+
+
+def _keys_new(name: str) -> int:
+    from .auth import new_key
+
+    try:
+        key, config_lines = new_key(name)
+    except ValueError as exc:
+        print(f"tollway: {exc}", file=sys.stderr)
+        return 2
+    print(f"key (shown once; give it to the caller, keep it nowhere else):\n  {key}\n")
+    print("config (add to the gateway's TOML file; only the hash is stored):")
+    print(config_lines, end="")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -93,12 +116,15 @@ def _complete(args: argparse.Namespace) -> int:
     if args.temperature is not None:
         fields["temperature"] = args.temperature
 
+    key = os.environ.get(args.key_env)
+    metadata = (("authorization", f"Bearer {key}"),) if key else ()
     with grpc.insecure_channel(args.target) as channel:
         stub = pb_grpc.CompletionStub(channel)
         try:
             if args.stream:
                 usage = None
-                for message in stub.StreamComplete(pb.StreamCompleteRequest(**fields), timeout=args.timeout):
+                for message in stub.StreamComplete(pb.StreamCompleteRequest(**fields), timeout=args.timeout,
+                                                   metadata=metadata):
                     if message.HasField("delta"):
                         sys.stdout.write(message.delta.text)
                         sys.stdout.flush()
@@ -107,7 +133,7 @@ def _complete(args: argparse.Namespace) -> int:
                         sys.stdout.write("\n")
                 _print_usage(usage)
             else:
-                response = stub.Complete(pb.CompleteRequest(**fields), timeout=args.timeout)
+                response = stub.Complete(pb.CompleteRequest(**fields), timeout=args.timeout, metadata=metadata)
                 for choice in response.choices:
                     print("".join(p.text for p in choice.message.parts))
                 print(f"\n[{response.provider} {response.model}]", file=sys.stderr)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .auth import Callers, parse_callers
 from .billing import PriceCatalog
 from .media import MediaPolicy
 from .routing import Route, RoutingConfigError, RoutingPolicy, parse_routes, parse_routing
@@ -70,6 +71,8 @@ class Config:
     routes: Mapping[str, Route] = field(default_factory=dict)
     routing: RoutingPolicy = field(default_factory=RoutingPolicy)
     prices: PriceCatalog = field(default_factory=PriceCatalog.load_default)
+    # Empty: calls are anonymous.
+    callers: Callers = field(default_factory=Callers)
     source: str = "embedded default"
 
 
@@ -98,7 +101,7 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] 
 
 
 def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
-    unknown = set(raw) - {"server", "plugins", "providers", "media", "routes", "routing", "prices"}
+    unknown = set(raw) - {"server", "plugins", "providers", "media", "routes", "routing", "prices", "callers"}
     if unknown:
         raise ConfigError(f"unknown top-level config table(s): {', '.join(sorted(unknown))}")
     server = _parse_server(_table(raw, "server"))
@@ -118,10 +121,11 @@ def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
         if not isinstance(prices, list):
             raise ValueError("prices must be an array of tables ([[prices]])")
         catalog = PriceCatalog.load_default().with_overrides(prices) if prices else PriceCatalog.load_default()
+        callers = parse_callers(_table(raw, "callers"))
     except (TypeError, ValueError, RoutingConfigError) as exc:
         raise ConfigError(str(exc)) from None
     return Config(server=server, plugins=plugins, providers=providers, media=media, routes=routes, routing=routing,
-                  prices=catalog, source=source)
+                  prices=catalog, callers=callers, source=source)
 
 
 def _parse_server(table: Mapping[str, Any]) -> ServerConfig:

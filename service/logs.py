@@ -11,7 +11,7 @@ import orjson
 REQUEST_LOGGER = "tollway.request"
 
 # Fields a request line carries, in order.
-REQUEST_FIELDS = ("request_id", "rpc", "model", "provider", "upstream_model", "status", "latency_ms",
+REQUEST_FIELDS = ("request_id", "rpc", "caller", "model", "provider", "upstream_model", "status", "latency_ms",
                   "attempts", "input_tokens", "output_tokens", "error")
 
 

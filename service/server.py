@@ -125,6 +125,10 @@ async def start_gateway(
     await server.start()
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    if config.callers.anonymous:
+        log.warning("no callers configured: calls are anonymous and every caller may use every model")
+    else:
+        log.info("%d callers configured: calls need 'authorization: Bearer <key>'", len(config.callers.entries))
     usable = ", ".join(p.name for p in registry.usable()) or "none (set a provider's API key)"
     log.info("serving on %s (config: %s); providers: %s", address.rsplit(":", 1)[0] + f":{port}", config.source,
              usable)

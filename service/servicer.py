@@ -16,6 +16,7 @@ from tollway.v1 import completion_pb2 as pb
 from tollway.v1 import completion_pb2_grpc as pb_grpc
 
 from .adapter import AnyRequest
+from .auth import Caller, authorize_model
 from .config import Config
 from .engine import Engine, MediaFetcher
 from .errors import GatewayError, scrub
@@ -92,9 +93,16 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
-        registry = self._runtime.state.registry
+        state = self._runtime.state
+        try:
+            caller = state.config.callers.authenticate(context.invocation_metadata())
+        except GatewayError as err:
+            await context.abort(err.code, err.message)
+        registry = state.registry
         response = pb.ListModelsResponse()
         for provider in sorted(registry.usable(), key=lambda p: p.name):
+            if not caller.may_use_provider(provider.name):
+                continue
             caps = provider.adapter.capabilities
             response.providers.append(
                 pb.ProviderInfo(
@@ -105,6 +113,8 @@ class CompletionServicer(pb_grpc.CompletionServicer):
                 )
             )
         for route in sorted(registry.routes.values(), key=lambda r: r.name):
+            if not caller.may_use(route.name):
+                continue
             caps = registry.route_capabilities(route)
             info = pb.RouteInfo(name=route.name)
             for t in route.targets:
@@ -125,7 +135,7 @@ class _Call:
     """Bookkeeping for one RPC: its id, timing, the route, and the one log line it ends with."""
 
     __slots__ = ("rpc", "request", "state", "request_id", "started", "at", "routed", "provider", "upstream_model",
-                 "usage")
+                 "usage", "caller", "labels")
 
     def __init__(self, rpc: str, request: AnyRequest, state: ServingState) -> None:
         self.rpc = rpc
@@ -139,11 +149,17 @@ class _Call:
         self.provider = ""
         self.upstream_model = ""
         self.usage: pb.Usage | None = None
+        self.caller: Caller | None = None
+        self.labels: dict[str, str] = {}
 
     def prepare(self, context: grpc.aio.ServicerContext) -> RoutedCall:
-        """Every check that needs no network, then the call's deadline budget."""
+        """Who is calling, every check that needs no network, then the call's deadline budget."""
         config, registry = self.state.config, self.state.registry
+        self.caller = config.callers.authenticate(context.invocation_metadata())
+        # The caller's configured labels win over what the request says.
+        self.labels = {**self.request.labels, **self.caller.labels}
         validate_request(self.request)
+        authorize_model(self.caller, self.request.model)
         check_inline_sizes(self.request, config.media)
         route = registry.resolve(self.request.model)
         _check_route_accepts(registry, route, self.request)
@@ -167,6 +183,7 @@ class _Call:
         log_request(
             request_id=self.request_id,
             rpc=self.rpc,
+            caller=self.caller.name if self.caller else None,
             model=self.request.model,
             provider=self.provider or (target.provider if target else None),
             upstream_model=self.upstream_model or (target.model if target else None),

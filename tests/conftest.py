@@ -3,7 +3,10 @@ on a free port reached over a real gRPC channel."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +31,35 @@ def fixture_json(relative: str) -> Any:
 
 def fixture_bytes(relative: str) -> bytes:
     return (FIXTURES / relative).read_bytes()
+
+
+# Every key the suite uses starts with this; none may ever reach a log line.
+TEST_KEY_PATTERN = re.compile(r"tw-test-[A-Za-z0-9-]{4,}")
+_SUITE_LOG = io.StringIO()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def every_log_line_of_the_suite():
+    """Keep every log line the suite produces, at every level, for the key scan at the end."""
+    from service.logs import PlainFormatter
+
+    handler = logging.StreamHandler(_SUITE_LOG)
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(PlainFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    yield
+    root.removeHandler(handler)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if any test key appears in any log line of the whole suite."""
+    leaked = sorted(set(TEST_KEY_PATTERN.findall(_SUITE_LOG.getvalue())))
+    if leaked:
+        session.config.get_terminal_writer().line(f"test keys found in the suite's logs: {leaked}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @dataclass

@@ -648,11 +648,11 @@ async def test_stream_idle_timeout_is_configurable_and_ends_a_started_stream(sta
 
 async def test_a_healthy_long_stream_outlives_every_per_attempt_limit(start_client, ups):
     a, _, _ = ups
-    limits = {"idle_timeout_s": 0.3, "first_byte_timeout_s": 0.3, "timeout_s": 0.3, "connect_timeout_s": 0.3}
-    client = await gateway(start_client, ups, routing={"default_deadline_s": 0.5}, a=limits)
-    words = [f"w{i} " for i in range(40)]
-    # 40 gaps of 0.05 s: far longer in total than any limit, never idle for long.
-    a.reply(Reply(events=sse_events(stream_chunks(words)), event_delay_s=0.05))
+    limits = {"idle_timeout_s": 0.5, "first_byte_timeout_s": 0.5, "timeout_s": 0.5, "connect_timeout_s": 0.5}
+    client = await gateway(start_client, ups, a=limits)
+    words = [f"w{i} " for i in range(50)]
+    # 54 gaps of 0.02 s: longer in total than any limit, never idle for long.
+    a.reply(Reply(events=sse_events(stream_chunks(words)), event_delay_s=0.02))
 
     call = client.stub.StreamComplete(stream_request("a/m"), timeout=30)
     texts, summaries = await read_stream(call)
@@ -864,7 +864,7 @@ async def test_a_half_open_breaker_lets_one_probe_through_and_closes_on_success(
 
     await asyncio.sleep(0.4)  # past the cooldown: the breaker half-opens on the next call
     # The probe is slow, so the other calls arrive while it is in flight.
-    a.reply(Reply(body=answer("probe"), delay_s=0.3))
+    a.reply(Reply(body=answer("probe"), delay_s=1.0))
     a.default = ok()
     during = await asyncio.gather(*(client.stub.Complete(request(), timeout=10) for _ in range(4)))
 

@@ -1,0 +1,25 @@
+"""The usage ledger: one record per request that reached a provider, never lost, never counted twice.
+
+    records.py         LedgerRecord (+ from_protos) and its parts
+    config.py          LedgerConfig: the [ledger] table
+    journal.py         the append-only JSONL journal: group commit, fsync, segments, replay reads
+    writer.py          Ledger: record() -> journal -> batched inserts; outage and crash recovery
+    store.py           the Store protocol; sqlite_store.py and postgres_store.py implement it
+    schema.py          the table, versioned migrations, row conversion per SQL dialect
+    summary.py         GetUsageSummary filters, groupings and the query
+    render.py          `tollway usage` output: table, CSV, JSONL
+"""
+
+from .config import LedgerConfig
+from .journal import JournalError
+from .records import AttemptRecord, CostLine, InputTokens, LedgerRecord, OutputTokens
+from .render import FORMATS, format_usd, render, render_csv, render_jsonl, render_table
+from .store import StoreUnavailable
+from .summary import UsageFilter, from_proto, label_grouping
+from .writer import Ledger, LedgerClosed, LedgerStats
+
+__all__ = [
+    "FORMATS", "AttemptRecord", "CostLine", "InputTokens", "JournalError", "Ledger", "LedgerClosed",
+    "LedgerConfig", "LedgerRecord", "LedgerStats", "OutputTokens", "StoreUnavailable", "UsageFilter",
+    "format_usd", "from_proto", "label_grouping", "render", "render_csv", "render_jsonl", "render_table",
+]

@@ -1,0 +1,333 @@
+"""The journal: an append-only directory of JSONL segments that holds every acknowledged record
+until the database has it.
+
+record() is acknowledged once its line is written: the lines of all records that arrive in one
+event-loop turn go out in one write() (group commit), so a crash of the process (kill -9 included)
+loses nothing that was acknowledged. Each written batch is then fsync'd on a worker thread;
+with fsync_before_ack the acknowledgement waits for that fsync too (power-loss safe).
+
+Segments are named seg-<sequence>.jsonl. The newest is the active one; a segment is sealed
+when it grows past its size limit (or must be replayed), and deleted once the database holds
+every record in it. Whatever a crashed process left behind is replayed at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .records import LedgerRecord
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: the single-writer lock is then not enforced
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("tollway.ledger")
+
+_PREFIX, _SUFFIX = "seg-", ".jsonl"
+REJECTED_FILE = "rejected.jsonl"
+
+
+class JournalError(Exception):
+    """The journal cannot be written; the message names the directory and the cause."""
+
+
+class Segment:
+    """One journal file and what the ledger knows of its records."""
+
+    __slots__ = ("seq", "path", "fd", "size", "appended", "unconfirmed", "needs_replay", "sealed", "removed")
+
+    def __init__(self, seq: int, path: Path, fd: int | None) -> None:
+        self.seq = seq
+        self.path = path
+        self.fd = fd
+        self.size = 0
+        self.appended = 0
+        # Records handed to the writer and not yet confirmed in the database.
+        self.unconfirmed = 0
+        # Some record of it reached neither the database nor the writer's queue: read the file again.
+        self.needs_replay = False
+        self.sealed = False
+        self.removed = False
+
+    def done(self) -> bool:
+        """Every record in it is in the database (the file may go once sealed)."""
+        return self.unconfirmed == 0 and not self.needs_replay
+
+
+class Journal:
+    def __init__(self, directory: Path, segment_bytes: int, fsync_before_ack: bool,
+                 on_written: Callable[[Segment | None, list[LedgerRecord]], None]) -> None:
+        self.directory = Path(directory)
+        self._segment_bytes = segment_bytes
+        self._fsync_before_ack = fsync_before_ack
+        self._on_written = on_written
+        self.segments: dict[int, Segment] = {}
+        self.active: Segment | None = None
+        self._lock_fd: int | None = None
+        # The group being gathered in this event-loop turn.
+        self._lines: list[bytes] = []
+        self._records: list[LedgerRecord] = []
+        self._group: asyncio.Future[None] | None = None
+        # fsync bookkeeping: fds written since the last fsync, fds to close after it, waiters.
+        self._unsynced: set[int] = set()
+        self._to_close: list[int] = []
+        self._sync_dir = False
+        self._sync_waiters: list[asyncio.Future[None]] = []
+        self._sync_wanted = asyncio.Event()
+        self._syncer: asyncio.Task[None] | None = None
+
+    # -- start and stop -------------------------------------------------------------------
+
+    def open(self) -> list[Segment]:
+        """Lock the directory and open a fresh active segment; returns the segments a previous
+        process left, sealed and marked for replay."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock_directory()
+            leftovers = []
+            for path in sorted(self.directory.glob(f"{_PREFIX}*{_SUFFIX}")):
+                seq = _sequence(path)
+                if seq is None:
+                    continue
+                segment = Segment(seq, path, None)
+                segment.size = path.stat().st_size
+                segment.sealed = segment.needs_replay = True
+                self.segments[seq] = segment
+                leftovers.append(segment)
+            self._start_segment()
+        except OSError as exc:
+            raise JournalError(f"cannot open the ledger journal {self.directory}: {exc.strerror or exc}") from exc
+        self._syncer = asyncio.get_running_loop().create_task(self._sync_loop(), name="ledger-journal-fsync")
+        return leftovers
+
+    def _lock_directory(self) -> None:
+        if fcntl is None:
+            return
+        fd = os.open(self.directory / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise JournalError(f"the ledger journal {self.directory} is in use by another running gateway") from None
+        self._lock_fd = fd
+
+    def _start_segment(self) -> None:
+        seq = max(self.segments, default=0) + 1
+        path = self.directory / f"{_PREFIX}{seq:012d}{_SUFFIX}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.active = self.segments[seq] = Segment(seq, path, fd)
+        self._sync_dir = True
+
+    async def aclose(self) -> None:
+        """Write what is gathered, seal the active segment, fsync and close everything."""
+        self.commit()
+        if self.active is not None:
+            self._seal(self.active, start_next=False)
+        await self.sync()
+        if self._syncer is not None:
+            self._syncer.cancel()
+            await asyncio.gather(self._syncer, return_exceptions=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- appending --------------------------------------------------------------------------
+
+    def append(self, record: LedgerRecord) -> asyncio.Future[None]:
+        """Queue the record's line for this turn's group commit; the future resolves when the
+        line is written (and fsync'd, with fsync_before_ack)."""
+        line = record.to_json()
+        if self._group is None:
+            loop = asyncio.get_running_loop()
+            self._group = loop.create_future()
+            loop.call_soon(self.commit)
+        self._lines.append(line)
+        self._records.append(record)
+        return self._group
+
+    def commit(self) -> None:
+        """Write the gathered group in one write() and hand its records to the writer."""
+        group, lines, records = self._group, self._lines, self._records
+        if group is None:
+            return
+        self._group, self._lines, self._records = None, [], []
+        segment = self.active
+        lines.append(b"")
+        data = b"\n".join(lines)
+        try:
+            if segment is None:
+                raise OSError("the journal is closed")
+            _write_all(segment.fd, data)
+        except OSError as exc:
+            error = JournalError(f"cannot write the ledger journal {self.directory}: {exc.strerror or exc}")
+            if not group.done():
+                group.set_exception(error)
+            log.error("%s; %d record(s) go to the database without a journal copy", error, len(records))
+            if segment is not None:
+                # The file may end in a torn line now: later lines must not be glued to it.
+                segment.needs_replay = True
+                self._seal(segment, start_next=True)
+            self._on_written(None, records)
+            return
+        segment.size += len(data)
+        segment.appended += len(records)
+        segment.unconfirmed += len(records)
+        self._unsynced.add(segment.fd)
+        if self._fsync_before_ack:
+            self._sync_waiters.append(group)
+        elif not group.done():
+            group.set_result(None)
+        self._sync_wanted.set()
+        self._on_written(segment, records)
+        if segment.size >= self._segment_bytes:
+            self._seal(segment, start_next=True)
+
+    # -- sealing, reading, removing -------------------------------------------------------
+
+    def seal_active(self) -> None:
+        """Close the active segment to new lines (so it can be replayed) and start the next."""
+        self.commit()
+        if self.active is not None and self.active.appended:
+            self._seal(self.active, start_next=True)
+
+    def _seal(self, segment: Segment, start_next: bool) -> None:
+        segment.sealed = True
+        if segment.fd is not None:
+            self._to_close.append(segment.fd)
+            self._unsynced.add(segment.fd)
+            segment.fd = None
+            self._sync_wanted.set()
+        if segment is self.active:
+            self.active = None
+            if start_next:
+                try:
+                    self._start_segment()
+                except OSError as exc:
+                    log.error("cannot start a new ledger journal segment in %s: %s", self.directory, exc)
+        self.remove_if_done(segment)
+
+    def remove_if_done(self, segment: Segment) -> None:
+        if segment.sealed and not segment.removed and segment.done():
+            self.remove(segment)
+
+    def remove(self, segment: Segment) -> None:
+        segment.removed = True
+        self.segments.pop(segment.seq, None)
+        try:
+            segment.path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot delete the replayed ledger journal segment %s: %s", segment.path, exc)
+
+    def replayable(self) -> list[Segment]:
+        return [s for s in sorted(self.segments.values(), key=lambda s: s.seq) if s.sealed and s.needs_replay]
+
+    def pending_records(self) -> bool:
+        return self._group is not None or any(not s.done() for s in self.segments.values())
+
+    @staticmethod
+    def read(segment: Segment) -> tuple[list[LedgerRecord], int]:
+        """The segment's records and the count of lines that could not be read (blocking: run it
+        on a thread). A last line without its newline is a write that a crash cut short: it was
+        never acknowledged, so it is dropped without counting as unreadable."""
+        records: list[LedgerRecord] = []
+        bad = 0
+        with open(segment.path, "rb") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    records.append(LedgerRecord.from_json(line))
+                except (ValueError, TypeError, KeyError):
+                    if line.endswith(b"\n"):
+                        bad += 1
+                    else:
+                        log.info("ledger journal segment %s ends in a torn line (an unacknowledged write); "
+                                 "dropped", segment.path.name)
+        return records, bad
+
+    def keep_unreadable(self, segment: Segment, bad: int) -> None:
+        """A segment with lines that do not parse is kept, renamed, for a person to look at."""
+        target = segment.path.with_suffix(".unreadable")
+        try:
+            segment.path.rename(target)
+        except OSError:
+            target = segment.path
+        log.error("ledger journal segment %s had %d unreadable line(s); kept as %s", segment.path.name, bad, target)
+        segment.removed = True
+        self.segments.pop(segment.seq, None)
+
+    def write_rejected(self, records: Sequence[LedgerRecord], reason: str) -> None:
+        """Records the database refuses outright go to rejected.jsonl, never silently away."""
+        with open(self.directory / REJECTED_FILE, "ab") as f:
+            for rec in records:
+                f.write(rec.to_json() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        log.error("the ledger database refused %d record(s) (%s); kept in %s", len(records), reason,
+                  self.directory / REJECTED_FILE)
+
+    # -- fsync ------------------------------------------------------------------------------
+
+    async def sync(self) -> None:
+        """Wait until everything written so far is fsync'd."""
+        if not (self._unsynced or self._to_close or self._sync_dir):
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._sync_waiters.append(waiter)
+        self._sync_wanted.set()
+        await waiter
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await self._sync_wanted.wait()
+            self._sync_wanted.clear()
+            fds, to_close, sync_dir = list(self._unsynced), self._to_close, self._sync_dir
+            waiters = self._sync_waiters
+            self._unsynced, self._to_close, self._sync_dir, self._sync_waiters = set(), [], False, []
+            try:
+                await asyncio.to_thread(_fsync_all, fds, to_close, self.directory if sync_dir else None)
+            except OSError as exc:
+                error = JournalError(f"cannot fsync the ledger journal {self.directory}: {exc.strerror or exc}")
+                log.error("%s", error)
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(error)
+                continue
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+
+def _write_all(fd: int | None, data: bytes) -> None:
+    if fd is None:
+        raise OSError("the segment is sealed")
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_all(fds: list[int], to_close: list[int], directory: Path | None) -> None:
+    try:
+        for fd in fds:
+            os.fsync(fd)
+        if directory is not None:
+            # A new segment's name is durable only once its directory is.
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+    finally:
+        for fd in to_close:
+            os.close(fd)
+
+
+def _sequence(path: Path) -> int | None:
+    digits = path.name[len(_PREFIX):-len(_SUFFIX)]
+    return int(digits) if digits.isdigit() else None

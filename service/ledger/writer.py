@@ -1,0 +1,330 @@
+"""Ledger: the one object the gateway holds. record() makes a record durable in the journal
+and returns; a background writer moves records to the database in batches; a retry task
+replays the journal whenever the database missed something (down, slow, queue full, crash).
+
+    ledger = await Ledger.open(config)
+    await ledger.record(rec)          # durable when it returns; never waits for the database
+    rows = await ledger.summary(UsageFilter(caller="team-a"), ["day", "model"])
+    await ledger.aclose()             # flush to the database, then close (SIGTERM)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tollway.v1 import completion_pb2 as pb
+
+from .config import LedgerConfig
+from .journal import Journal, JournalError, Segment
+from .records import LedgerRecord
+from .store import RecordRejected, Store, StoreUnavailable, open_store
+from .summary import UsageFilter, check_groupings, from_proto
+
+log = logging.getLogger("tollway.ledger")
+
+
+class LedgerClosed(Exception):
+    """record() after aclose()."""
+
+
+@dataclass(frozen=True)
+class LedgerStats:
+    database_up: bool
+    queued: int
+    journal_segments: int
+    inserted: int
+    replayed: int
+    spilled: int
+
+
+class Ledger:
+    def __init__(self, config: LedgerConfig, store: Store | None = None) -> None:
+        self.config = config
+        self.store = store or open_store(config, config.insert_timeout_s)
+        self.journal = Journal(config.journal_path, config.segment_bytes, config.fsync_before_ack, self._on_written)
+        # Records written to the journal and waiting for the writer: (record, its segment).
+        self._queue: collections.deque[tuple[LedgerRecord, Segment | None]] = collections.deque()
+        self._queued = asyncio.Event()
+        # Set by flush(): the writer stops lingering and inserts what it has.
+        self._flush_now = asyncio.Event()
+        self._in_flight = 0
+        self._database_up = False
+        self._closing = False
+        self._retry_now = asyncio.Event()
+        self._replay_lock = asyncio.Lock()
+        self._progress = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        # One warning per outage, not one per failed batch.
+        self._outage_logged = False
+        self._inserted = self._replayed = self._spilled = 0
+
+    @classmethod
+    async def open(cls, config: LedgerConfig, store: Store | None = None) -> Ledger:
+        ledger = cls(config, store)
+        await ledger.start()
+        return ledger
+
+    async def start(self) -> None:
+        """Open the journal, connect and migrate the database, and start the background tasks.
+        A database that is down does not stop the gateway: records wait in the journal. What a
+        crashed process left in the journal is replayed in the background (see flush())."""
+        leftovers = self.journal.open()
+        if leftovers:
+            log.info("ledger journal %s holds %d segment(s) from an earlier run; replaying",
+                     self.config.journal_path, len(leftovers))
+        await self._connect()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._write_loop(), name="ledger-writer"),
+                       loop.create_task(self._retry_loop(), name="ledger-retry")]
+        if leftovers:
+            self._retry_now.set()
+
+    # -- the request path ---------------------------------------------------------------
+
+    async def record(self, rec: LedgerRecord) -> None:
+        """Return once rec is in the journal (see LedgerConfig.fsync_before_ack). Raises
+        JournalError when the journal cannot be written; the record still goes to the database."""
+        if self._closing:
+            raise LedgerClosed("the ledger is closed")
+        await self.journal.append(rec)
+
+    def _on_written(self, segment: Segment | None, records: list[LedgerRecord]) -> None:
+        room = self.config.queue_size - len(self._queue)
+        if room < len(records):
+            # Full: the excess lives in the journal only, and is replayed from there.
+            self._spilled += len(records) - max(room, 0)
+            if segment is not None:
+                segment.unconfirmed -= len(records) - max(room, 0)
+                segment.needs_replay = True
+                self._kick_replay()
+            else:
+                log.error("ledger queue full and journal unwritable: %d record(s) lost", len(records) - room)
+            records = records[:max(room, 0)]
+        self._queue.extend((rec, segment) for rec in records)
+        self._queued.set()
+
+    # -- the writer: queue -> database ----------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        batch_size, linger = self.config.batch_size, self.config.batch_linger_s
+        while True:
+            if not self._queue:
+                self._queued.clear()
+                await self._queued.wait()
+                if linger and len(self._queue) < batch_size and not self._flush_now.is_set():
+                    # Let a batch gather: one transaction for many records.
+                    try:
+                        async with asyncio.timeout(linger):
+                            await self._flush_now.wait()
+                    except TimeoutError:
+                        pass
+            batch = [self._queue.popleft() for _ in range(min(batch_size, len(self._queue)))]
+            if not batch:
+                continue
+            self._in_flight = len(batch)
+            try:
+                await self._insert_live(batch)
+            finally:
+                self._in_flight = 0
+                self._notify()
+
+    async def _insert_live(self, batch: list[tuple[LedgerRecord, Segment | None]]) -> None:
+        records = [rec for rec, _ in batch]
+        if self._database_up:
+            try:
+                await self._insert(records)
+            except StoreUnavailable as exc:
+                await self._went_down(exc)
+            else:
+                self._confirm(batch)
+                return
+        # The database missed these: the journal has them (and a replay follows). Records whose
+        # journal write failed stay in memory until the database returns.
+        orphans = [item for item in batch if item[1] is None]
+        for _, segment in batch:
+            if segment is not None:
+                segment.unconfirmed -= 1
+                segment.needs_replay = True
+        if orphans:
+            self._queue.extendleft(reversed(orphans))
+            await asyncio.sleep(self.config.retry_interval_s)
+        self._kick_replay()
+
+    def _kick_replay(self) -> None:
+        """Replay now, when the database is up; a down one is tried every retry_interval_s."""
+        if self._database_up:
+            self._retry_now.set()
+
+    async def _insert(self, records: list[LedgerRecord]) -> int:
+        """Insert with the timeout; a refused batch is retried one by one, and what the database
+        refuses on its own goes to the journal's rejected file."""
+        try:
+            return await self._insert_timed(records)
+        except RecordRejected as exc:
+            if len(records) == 1:
+                self.journal.write_rejected(records, str(exc))
+                return 0
+        inserted = 0
+        for rec in records:
+            inserted += await self._insert([rec])
+        return inserted
+
+    async def _insert_timed(self, records: list[LedgerRecord]) -> int:
+        try:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+            async with asyncio.timeout(self.config.insert_timeout_s):
+                return await self.store.insert(records)
+        except TimeoutError:
+            raise StoreUnavailable(f"{self.store.name} ledger insert took over {self.config.insert_timeout_s:g}s") from None
+
+    def _confirm(self, batch: list[tuple[LedgerRecord, Segment | None]]) -> None:
+        self._inserted += len(batch)
+        touched = set()
+        for _, segment in batch:
+            if segment is not None and not segment.removed:
+                segment.unconfirmed -= 1
+                touched.add(segment)
+        for segment in touched:
+            self.journal.remove_if_done(segment)
+
+    # -- the database going away and coming back ------------------------------------------
+
+    async def _connect(self) -> bool:
+        try:
+            async with asyncio.timeout(self.config.insert_timeout_s):
+                await self.store.open()
+        except (StoreUnavailable, TimeoutError) as exc:
+            if not isinstance(exc, StoreUnavailable):
+                exc = StoreUnavailable(f"{self.store.name} ledger did not answer in {self.config.insert_timeout_s:g}s")
+            await self._went_down(exc)
+            return False
+        if not self._database_up:
+            log.info("ledger database ready: %s", self.config.describe())
+        self._database_up = True
+        self._outage_logged = False
+        return True
+
+    async def _went_down(self, exc: Exception) -> None:
+        if not self._outage_logged:
+            log.warning("ledger database unavailable (%s); records wait in the journal %s", exc,
+                        self.config.journal_path)
+            self._outage_logged = True
+        self._database_up = False
+        await self.store.reset()
+
+    async def _retry_loop(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self.config.retry_interval_s):
+                    await self._retry_now.wait()
+            except TimeoutError:
+                pass
+            self._retry_now.clear()
+            if not self._database_up or self.journal.replayable() or (
+                    self.journal.active is not None and self.journal.active.needs_replay):
+                await self._replay()
+
+    async def _replay(self) -> bool:
+        """Reconnect if needed, then insert every segment marked for replay and delete it.
+        Inserts ignore ids already present, so replaying what the writer also inserted is harmless."""
+        async with self._replay_lock:
+            if not self._database_up and not await self._connect():
+                return False
+            active = self.journal.active
+            if active is not None and active.needs_replay:
+                self.journal.seal_active()
+            for segment in self.journal.replayable():
+                records, bad = await asyncio.to_thread(Journal.read, segment)
+                for start in range(0, len(records), self.config.batch_size):
+                    try:
+                        self._replayed += await self._insert(records[start:start + self.config.batch_size])
+                    except StoreUnavailable as exc:
+                        await self._went_down(exc)
+                        return False
+                if bad:
+                    self.journal.keep_unreadable(segment, bad)
+                else:
+                    self.journal.remove(segment)
+                self._notify()
+            return True
+
+    # -- flushing and closing -------------------------------------------------------------
+
+    def _notify(self) -> None:
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    def _outstanding(self) -> bool:
+        return bool(self._queue) or self._in_flight > 0 or self.journal.pending_records()
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every acknowledged record is in the database; False if that did not happen
+        within timeout (the rest stays in the journal)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.journal.commit()
+        self._flush_now.set()
+        # One immediate try; after that a down database is tried at the usual interval.
+        self._retry_now.set()
+        while self._outstanding():
+            progress = self._progress
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                self._flush_now.clear()
+                return False
+            try:
+                async with asyncio.timeout(min(remaining or 0.1, 0.1)):
+                    await progress.wait()
+            except TimeoutError:
+                pass
+        self._flush_now.clear()
+        return True
+
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Flush to the database (for up to timeout, default close_timeout_s), then close. What
+        did not reach the database stays in the journal for the next start."""
+        if self._closing:
+            return
+        self._closing = True
+        flushed = await self.flush(self.config.close_timeout_s if timeout is None else timeout)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.journal.aclose()
+        await self.store.close()
+        if not flushed:
+            log.warning("ledger closed with records not yet in the database; they stay in the journal %s "
+                        "and are replayed at the next start", self.config.journal_path)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def summary(self, filters: UsageFilter, group_by: Sequence[str] = ()) -> list[pb.UsageSummaryRow]:
+        """GetUsageSummary over what the database holds (records still on their way, a few
+        milliseconds' worth, are not in it yet). ValueError for a bad grouping; StoreUnavailable
+        when the database does not answer."""
+        check_groupings(group_by)
+        return await self.store.summary(filters, group_by)
+
+    async def summary_response(self, request: pb.GetUsageSummaryRequest) -> pb.GetUsageSummaryResponse:
+        filters, group_by = from_proto(request)
+        return pb.GetUsageSummaryResponse(rows=await self.summary(filters, group_by))
+
+    async def get(self, request_id: str) -> LedgerRecord | None:
+        return await self.store.get(request_id)
+
+    def stats(self) -> LedgerStats:
+        return LedgerStats(
+            database_up=self._database_up,
+            queued=len(self._queue) + self._in_flight,
+            journal_segments=len(self.journal.segments),
+            inserted=self._inserted,
+            replayed=self._replayed,
+            spilled=self._spilled,
+        )
+
+
+__all__ = ["Ledger", "LedgerClosed", "LedgerStats", "JournalError"]

@@ -89,6 +89,11 @@ class Backend:
         return LedgerConfig(**values)
 
 
+@pytest.fixture
+def pg_backend(tmp_path: Path, pg_admin: str, pg_schema: str) -> Backend:
+    return Backend("postgresql", tmp_path, pg_admin, pg_schema)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "sqlite":

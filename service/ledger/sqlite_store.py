@@ -37,7 +37,7 @@ class SqliteStore:
                 return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
             # Reads take a thread of their own, so a long summary never holds up inserts.
             return await asyncio.to_thread(fn, *args)
-        except (sqlite3.IntegrityError, sqlite3.DataError) as exc:
+        except (sqlite3.IntegrityError, sqlite3.DataError, OverflowError) as exc:
             raise RecordRejected(f"SQLite refused a ledger record: {exc}") from exc
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"SQLite ledger {self.path}: {exc}") from exc

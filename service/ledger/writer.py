@@ -129,6 +129,9 @@ class Ledger:
             self._in_flight = len(batch)
             try:
                 await self._insert_live(batch)
+            except Exception as exc:  # the writer must outlive any one batch
+                log.error("ledger writer: %s: %s; the batch waits in the journal", type(exc).__name__, exc)
+                self._leave_to_journal(batch)
             finally:
                 self._in_flight = 0
                 self._notify()
@@ -143,17 +146,20 @@ class Ledger:
             else:
                 self._confirm(batch)
                 return
-        # The database missed these: the journal has them (and a replay follows). Records whose
-        # journal write failed stay in memory until the database returns.
+        if self._leave_to_journal(batch):
+            await asyncio.sleep(self.config.retry_interval_s)
+        self._kick_replay()
+
+    def _leave_to_journal(self, batch: list[tuple[LedgerRecord, Segment | None]]) -> bool:
+        """The database missed these: their segments are marked for replay. Records whose journal
+        write failed have no copy there, so they go back to the queue; True if there were such."""
         orphans = [item for item in batch if item[1] is None]
         for _, segment in batch:
             if segment is not None:
                 segment.unconfirmed -= 1
                 segment.needs_replay = True
-        if orphans:
-            self._queue.extendleft(reversed(orphans))
-            await asyncio.sleep(self.config.retry_interval_s)
-        self._kick_replay()
+        self._queue.extendleft(reversed(orphans))
+        return bool(orphans)
 
     def _kick_replay(self) -> None:
         """Replay now, when the database is up; a down one is tried every retry_interval_s."""
@@ -181,6 +187,12 @@ class Ledger:
                 return await self.store.insert(records)
         except TimeoutError:
             raise StoreUnavailable(f"{self.store.name} ledger insert took over {self.config.insert_timeout_s:g}s") from None
+        except (StoreUnavailable, RecordRejected):
+            raise
+        except Exception as exc:
+            # Not a database outage: retrying would fail the same way, so the record is set
+            # aside (one by one, in _insert) rather than blocking everything behind it.
+            raise RecordRejected(f"unexpected {type(exc).__name__}: {exc}") from exc
 
     def _confirm(self, batch: list[tuple[LedgerRecord, Segment | None]]) -> None:
         self._inserted += len(batch)
@@ -227,7 +239,10 @@ class Ledger:
             self._retry_now.clear()
             if not self._database_up or self.journal.replayable() or (
                     self.journal.active is not None and self.journal.active.needs_replay):
-                await self._replay()
+                try:
+                    await self._replay()
+                except Exception as exc:  # e.g. a journal segment that cannot be read: try again later
+                    log.error("ledger replay: %s: %s", type(exc).__name__, exc)
 
     async def _replay(self) -> bool:
         """Reconnect if needed, then insert every segment marked for replay and delete it.

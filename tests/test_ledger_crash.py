@@ -1,0 +1,115 @@
+"""kill -9 in the middle of concurrent requests: after a restart, every record that record()
+acknowledged is in the database exactly once, with the database up or down during the run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.ledger import Ledger, LedgerConfig, UsageFilter
+from tests.ledger_support import (  # noqa: F401 - fixtures
+    PG_PORT, Backend, TcpProxy, backend, pg_admin, pg_schema)
+from tests.test_ledger import stored_ids
+
+ROOT = Path(__file__).resolve().parent.parent
+TOTAL = 4000
+KILL_AFTER = 1500
+
+# The child plays a gateway under load: 50 requests in flight, each printing its id only once
+# record() returned, which is the moment the servicer would answer OK.
+CHILD = """
+import asyncio, json, os, sys
+from pathlib import Path
+from service.ledger import Ledger, LedgerConfig
+from tests.ledger_support import sample_record
+
+async def main():
+    values = json.loads(sys.argv[1])
+    for key in ("path", "journal_dir"):
+        values[key] = Path(values[key])
+    ledger = await Ledger.open(LedgerConfig(**values))
+    ids = iter(range(int(sys.argv[2])))
+
+    async def requests():
+        for i in ids:
+            rec = sample_record(f"crash-{i:05d}")
+            await ledger.record(rec)
+            os.write(1, f"{rec.request_id}\\n".encode())
+
+    await asyncio.gather(*(requests() for _ in range(50)))
+    os.write(1, b"all\\n")
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def crash_after_acks(config: LedgerConfig) -> set[str]:
+    """Run the child, SIGKILL it after KILL_AFTER acknowledgements; returns the acknowledged ids."""
+    values = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(config).items()}
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CHILD, json.dumps(values), str(TOTAL),
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    acked: set[str] = set()
+    try:
+        async with asyncio.timeout(30):
+            while len(acked) < KILL_AFTER:
+                line = await child.stdout.readline()
+                if not line:
+                    stderr = (await child.stderr.read()).decode(errors="replace")
+                    pytest.fail(f"the recording process ended early:\n{stderr}")
+                acked.add(line.decode().strip())
+    finally:
+        child.send_signal(signal.SIGKILL)
+        await child.wait()
+    assert child.returncode == -signal.SIGKILL
+    return acked
+
+
+async def assert_exactly_once_after_restart(backend: Backend, config: LedgerConfig, acked: set[str]) -> None:
+    ledger = await Ledger.open(config)
+    assert await ledger.flush(20)
+    stored = await stored_ids(backend)
+    assert acked <= stored, f"{len(acked - stored)} acknowledged record(s) lost"
+    assert stored <= {f"crash-{i:05d}" for i in range(TOTAL)}
+    [row] = await ledger.summary(UsageFilter())
+    # One row per id, so the sums count each request once.
+    assert row.requests == len(stored)
+    assert row.input.total == 1986 * len(stored)
+    assert row.cost_nano_usd == 351_600 * len(stored)
+    await ledger.aclose()
+    assert list((backend.tmp / "journal").glob("seg-*")) == []
+
+
+async def test_kill_9_under_load_loses_no_acknowledged_record(backend: Backend):
+    config = backend.config()
+    acked = await crash_after_acks(config)
+    await assert_exactly_once_after_restart(backend, config, acked)
+
+
+async def test_kill_9_while_the_database_is_down_loses_no_acknowledged_record(backend: Backend):
+    if backend.name == "postgresql":
+        proxy = TcpProxy(PG_PORT)
+        await proxy.up()
+        await proxy.down()  # a port that refuses: PostgreSQL is "stopped" for the whole run
+        config = backend.config(port=proxy.port, insert_timeout_s=0.3)
+        acked = await crash_after_acks(config)
+        await proxy.up()
+        try:
+            await assert_exactly_once_after_restart(backend, config, acked)
+        finally:
+            await proxy.down()
+    else:
+        config = backend.config(insert_timeout_s=0.3)
+        lock = sqlite3.connect(config.sqlite_path, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")  # SQLite "down": another writer holds it for the whole run
+        acked = await crash_after_acks(config)
+        lock.execute("ROLLBACK")
+        lock.close()
+        await assert_exactly_once_after_restart(backend, config, acked)

@@ -123,7 +123,9 @@ class FakeUpstream:
             await asyncio.sleep(reply.delay_s)
         if reply.fault == "reset":
             request.transport.abort() if request.transport else None
-            raise ConnectionResetError
+            # Never written (the connection is gone); returned rather than raised so that
+            # aiohttp does not log the injected fault as an error of this server.
+            return web.Response(status=599)
         if reply.events is not None:
             return await self._stream(request, reply)
         body = reply.body

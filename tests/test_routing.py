@@ -19,6 +19,7 @@ import grpc
 import pytest
 from grpc_status import rpc_status
 
+from service.config import ConfigError, parse_config
 from service.routing import Route, Target
 from tests.upstream import BlackHole, FakeUpstream, RefusedPort, Reply, html_error_page, sse_events
 from tollway.v1 import completion_pb2 as pb
@@ -218,6 +219,8 @@ RETRYABLE_FAULTS = {
     "reset": (Reply(fault="reset"), Code.UNAVAILABLE, "a: upstream closed the connection"),
     "malformed": (Reply(fault="malformed"), Code.UNAVAILABLE, "a: upstream answered with a body that is not JSON"),
     "attempt-timeout": (Reply(fault="stall"), Code.DEADLINE_EXCEEDED, "a: upstream did not answer within 0.3s"),
+    "slow-first-byte": (Reply(body=answer("too late"), delay_s=30), Code.DEADLINE_EXCEEDED,
+                        "a: upstream did not answer within 0.3s"),
 }
 
 
@@ -930,6 +933,7 @@ async def test_caller_cancel_closes_the_attempt_in_flight_and_starts_no_other(st
     await asyncio.wait_for(a.disconnected.wait(), WAIT_S)
     with pytest.raises(asyncio.CancelledError):
         await call
+    assert (await call.code(), await call.details()) == (Code.CANCELLED, "Locally cancelled by application!")
     # Give a wrongly surviving router time to start a retry or a fallback, then count.
     await asyncio.sleep(0.3)
     assert (len(a.received), len(b.received)) == (1, 0)
@@ -950,6 +954,7 @@ async def test_caller_cancel_during_a_backoff_starts_no_other_attempt(start_clie
 
     with pytest.raises(asyncio.CancelledError):
         await call
+    assert (await call.code(), await call.details()) == (Code.CANCELLED, "Locally cancelled by application!")
     await asyncio.sleep(2.3)  # past the Retry-After: a surviving retry would have gone out by now
     assert (len(a.received), len(b.received)) == (1, 0)
 
@@ -965,7 +970,7 @@ async def test_caller_cancel_of_a_stream_before_output_starts_no_fallback(start_
     call.cancel()
 
     await asyncio.wait_for(a.disconnected.wait(), WAIT_S)
-    assert await call.code() == Code.CANCELLED
+    assert (await call.code(), await call.details()) == (Code.CANCELLED, "Locally cancelled by application!")
     await asyncio.sleep(0.3)
     assert (len(a.received), len(b.received)) == (1, 0)
 
@@ -1064,3 +1069,37 @@ async def test_a_half_open_probe_is_not_stranded_when_the_budget_ends_before_the
     assert probe.provider == "a"
     assert attempts(probe.attempts) == [("a", "model-a", Code.OK, "")]
     assert len(a.received) == 3
+
+
+# -- route config --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"routes": {"name": "x"}}, "routes must be an array of tables ([[routes]])"),
+    ({"routes": [{"name": "a/b", "targets": [target("a")]}]},
+     "routes[0].name must be a name without '/' (letters, digits, . _ : -)"),
+    ({"routes": [{"name": "x", "targets": [target("a")]}, {"name": "x", "targets": [target("a")]}]},
+     "routes[1]: route 'x' is defined twice"),
+    ({"routes": [{"name": "x", "targets": []}]}, "routes[0].targets must be a non-empty array"),
+    ({"routes": [{"name": "x", "targets": [{"provider": "a"}]}]}, "routes[0].targets[0] needs provider and model strings"),
+    ({"routes": [{"name": "x", "targets": [target("a", weight=0)]}]}, "routes[0].targets[0].weight must be an integer >= 1"),
+    ({"routes": [{"name": "x", "targets": [target("a", priority=1.5)]}]},
+     "routes[0].targets[0].priority must be an integer >= 1"),
+    ({"routes": [{"name": "x", "targets": [target("a", region="eu")]}]}, "unknown key(s) in routes[0].targets[0]: region"),
+    ({"routing": {"max_retries": -1}}, "routing.max_retries must be a number >= 0"),
+    ({"routing": {"retries": 2}}, "unknown key(s) in routing: retries"),
+    ({"routing": {"breaker": {"cooldown": 1}}}, "unknown key(s) in routing.breaker: cooldown"),
+    ({"routing": {"breaker": {"cooldown_s": "soon"}}}, "routing.breaker.cooldown_s must be a number >= 0"),
+])
+def test_a_bad_route_or_routing_table_is_refused_naming_the_key(raw, message):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw)
+
+    assert str(caught.value) == message
+
+
+async def test_a_route_naming_an_unconfigured_provider_is_refused_at_start(start_client, ups):
+    with pytest.raises(ConfigError) as caught:
+        await gateway(start_client, ups, {"fast": [target("a"), target("nobody")]})
+
+    assert str(caught.value) == "route 'fast': provider 'nobody' is not configured"

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 import psycopg
 import pytest
 
-from service.ledger import JournalError, Ledger, LedgerClosed, LedgerRecord, UsageFilter
+from service.ledger import JournalError, Ledger, LedgerClosed, LedgerRecord, SchemaTooNew, UsageFilter
 from service.ledger.records import InputTokens
 from service.ledger.store import Store, open_store
 from tests.ledger_support import (  # noqa: F401 - fixtures
@@ -254,3 +254,32 @@ async def test_a_gateway_starts_with_its_database_down_and_catches_up_when_it_ap
     assert await ledger.flush(10)
     assert await stored_ids(backend) == {r.request_id for r in recs}
     await ledger.aclose()
+
+
+async def test_a_cancelled_request_does_not_cancel_the_others_sharing_its_group_commit(backend: Backend):
+    ledger = await Ledger.open(backend.config())
+    recs = records("group", 5)
+    tasks = [asyncio.create_task(ledger.record(rec)) for rec in recs]
+    await asyncio.sleep(0)  # every task is now waiting on the same group commit
+    tasks[2].cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[2], asyncio.CancelledError)
+    assert [r for i, r in enumerate(results) if i != 2] == [None] * 4
+    assert await ledger.flush(10)
+    # The cancelled caller's line was written with its group: the record is kept, not lost.
+    assert await stored_ids(backend) == {r.request_id for r in recs}
+    await ledger.aclose()
+
+
+async def test_a_database_from_a_newer_version_stops_the_start_and_frees_the_journal(backend: Backend):
+    config = backend.config()
+    await (await Ledger.open(config)).aclose()
+    if backend.name == "sqlite":
+        with sqlite3.connect(config.sqlite_path) as conn:
+            conn.execute("INSERT INTO tollway_schema_version VALUES (2, 'later')")
+    else:
+        async with await psycopg.AsyncConnection.connect(backend.dsn(), autocommit=True) as conn:
+            await conn.execute("INSERT INTO tollway_schema_version (version) VALUES (2)")
+    for _ in range(2):  # the second start meets the same refusal, not a journal still locked
+        with pytest.raises(SchemaTooNew, match="schema version 2, newer than this Tollway knows"):
+            await Ledger.open(config)

@@ -14,7 +14,7 @@ import pytest
 
 from service.ledger import Ledger, LedgerConfig, UsageFilter
 from tests.ledger_support import (  # noqa: F401 - fixtures
-    PG_PORT, Backend, TcpProxy, backend, pg_admin, pg_schema)
+    PG_PORT, Backend, TcpProxy, backend, pg_admin, pg_backend, pg_schema)
 from tests.test_ledger import stored_ids
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,3 +113,49 @@ async def test_kill_9_while_the_database_is_down_loses_no_acknowledged_record(ba
         lock.execute("ROLLBACK")
         lock.close()
         await assert_exactly_once_after_restart(backend, config, acked)
+
+
+# A journal that cannot be written (here: the process may not grow a file past 64 KiB, as on a
+# full disk): record() says so, and those records still reach the database.
+JOURNAL_FULL_CHILD = """
+import asyncio, json, resource, signal, sys
+from pathlib import Path
+from service.ledger import Ledger, LedgerConfig
+from tests.ledger_support import sample_record
+
+async def main():
+    values = json.loads(sys.argv[1])
+    for key in ("path", "journal_dir"):
+        values[key] = Path(values[key])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+    ledger = await Ledger.open(LedgerConfig(**values))
+    errors = []
+    for start in range(0, 200, 20):
+        recs = [sample_record(f"full-{i:04d}") for i in range(start, start + 20)]
+        results = await asyncio.gather(*(ledger.record(r) for r in recs), return_exceptions=True)
+        errors += [f"{type(e).__name__}: {e}" for e in results if isinstance(e, BaseException)]
+    flushed = await ledger.flush(10)
+    await ledger.aclose()
+    print(json.dumps({"errors": errors, "flushed": flushed}))
+
+asyncio.run(main())
+"""
+
+
+async def test_a_journal_that_cannot_be_written_is_reported_and_the_records_still_reach_postgresql(
+        pg_backend: Backend):
+    config = pg_backend.config(segment_bytes=1024 * 1024)
+    values = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(config).items()}
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", JOURNAL_FULL_CHILD, json.dumps(values),
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(30):
+        out, err = await child.communicate()
+    assert child.returncode == 0, err.decode(errors="replace")
+    result = json.loads(out)
+    assert result["flushed"]
+    assert result["errors"], "the file size limit was never reached"
+    assert set(result["errors"]) == {
+        f"JournalError: cannot write the ledger journal {config.journal_path}: File too large"}
+    assert await stored_ids(pg_backend) == {f"full-{i:04d}" for i in range(200)}

@@ -14,12 +14,14 @@ from .config import LedgerConfig
 from .journal import JournalError
 from .records import AttemptRecord, CostLine, InputTokens, LedgerRecord, OutputTokens
 from .render import FORMATS, format_usd, render, render_csv, render_jsonl, render_table
-from .store import StoreUnavailable
+from .schema import SchemaTooNew
+from .store import RecordRejected, StoreUnavailable
 from .summary import UsageFilter, from_proto, label_grouping
 from .writer import Ledger, LedgerClosed, LedgerStats
 
 __all__ = [
     "FORMATS", "AttemptRecord", "CostLine", "InputTokens", "JournalError", "Ledger", "LedgerClosed",
-    "LedgerConfig", "LedgerRecord", "LedgerStats", "OutputTokens", "StoreUnavailable", "UsageFilter",
-    "format_usd", "from_proto", "label_grouping", "render", "render_csv", "render_jsonl", "render_table",
+    "LedgerConfig", "LedgerRecord", "LedgerStats", "OutputTokens", "RecordRejected", "SchemaTooNew",
+    "StoreUnavailable", "UsageFilter", "format_usd", "from_proto", "label_grouping", "render", "render_csv",
+    "render_jsonl", "render_table",
 ]

@@ -79,7 +79,9 @@ class Journal:
         self._sync_dir = False
         self._sync_waiters: list[asyncio.Future[None]] = []
         self._sync_wanted = asyncio.Event()
+        self._sync_in_flight = False
         self._syncer: asyncio.Task[None] | None = None
+        self._closed = False
 
     # -- start and stop -------------------------------------------------------------------
 
@@ -126,6 +128,7 @@ class Journal:
     async def aclose(self) -> None:
         """Write what is gathered, seal the active segment, fsync and close everything."""
         self.commit()
+        self._closed = True
         if self.active is not None:
             self._seal(self.active, start_next=False)
         await self.sync()
@@ -156,6 +159,11 @@ class Journal:
         if group is None:
             return
         self._group, self._lines, self._records = None, [], []
+        if self.active is None and not self._closed:
+            try:  # a disk that was full a moment ago may have room again
+                self._start_segment()
+            except OSError:
+                pass
         segment = self.active
         lines.append(b"")
         data = b"\n".join(lines)
@@ -275,7 +283,7 @@ class Journal:
 
     async def sync(self) -> None:
         """Wait until everything written so far is fsync'd."""
-        if not (self._unsynced or self._to_close or self._sync_dir):
+        if not (self._unsynced or self._to_close or self._sync_dir or self._sync_in_flight):
             return
         waiter = asyncio.get_running_loop().create_future()
         self._sync_waiters.append(waiter)
@@ -289,6 +297,7 @@ class Journal:
             fds, to_close, sync_dir = list(self._unsynced), self._to_close, self._sync_dir
             waiters = self._sync_waiters
             self._unsynced, self._to_close, self._sync_dir, self._sync_waiters = set(), [], False, []
+            self._sync_in_flight = True
             try:
                 await asyncio.to_thread(_fsync_all, fds, to_close, self.directory if sync_dir else None)
             except OSError as exc:
@@ -298,6 +307,8 @@ class Journal:
                     if not waiter.done():
                         waiter.set_exception(error)
                 continue
+            finally:
+                self._sync_in_flight = False
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)

@@ -21,8 +21,9 @@ INPUT_BUCKETS = ("total", "text", "image", "audio", "video", "document", "cache_
 OUTPUT_BUCKETS = ("total", "text", "audio", "image", "reasoning", "unattributed")
 
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
-_WARNING_PREFIX = "USAGE_WARNING_"
-_TOKEN_CLASS_PREFIX = "TOKEN_CLASS_"
+# Enum names without their prefix, looked up once: the proto's Name() is slow per request.
+_WARNING_NAMES = {v.number: v.name.removeprefix("USAGE_WARNING_") for v in pb.UsageWarning.DESCRIPTOR.values}
+_TOKEN_CLASS_NAMES = {v.number: v.name.removeprefix("TOKEN_CLASS_") for v in pb.TokenClass.DESCRIPTOR.values}
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +180,7 @@ class LedgerRecord:
         Attempts. A cost the provider reported counts from Cost first, then from Usage."""
         usage = usage if usage is not None else pb.Usage()
         cost = cost if cost is not None else pb.Cost()
+        i, o = usage.input, usage.output
         provider_cost: int | None = None
         if cost.HasField("provider_reported_nano_usd"):
             provider_cost = cost.provider_reported_nano_usd
@@ -196,13 +198,14 @@ class LedgerRecord:
             attempts=tuple(attempt_from_proto(a) for a in attempts),
             latency_ms=latency_ms,
             ttft_ms=ttft_ms,
-            input=InputTokens(*(getattr(usage.input, b) for b in INPUT_BUCKETS)),
-            output=OutputTokens(*(getattr(usage.output, b) for b in OUTPUT_BUCKETS)),
+            input=InputTokens(i.total, i.text, i.image, i.audio, i.video, i.document, i.cache_read,
+                              i.cache_write_5m, i.cache_write_1h, i.cache_write_unknown_ttl, i.unattributed),
+            output=OutputTokens(o.total, o.text, o.audio, o.image, o.reasoning, o.unattributed),
             total_tokens=usage.total_tokens,
-            warnings=tuple(_strip(pb.UsageWarning.Name(w), _WARNING_PREFIX) for w in usage.warnings),
+            warnings=tuple(_WARNING_NAMES.get(w, str(w)) for w in usage.warnings),
             cost_items=tuple(
                 CostLine(
-                    token_class=_strip(pb.TokenClass.Name(item.token_class), _TOKEN_CLASS_PREFIX),
+                    token_class=_TOKEN_CLASS_NAMES.get(item.token_class, str(item.token_class)),
                     tokens=item.tokens,
                     unit_price_nano_usd_per_million=item.unit_price_nano_usd_per_million,
                     amount_nano_usd=item.amount_nano_usd,
@@ -242,6 +245,3 @@ def parse_utc(text: str) -> datetime:
         return moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc)
 
-
-def _strip(name: str, prefix: str) -> str:
-    return name[len(prefix):] if name.startswith(prefix) else name

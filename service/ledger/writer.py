@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from tollway.v1 import completion_pb2 as pb
 
 from .config import LedgerConfig
-from .journal import Journal, JournalError, Segment
+from .journal import Journal, Segment
 from .records import LedgerRecord
 from .store import RecordRejected, Store, StoreUnavailable, open_store
 from .summary import UsageFilter, check_groupings, from_proto
@@ -77,7 +77,12 @@ class Ledger:
         if leftovers:
             log.info("ledger journal %s holds %d segment(s) from an earlier run; replaying",
                      self.config.journal_path, len(leftovers))
-        await self._connect()
+        try:
+            await self._connect()
+        except BaseException:  # e.g. SchemaTooNew: give the journal's lock back before failing
+            await self.journal.aclose()
+            await self.store.close()
+            raise
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._write_loop(), name="ledger-writer"),
                        loop.create_task(self._retry_loop(), name="ledger-retry")]
@@ -91,20 +96,23 @@ class Ledger:
         JournalError when the journal cannot be written; the record still goes to the database."""
         if self._closing:
             raise LedgerClosed("the ledger is closed")
-        await self.journal.append(rec)
+        # Shielded: the future is shared by every record of this group commit, and one
+        # cancelled request must not cancel the others' acknowledgement.
+        await asyncio.shield(self.journal.append(rec))
 
     def _on_written(self, segment: Segment | None, records: list[LedgerRecord]) -> None:
-        room = self.config.queue_size - len(self._queue)
+        room = max(self.config.queue_size - len(self._queue), 0)
         if room < len(records):
             # Full: the excess lives in the journal only, and is replayed from there.
-            self._spilled += len(records) - max(room, 0)
+            excess = len(records) - room
+            self._spilled += excess
             if segment is not None:
-                segment.unconfirmed -= len(records) - max(room, 0)
+                segment.unconfirmed -= excess
                 segment.needs_replay = True
                 self._kick_replay()
             else:
-                log.error("ledger queue full and journal unwritable: %d record(s) lost", len(records) - room)
-            records = records[:max(room, 0)]
+                log.error("ledger queue full and journal unwritable: %d record(s) lost", excess)
+            records = records[:room]
         self._queue.extend((rec, segment) for rec in records)
         self._queued.set()
 
@@ -186,7 +194,8 @@ class Ledger:
             async with asyncio.timeout(self.config.insert_timeout_s):
                 return await self.store.insert(records)
         except TimeoutError:
-            raise StoreUnavailable(f"{self.store.name} ledger insert took over {self.config.insert_timeout_s:g}s") from None
+            raise StoreUnavailable(
+                f"{self.store.name} ledger insert took over {self.config.insert_timeout_s:g}s") from None
         except (StoreUnavailable, RecordRejected):
             raise
         except Exception as exc:
@@ -341,5 +350,3 @@ class Ledger:
             spilled=self._spilled,
         )
 
-
-__all__ = ["Ledger", "LedgerClosed", "LedgerStats", "JournalError"]

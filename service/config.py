@@ -92,6 +92,8 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] 
             raise ConfigError(f"config file {path} does not exist") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 text") from exc
         source = str(path)
     config = parse_config(raw, source)
     listen = environ.get("TOLLWAY_LISTEN")
@@ -132,11 +134,20 @@ def _parse_server(table: Mapping[str, Any]) -> ServerConfig:
     allowed = {"listen", "log_format", "grace_period_s", "max_upstream_connections"}
     _no_unknown(table, allowed, "server")
     server = ServerConfig(**table)
+    if not isinstance(server.listen, str):
+        raise ConfigError('server.listen must be a string ("host:port")')
     if server.log_format not in ("plain", "json"):
         raise ConfigError('server.log_format must be "plain" or "json"')
-    if server.grace_period_s < 0:
-        raise ConfigError("server.grace_period_s must be >= 0")
+    if not _is_number(server.grace_period_s) or server.grace_period_s < 0:
+        raise ConfigError("server.grace_period_s must be a number >= 0")
+    if not isinstance(server.max_upstream_connections, int) or isinstance(server.max_upstream_connections, bool) \
+            or server.max_upstream_connections < 1:
+        raise ConfigError("server.max_upstream_connections must be an integer >= 1")
     return server
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _parse_provider(name: str, table: Any) -> ProviderConfig:

@@ -54,6 +54,11 @@ class Gateway:
         except (ConfigError, PluginError, OSError) as exc:
             log.error("config reload refused, keeping the running config: %s", exc)
             return False
+        except Exception as exc:
+            # Whatever else a bad file trips over, a reload must not take the running config
+            # (or, under SIGHUP, the event loop's callback) down with it.
+            log.error("config reload refused, keeping the running config: %s: %s", type(exc).__name__, exc)
+            return False
         router = self.runtime.router
         router.board = router.board.with_policy(config.routing.breaker)
         self.runtime.media.policy = config.media

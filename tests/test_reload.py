@@ -146,6 +146,9 @@ BAD_FILES = {
     "unknown provider": (None, "route 'ghost': provider 'nobody' is not configured"),
     "bad routing value": (None, "routing.max_retries must be a number >= 0"),
     "unknown kind": (None, "providers.c: unknown kind 'no-such-kind'"),
+    "wrong type in [server]": (None, "server.grace_period_s must be a number >= 0"),
+    "not UTF-8": (None, "is not UTF-8 text"),
+    "a directory": (None, "Is a directory"),
 }
 
 
@@ -156,6 +159,8 @@ def bad_file(ups, case: str) -> str:
         return toml(ups, {"fast": ["b"]}) + '[[routes]]\nname = "ghost"\ntargets = [{ provider = "nobody", model = "m" }]\n'
     if case == "bad routing value":
         return toml(ups, {"fast": ["b"]}).replace("max_retries = 0", "max_retries = -1")
+    if case == "wrong type in [server]":
+        return '[server]\ngrace_period_s = "soon"\n' + toml(ups, {"fast": ["b"]})
     return toml(ups, {"fast": ["b"]}) + '[providers.c]\nkind = "no-such-kind"\nbase_url = "http://127.0.0.1:9"\n'
 
 
@@ -164,7 +169,13 @@ async def test_a_bad_file_is_refused_with_a_log_line_and_the_old_config_stays(se
     a, b = ups
     served = await serve(toml(ups, {"fast": ["a"]}))
     a.default = Reply(body=answer("from a"))
-    serve.path.write_text(bad_file(ups, case), encoding="utf-8")
+    if case == "not UTF-8":
+        serve.path.write_bytes(b"\xff\xfe[server]\n")
+    elif case == "a directory":
+        serve.path.unlink()
+        serve.path.mkdir()
+    else:
+        serve.path.write_text(bad_file(ups, case), encoding="utf-8")
 
     with caplog.at_level(logging.INFO, logger="tollway.server"):
         assert served.gateway.reload() is False

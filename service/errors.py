@@ -158,7 +158,10 @@ def upstream_http_error(
         message = f"{provider}: upstream returned HTTP {status}"
         if provider_message:
             message += f": {scrub(provider_message, secrets)[:500]}"
-    retry_after = parse_retry_after(retry_after_header) if code == Code.RESOURCE_EXHAUSTED else None
+    # HTTP gives Retry-After to 429 and 503 alike: an overloaded upstream's "come back in N s"
+    # is honoured by the router and passed on as RetryInfo.
+    retry_after = (parse_retry_after(retry_after_header)
+                   if code in (Code.RESOURCE_EXHAUSTED, Code.UNAVAILABLE) else None)
     return GatewayError(code, message, retry_after=retry_after, http_status=status)
 
 

@@ -1103,3 +1103,19 @@ async def test_a_route_naming_an_unconfigured_provider_is_refused_at_start(start
         await gateway(start_client, ups, {"fast": [target("a"), target("nobody")]})
 
     assert str(caught.value) == "route 'fast': provider 'nobody' is not configured"
+
+
+async def test_a_503_retry_after_longer_than_the_deadline_goes_straight_to_the_next_target(start_client, ups):
+    a, b, _ = ups
+    client = await gateway(start_client, ups, routing={"max_retries": 3})
+    a.default = Reply(status=503, body={"error": {"message": "overloaded"}}, headers={"Retry-After": "60"})
+    b.reply(ok())
+
+    response = await client.stub.Complete(request(), timeout=10)
+
+    assert response.provider == "b"
+    assert attempts(response.attempts) == [
+        ("a", "model-a", Code.UNAVAILABLE, "a: upstream returned HTTP 503: overloaded"),
+        ("b", "model-b", Code.OK, ""),
+    ]
+    assert (len(a.received), len(b.received)) == (1, 1)

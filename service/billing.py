@@ -275,7 +275,8 @@ class PriceCatalog:
                 raise _Unpriced(f"the cost of {CLASS_KEYS[token_class]} tokens under {label} "
                                 f"exceeds the int64 range of nano-USD")
             items.append(pb.CostLineItem(token_class=token_class, tokens=tokens,
-                                         unit_price_nano_usd_per_million=unit, amount_nano_usd=amount))
+                                         unit_price_nano_usd_per_million=unit, amount_nano_usd=amount,
+                                         model=model))
         for other in usage.other_models:
             self._price_into(other.usage, provider, kind, other.model, moment, items, labels)
 

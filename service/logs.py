@@ -55,8 +55,9 @@ def configure_logging(fmt: str = "plain", level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # aiohttp and grpc chatter is not request lines.
-    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+    # Library chatter is not request lines; httpx alone would log every upstream call.
+    for noisy in ("aiohttp", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def log_request(**fields: Any) -> None:

@@ -12,9 +12,9 @@ from tollway.v1 import completion_pb2 as pb
 TC = pb.TokenClass
 
 
-def line(token_class: int, tokens: int, unit: int) -> pb.CostLineItem:
+def line(token_class: int, tokens: int, unit: int, model: str = "gemini-2.0-flash") -> pb.CostLineItem:
     return pb.CostLineItem(token_class=token_class, tokens=tokens, unit_price_nano_usd_per_million=unit,
-                           amount_nano_usd=(tokens * unit + 500_000) // 1_000_000)
+                           amount_nano_usd=(tokens * unit + 500_000) // 1_000_000, model=model)
 
 
 async def test_the_seed_response_is_priced_at_gemini_2_0_flash_list_prices(client, upstream):

@@ -318,16 +318,18 @@ class CallFailure(_message.Message):
     def __init__(self, route: _Optional[str] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
 
 class CostLineItem(_message.Message):
-    __slots__ = ("token_class", "tokens", "unit_price_nano_usd_per_million", "amount_nano_usd")
+    __slots__ = ("token_class", "tokens", "unit_price_nano_usd_per_million", "amount_nano_usd", "model")
     TOKEN_CLASS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     UNIT_PRICE_NANO_USD_PER_MILLION_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_NANO_USD_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     token_class: TokenClass
     tokens: int
     unit_price_nano_usd_per_million: int
     amount_nano_usd: int
-    def __init__(self, token_class: _Optional[_Union[TokenClass, str]] = ..., tokens: _Optional[int] = ..., unit_price_nano_usd_per_million: _Optional[int] = ..., amount_nano_usd: _Optional[int] = ...) -> None: ...
+    model: str
+    def __init__(self, token_class: _Optional[_Union[TokenClass, str]] = ..., tokens: _Optional[int] = ..., unit_price_nano_usd_per_million: _Optional[int] = ..., amount_nano_usd: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
 
 class Cost(_message.Message):
     __slots__ = ("line_items", "total_nano_usd", "unpriced", "unpriced_reason", "provider_reported_nano_usd", "price_entry")

@@ -69,7 +69,7 @@ def config(
     routing: dict[str, Any] | None = None,
     **per_provider: dict[str, Any],
 ) -> dict[str, Any]:
-    """Providers a, b, c on the given upstreams (a has two keys available), the named routes."""
+    """Providers a, b, c on the given upstreams, one key each unless `keys=(...)` names more."""
     names = ("a", "b", "c")
     key_envs = {"a": ("A_KEY_1",), "b": ("B_KEY",), "c": ("C_KEY",)}
     providers = {}
@@ -584,11 +584,8 @@ async def test_stream_connect_timeout_is_configurable_and_falls_back(start_clien
         b.reply(ok_stream())
 
         texts, summaries = await read_stream(client.stub.StreamComplete(stream_request(), timeout=10))
-        error = None
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            async for _ in client.stub.StreamComplete(stream_request("a/m"), timeout=10):
-                pass
-        error = caught.value
+        # Straight to a, with nowhere to fall back to: the connect timeout is the answer.
+        _, error = await stream_fails(client, stream_request("a/m"))
     finally:
         hole.close()
 

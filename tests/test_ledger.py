@@ -283,3 +283,26 @@ async def test_a_database_from_a_newer_version_stops_the_start_and_frees_the_jou
     for _ in range(2):  # the second start meets the same refusal, not a journal still locked
         with pytest.raises(SchemaTooNew, match="schema version 2, newer than this Tollway knows"):
             await Ledger.open(config)
+
+
+async def test_record_nowait_keeps_the_record_of_a_call_that_is_being_cancelled(backend: Backend):
+    ledger = await Ledger.open(backend.config())
+    rec = sample_record("cancelled-stream", status="CANCELLED", estimated=True)
+    started = asyncio.Event()
+
+    async def stream() -> None:
+        try:
+            started.set()
+            await asyncio.Event().wait()  # the upstream stream, until the caller goes away
+        except asyncio.CancelledError:
+            ledger.record_nowait(rec)  # a cancelled task cannot await; the record is queued regardless
+            raise
+
+    task = asyncio.create_task(stream())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await ledger.flush(10)
+    assert (await ledger.get("cancelled-stream")) == rec
+    await ledger.aclose()

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from service.ledger import InputTokens, Ledger, LedgerRecord, OutputTokens, UsageFilter, from_proto
+from service.ledger import InputTokens, Ledger, LedgerRecord, OutputTokens, UsageFilter, from_proto, to_proto
 from service.ledger.records import INPUT_BUCKETS, OUTPUT_BUCKETS
 from tests.ledger_support import Backend, backend, pg_admin, pg_schema, sample_record  # noqa: F401
 from tollway.v1 import completion_pb2 as pb
@@ -208,3 +208,12 @@ async def test_an_unknown_grouping_is_refused_before_any_query(loaded):
     with pytest.raises(ValueError, match="unknown grouping 'team': use one of caller, provider, model, route, day "
                                          "or label:<key>"):
         await ledger.summary(UsageFilter(), ["team"])
+
+
+@pytest.mark.parametrize("group_by", GROUPINGS)
+def test_to_proto_and_back_keeps_the_filter_and_the_groupings(group_by):
+    f = FILTERS["all at once"]
+    back_filter, back_groups = from_proto(to_proto(f, group_by))
+    assert back_filter == f
+    dims = [g for g in group_by if not g.startswith("label:")]
+    assert back_groups == dims + [g for g in group_by if g.startswith("label:")]

@@ -16,12 +16,12 @@ from .records import AttemptRecord, CostLine, InputTokens, LedgerRecord, OutputT
 from .render import FORMATS, format_usd, render, render_csv, render_jsonl, render_table
 from .schema import SchemaTooNew
 from .store import RecordRejected, StoreUnavailable
-from .summary import UsageFilter, from_proto, label_grouping
+from .summary import UsageFilter, from_proto, label_grouping, to_proto
 from .writer import Ledger, LedgerClosed, LedgerStats
 
 __all__ = [
     "FORMATS", "AttemptRecord", "CostLine", "InputTokens", "JournalError", "Ledger", "LedgerClosed",
     "LedgerConfig", "LedgerRecord", "LedgerStats", "OutputTokens", "RecordRejected", "SchemaTooNew",
     "StoreUnavailable", "UsageFilter", "format_usd", "from_proto", "label_grouping", "render", "render_csv",
-    "render_jsonl", "render_table",
+    "render_jsonl", "render_table", "to_proto",
 ]

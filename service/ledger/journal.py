@@ -148,6 +148,8 @@ class Journal:
         if self._group is None:
             loop = asyncio.get_running_loop()
             self._group = loop.create_future()
+            # A write error is logged in commit(); this marks it seen for groups nobody awaited.
+            self._group.add_done_callback(_retrieve)
             loop.call_soon(self.commit)
         self._lines.append(line)
         self._records.append(record)
@@ -312,6 +314,11 @@ class Journal:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _write_all(fd: int | None, data: bytes) -> None:

@@ -94,6 +94,26 @@ def from_proto(request: pb.GetUsageSummaryRequest) -> tuple[UsageFilter, list[st
     return filters, group_by
 
 
+def to_proto(filters: UsageFilter, group_by: Sequence[str]) -> pb.GetUsageSummaryRequest:
+    """The request `tollway usage` sends; from_proto() of it gives back the same filter and the
+    same groupings (label keys after the other dimensions)."""
+    check_groupings(group_by)
+    request = pb.GetUsageSummaryRequest(
+        caller=filters.caller or "", labels=dict(filters.labels), provider=filters.provider or "",
+        model=filters.model or "", route=filters.route or "")
+    if filters.start is not None:
+        request.start_time.FromDatetime(filters.start.astimezone(timezone.utc))
+    if filters.end is not None:
+        request.end_time.FromDatetime(filters.end.astimezone(timezone.utc))
+    reverse = {name: value for value, name in _PROTO_DIMENSIONS.items()}
+    request.group_by.extend(reverse[g] for g in group_by if g in DIMENSIONS)
+    label_keys = [g[len(LABEL_PREFIX):] for g in group_by if g not in DIMENSIONS]
+    if label_keys:
+        request.group_by.append(pb.USAGE_GROUPING_LABEL)
+        request.group_by_label_keys.extend(label_keys)
+    return request
+
+
 def build_query(dialect: Dialect, filters: UsageFilter, group_by: Sequence[str]) -> tuple[str, list[Any]]:
     """One SELECT: the group values first, then COUNT and the sums, in _row_from_values order."""
     check_groupings(group_by)

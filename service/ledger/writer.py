@@ -92,13 +92,20 @@ class Ledger:
     # -- the request path ---------------------------------------------------------------
 
     async def record(self, rec: LedgerRecord) -> None:
-        """Return once rec is in the journal (see LedgerConfig.fsync_before_ack). Raises
-        JournalError when the journal cannot be written; the record still goes to the database."""
-        if self._closing:
-            raise LedgerClosed("the ledger is closed")
+        """Return once rec is in the journal (see LedgerConfig.fsync_before_ack): await this
+        before answering OK. Raises JournalError when the journal cannot be written; the record
+        still goes to the database."""
         # Shielded: the future is shared by every record of this group commit, and one
         # cancelled request must not cancel the others' acknowledgement.
-        await asyncio.shield(self.journal.append(rec))
+        await asyncio.shield(self.record_nowait(rec))
+
+    def record_nowait(self, rec: LedgerRecord) -> asyncio.Future[None]:
+        """Queue rec for this event-loop turn's journal write without waiting for it: for paths
+        that answer no OK (a failed or cancelled call), where a cancelled task cannot await.
+        The returned future is record()'s acknowledgement; nobody has to await it."""
+        if self._closing:
+            raise LedgerClosed("the ledger is closed")
+        return self.journal.append(rec)
 
     def _on_written(self, segment: Segment | None, records: list[LedgerRecord]) -> None:
         room = max(self.config.queue_size - len(self._queue), 0)

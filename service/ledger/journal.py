@@ -1,10 +1,11 @@
 """The journal: an append-only directory of JSONL segments that holds every acknowledged record
 until the database has it.
 
-record() is acknowledged once its line is written: the lines of all records that arrive in one
-event-loop turn go out in one write() (group commit), so a crash of the process (kill -9 included)
-loses nothing that was acknowledged. Each written batch is then fsync'd on a worker thread;
-with fsync_before_ack the acknowledgement waits for that fsync too (power-loss safe).
+record() is acknowledged once its line is written: one write() to the OS, so a crash of the
+process (kill -9 included) loses nothing that was acknowledged. What was written is fsync'd on a
+worker thread, at most every fsync_interval_s; with fsync_before_ack each acknowledgement waits
+for an fsync instead (group commit: one fsync for all the lines written meanwhile), which also
+survives a power loss, at the cost of an fsync's latency.
 
 Segments are named seg-<sequence>.jsonl. The newest is the active one; a segment is sealed
 when it grows past its size limit (or must be replayed), and deleted once the database holds
@@ -60,19 +61,18 @@ class Segment:
 
 
 class Journal:
-    def __init__(self, directory: Path, segment_bytes: int, fsync_before_ack: bool,
-                 on_written: Callable[[Segment | None, list[LedgerRecord]], None]) -> None:
+    def __init__(self, directory: Path, segment_bytes: int, fsync_before_ack: bool, fsync_interval_s: float,
+                 on_written: Callable[[Segment | None, LedgerRecord], None]) -> None:
         self.directory = Path(directory)
         self._segment_bytes = segment_bytes
         self._fsync_before_ack = fsync_before_ack
+        self._fsync_interval_s = fsync_interval_s
         self._on_written = on_written
         self.segments: dict[int, Segment] = {}
         self.active: Segment | None = None
         self._lock_fd: int | None = None
-        # The group being gathered in this event-loop turn.
-        self._lines: list[bytes] = []
-        self._records: list[LedgerRecord] = []
-        self._group: asyncio.Future[None] | None = None
+        # With fsync_before_ack: what the lines written since the last fsync started wait for.
+        self._next_sync: asyncio.Future[None] | None = None
         # fsync bookkeeping: fds written since the last fsync, fds to close after it, waiters.
         self._unsynced: set[int] = set()
         self._to_close: list[int] = []
@@ -126,8 +126,7 @@ class Journal:
         self._sync_dir = True
 
     async def aclose(self) -> None:
-        """Write what is gathered, seal the active segment, fsync and close everything."""
-        self.commit()
+        """Seal the active segment, fsync and close everything."""
         self._closed = True
         if self.active is not None:
             self._seal(self.active, start_next=False)
@@ -141,67 +140,52 @@ class Journal:
 
     # -- appending --------------------------------------------------------------------------
 
-    def append(self, record: LedgerRecord) -> asyncio.Future[None]:
-        """Queue the record's line for this turn's group commit; the future resolves when the
-        line is written (and fsync'd, with fsync_before_ack)."""
-        line = record.to_json()
-        if self._group is None:
-            loop = asyncio.get_running_loop()
-            self._group = loop.create_future()
-            # A write error is logged in commit(); this marks it seen for groups nobody awaited.
-            self._group.add_done_callback(_retrieve)
-            loop.call_soon(self.commit)
-        self._lines.append(line)
-        self._records.append(record)
-        return self._group
-
-    def commit(self) -> None:
-        """Write the gathered group in one write() and hand its records to the writer."""
-        group, lines, records = self._group, self._lines, self._records
-        if group is None:
-            return
-        self._group, self._lines, self._records = None, [], []
+    def append(self, record: LedgerRecord) -> asyncio.Future[None] | None:
+        """Write the record's line now, in one write() to the OS: from then on a crash of the
+        process cannot lose it. With fsync_before_ack, returns a future that resolves once the
+        line is fsync'd (shared by every line written before that fsync starts). Raises
+        JournalError when the line cannot be written; the record still goes to the writer."""
         if self.active is None and not self._closed:
             try:  # a disk that was full a moment ago may have room again
                 self._start_segment()
             except OSError:
                 pass
         segment = self.active
-        lines.append(b"")
-        data = b"\n".join(lines)
+        data = record.to_json() + b"\n"
         try:
             if segment is None:
                 raise OSError("the journal is closed")
             _write_all(segment.fd, data)
         except OSError as exc:
             error = JournalError(f"cannot write the ledger journal {self.directory}: {exc.strerror or exc}")
-            if not group.done():
-                group.set_exception(error)
-            log.error("%s; %d record(s) go to the database without a journal copy", error, len(records))
+            log.error("%s; the record goes to the database without a journal copy", error)
             if segment is not None:
                 # The file may end in a torn line now: later lines must not be glued to it.
                 segment.needs_replay = True
                 self._seal(segment, start_next=True)
-            self._on_written(None, records)
-            return
+            self._on_written(None, record)
+            raise error from None
         segment.size += len(data)
-        segment.appended += len(records)
-        segment.unconfirmed += len(records)
+        segment.appended += 1
+        segment.unconfirmed += 1
         self._unsynced.add(segment.fd)
-        if self._fsync_before_ack:
-            self._sync_waiters.append(group)
-        elif not group.done():
-            group.set_result(None)
         self._sync_wanted.set()
-        self._on_written(segment, records)
+        self._on_written(segment, record)
         if segment.size >= self._segment_bytes:
             self._seal(segment, start_next=True)
+        if not self._fsync_before_ack:
+            return None
+        if self._next_sync is None:
+            self._next_sync = asyncio.get_running_loop().create_future()
+            # An fsync error is logged where it happens; this marks it seen when nobody awaited.
+            self._next_sync.add_done_callback(_retrieve)
+            self._sync_waiters.append(self._next_sync)
+        return self._next_sync
 
     # -- sealing, reading, removing -------------------------------------------------------
 
     def seal_active(self) -> None:
         """Close the active segment to new lines (so it can be replayed) and start the next."""
-        self.commit()
         if self.active is not None and self.active.appended:
             self._seal(self.active, start_next=True)
 
@@ -237,7 +221,7 @@ class Journal:
         return [s for s in sorted(self.segments.values(), key=lambda s: s.seq) if s.sealed and s.needs_replay]
 
     def pending_records(self) -> bool:
-        return self._group is not None or any(not s.done() for s in self.segments.values())
+        return any(not s.done() for s in self.segments.values())
 
     @staticmethod
     def read(segment: Segment) -> tuple[list[LedgerRecord], int]:
@@ -299,6 +283,7 @@ class Journal:
             fds, to_close, sync_dir = list(self._unsynced), self._to_close, self._sync_dir
             waiters = self._sync_waiters
             self._unsynced, self._to_close, self._sync_dir, self._sync_waiters = set(), [], False, []
+            self._next_sync = None
             self._sync_in_flight = True
             try:
                 await asyncio.to_thread(_fsync_all, fds, to_close, self.directory if sync_dir else None)
@@ -314,6 +299,9 @@ class Journal:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+            if not self._fsync_before_ack and not self._sync_waiters:
+                # Nobody waits for the next fsync: let writes gather for fsync_interval_s first.
+                await asyncio.sleep(self._fsync_interval_s)
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:

@@ -19,11 +19,11 @@ from .records import LedgerRecord
 from .schema import (
     COLUMNS,
     POSTGRES,
+    POSTGRES_INSERT_FROM_JSON,
     POSTGRES_MIGRATIONS,
     TABLE,
     VERSION_TABLE,
     pending,
-    record_to_row,
     row_to_record,
 )
 from .store import RecordRejected, StoreUnavailable
@@ -77,12 +77,12 @@ class PostgresStore:
     async def insert(self, records: Sequence[LedgerRecord]) -> int:
         if not records:
             return 0
-        params = [value for rec in records for value in record_to_row(_without_nul(rec), POSTGRES)]
+        batch = "[" + ",".join(_json_line(rec) for rec in records) + "]"
         async with self._lock:
             if self._conn is None or self._conn.closed:
                 raise StoreUnavailable("PostgreSQL ledger: not connected")
             try:
-                cur = await self._conn.execute(POSTGRES.insert_sql(len(records)), params)
+                cur = await self._conn.execute(POSTGRES_INSERT_FROM_JSON, [batch])
             except (psycopg.DataError, psycopg.IntegrityError) as exc:
                 raise RecordRejected(f"PostgreSQL refused a ledger record: {_reason(exc)}") from exc
             except psycopg.Error as exc:
@@ -130,10 +130,7 @@ def _reason(exc: psycopg.Error) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _without_nul(rec: LedgerRecord) -> LedgerRecord:
-    """PostgreSQL text and jsonb cannot hold U+0000, which a caller's label may carry: it becomes
-    U+FFFD rather than blocking the ledger."""
-    line = rec.to_json()
-    if b"\\u0000" not in line:
-        return rec
-    return LedgerRecord.from_json(line.replace(b"\\u0000", b"\\ufffd"))
+def _json_line(rec: LedgerRecord) -> str:
+    """The record's journal line. PostgreSQL text and jsonb cannot hold U+0000, which a caller's
+    label may carry: it becomes U+FFFD rather than blocking the ledger."""
+    return rec.to_json().decode().replace("\\u0000", "\\ufffd")

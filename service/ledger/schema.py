@@ -111,16 +111,6 @@ class Dialect:
     name: str
     placeholder: str  # "?" or "%s"
 
-    def param(self, column: str) -> str:
-        if self.name == "postgresql" and column in JSON_COLUMNS:
-            return f"{self.placeholder}::jsonb"
-        return self.placeholder
-
-    def insert_sql(self, rows: int) -> str:
-        one = "(" + ", ".join(self.param(c) for c in COLUMNS) + ")"
-        return (f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES " + ", ".join([one] * rows)
-                + " ON CONFLICT (request_id) DO NOTHING")
-
     def time_value(self, moment: datetime) -> Any:
         return moment if self.name == "postgresql" else utc_iso(moment)
 
@@ -146,16 +136,43 @@ class Dialect:
         return " AND ".join(conditions), params
 
 
+def _json_field(column: str) -> str:
+    """The SQL that reads one column from a record's JSON line (LedgerRecord.to_json) named r."""
+    for prefix in ("input_", "output_"):
+        if column.startswith(prefix):
+            return f"(r->'{prefix[:-1]}'->>'{column[len(prefix):]}')::bigint"
+    if column in JSON_COLUMNS:
+        return f"r->'{column}'"
+    cast = {"time": "timestamptz", "latency_ms": "float8", "ttft_ms": "float8", "total_tokens": "bigint",
+            "cost_nano_usd": "bigint", "provider_cost_nano_usd": "bigint", "unpriced": "boolean",
+            "estimated": "boolean"}.get(column)
+    return f"(r->>'{column}')::{cast}" if cast else f"r->>'{column}'"
+
+
+# PostgreSQL takes a whole batch as one jsonb parameter made of the records' journal lines: the
+# server unpacks it, which costs the gateway a fifth of the CPU of binding 37 values per row.
+POSTGRES_INSERT_FROM_JSON = (
+    f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) "
+    f"SELECT {', '.join(_json_field(c) for c in COLUMNS)} FROM jsonb_array_elements(%s::jsonb) AS r "
+    "ON CONFLICT (request_id) DO NOTHING"
+)
+
 SQLITE = Dialect("sqlite", "?")
 POSTGRES = Dialect("postgresql", "%s")
 
 
-def record_to_row(rec: LedgerRecord, dialect: Dialect) -> tuple[Any, ...]:
-    """Values in COLUMNS order; JSON columns as text (PostgreSQL casts them to jsonb)."""
+def sqlite_insert_sql(rows: int) -> str:
+    one = "(" + ", ".join("?" for _ in COLUMNS) + ")"
+    return (f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES " + ", ".join([one] * rows)
+            + " ON CONFLICT (request_id) DO NOTHING")
+
+
+def record_to_row(rec: LedgerRecord) -> tuple[Any, ...]:
+    """SQLite values in COLUMNS order: JSON columns as text, time as utc_iso text."""
     dumps = orjson.dumps
     i, o = rec.input, rec.output
     return (
-        rec.request_id, dialect.time_value(rec.time), rec.caller, dumps(rec.labels).decode(), rec.route,
+        rec.request_id, utc_iso(rec.time), rec.caller, dumps(rec.labels).decode(), rec.route,
         rec.provider, rec.model, rec.status, dumps(rec.attempts).decode(), rec.latency_ms, rec.ttft_ms,
         i.total, i.text, i.image, i.audio, i.video, i.document, i.cache_read, i.cache_write_5m,
         i.cache_write_1h, i.cache_write_unknown_ttl, i.unattributed,

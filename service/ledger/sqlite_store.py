@@ -14,7 +14,17 @@ from typing import Any, TypeVar
 from tollway.v1 import completion_pb2 as pb
 
 from .records import LedgerRecord
-from .schema import COLUMNS, SQLITE, SQLITE_MIGRATIONS, TABLE, VERSION_TABLE, pending, record_to_row, row_to_record
+from .schema import (
+    COLUMNS,
+    SQLITE,
+    SQLITE_MIGRATIONS,
+    TABLE,
+    VERSION_TABLE,
+    pending,
+    record_to_row,
+    row_to_record,
+    sqlite_insert_sql,
+)
 from .store import RecordRejected, StoreUnavailable
 from .summary import UsageFilter, build_query, rows_from_result
 
@@ -76,8 +86,8 @@ class SqliteStore:
     async def insert(self, records: Sequence[LedgerRecord]) -> int:
         if not records:
             return 0
-        params = [value for rec in records for value in record_to_row(rec, SQLITE)]
-        return await self._run(self._insert, SQLITE.insert_sql(len(records)), params)
+        params = [value for rec in records for value in record_to_row(rec)]
+        return await self._run(self._insert, sqlite_insert_sql(len(records)), params)
 
     def _insert(self, sql: str, params: list[Any]) -> int:
         if self._conn is None:

@@ -46,7 +46,8 @@ class Ledger:
     def __init__(self, config: LedgerConfig, store: Store | None = None) -> None:
         self.config = config
         self.store = store or open_store(config, config.insert_timeout_s)
-        self.journal = Journal(config.journal_path, config.segment_bytes, config.fsync_before_ack, self._on_written)
+        self.journal = Journal(config.journal_path, config.segment_bytes, config.fsync_before_ack,
+                               config.fsync_interval_s, self._on_written)
         # Records written to the journal and waiting for the writer: (record, its segment).
         self._queue: collections.deque[tuple[LedgerRecord, Segment | None]] = collections.deque()
         self._queued = asyncio.Event()
@@ -93,35 +94,37 @@ class Ledger:
 
     async def record(self, rec: LedgerRecord) -> None:
         """Return once rec is in the journal (see LedgerConfig.fsync_before_ack): await this
-        before answering OK. Raises JournalError when the journal cannot be written; the record
-        still goes to the database."""
-        # Shielded: the future is shared by every record of this group commit, and one
-        # cancelled request must not cancel the others' acknowledgement.
-        await asyncio.shield(self.record_nowait(rec))
+        before answering OK. Never waits for the database. Raises JournalError when the journal
+        cannot be written; the record still goes to the database."""
+        synced = self.record_nowait(rec)
+        if synced is not None:
+            # Shielded: the fsync future is shared, and one cancelled request must not cancel
+            # the others' acknowledgement.
+            await asyncio.shield(synced)
 
-    def record_nowait(self, rec: LedgerRecord) -> asyncio.Future[None]:
-        """Queue rec for this event-loop turn's journal write without waiting for it: for paths
-        that answer no OK (a failed or cancelled call), where a cancelled task cannot await.
-        The returned future is record()'s acknowledgement; nobody has to await it."""
+    def record_nowait(self, rec: LedgerRecord) -> asyncio.Future[None] | None:
+        """record() without waiting for an fsync (with fsync_before_ack), for paths that answer no
+        OK, such as a call being cancelled, which cannot await. The line is written when this
+        returns; the future, if any, is the fsync that nobody has to await."""
         if self._closing:
             raise LedgerClosed("the ledger is closed")
         return self.journal.append(rec)
 
-    def _on_written(self, segment: Segment | None, records: list[LedgerRecord]) -> None:
-        room = max(self.config.queue_size - len(self._queue), 0)
-        if room < len(records):
-            # Full: the excess lives in the journal only, and is replayed from there.
-            excess = len(records) - room
-            self._spilled += excess
+    def _on_written(self, segment: Segment | None, rec: LedgerRecord) -> None:
+        if len(self._queue) >= self.config.queue_size:
+            # Full: the record lives in the journal only, and is replayed from there.
+            self._spilled += 1
             if segment is not None:
-                segment.unconfirmed -= excess
+                segment.unconfirmed -= 1
                 segment.needs_replay = True
                 self._kick_replay()
             else:
-                log.error("ledger queue full and journal unwritable: %d record(s) lost", excess)
-            records = records[:room]
-        self._queue.extend((rec, segment) for rec in records)
-        self._queued.set()
+                log.error("ledger queue full and journal unwritable: a record is lost (request %s)",
+                          rec.request_id)
+            return
+        self._queue.append((rec, segment))
+        if not self._queued.is_set():
+            self._queued.set()
 
     # -- the writer: queue -> database ----------------------------------------------------
 
@@ -297,7 +300,6 @@ class Ledger:
         """Wait until every acknowledged record is in the database; False if that did not happen
         within timeout (the rest stays in the journal)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        self.journal.commit()
         self._flush_now.set()
         # One immediate try; after that a down database is tried at the usual interval.
         self._retry_now.set()

@@ -26,6 +26,7 @@ from service.errors import (
     bad_upstream_body,
     grpc_code_for_http_status,
     invalid_argument,
+    json_object,
     scrub,
     upstream_http_error,
 )
@@ -210,21 +211,11 @@ def finish_reason(raw: str) -> int:
     return STOP_REASONS.get(raw, pb.FINISH_REASON_OTHER)
 
 
-def _json_object(provider: str, text: bytes | str, what: str) -> dict[str, Any]:
-    try:
-        data = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        raise bad_upstream_body(provider, f"{what} that is not JSON") from None
-    if not isinstance(data, dict):
-        raise bad_upstream_body(provider, f"{what} that is not a JSON object")
-    return data
-
-
 def parse_message(
     provider: str, body: bytes, requested_model: str, secrets: Iterable[str | None] = ()
 ) -> pb.CompleteResponse:
     """A Message object -> the contract. Thinking and tool_use blocks are not visible text."""
-    data = _json_object(provider, body, "a body")
+    data = json_object(provider, body, "a body")
     if data.get("type") == "error":
         raise provider_error(provider, data.get("error"), secrets)
     content = data.get("content")
@@ -247,7 +238,7 @@ def parse_message(
         out.usage.CopyFrom(usage_from(usage))
     else:
         text_bytes = sum(len(t.encode()) for t in texts)
-        out.usage.CopyFrom(missing_usage(len(body) - text_bytes, text_bytes))
+        out.usage.CopyFrom(missing_usage(text_bytes))
     return out
 
 
@@ -373,11 +364,9 @@ class MessageStreamDecoder:
     the terminal event, so a stream without it was cut off.
     """
 
-    def __init__(self, provider: str, requested_model: str, input_bytes: int,
-                 secrets: Iterable[str | None] = ()) -> None:
+    def __init__(self, provider: str, requested_model: str, secrets: Iterable[str | None] = ()) -> None:
         self._provider = provider
         self._secrets = tuple(secrets)
-        self._input_bytes = input_bytes
         self._output_bytes = 0
         self._id = ""
         self._model = requested_model
@@ -388,7 +377,7 @@ class MessageStreamDecoder:
     def feed(self, event: ServerSentEvent) -> Iterable[pb.StreamCompleteResponse]:
         if not event.data:
             return ()
-        data = _json_object(self._provider, event.data, "a stream event")
+        data = json_object(self._provider, event.data, "a stream event")
         # Every event names its type twice (SSE `event:` and the data's `type`); the data
         # is used when the SSE name is absent.
         kind = event.event if event.event and event.event != "message" else str(data.get("type") or "")
@@ -446,7 +435,7 @@ class MessageStreamDecoder:
         if self._usage is not None:
             summary.usage.CopyFrom(usage_from(self._usage, estimated=not self.finished))
         else:
-            summary.usage.CopyFrom(missing_usage(self._input_bytes, self._output_bytes))
+            summary.usage.CopyFrom(missing_usage(self._output_bytes))
         return summary
 
 
@@ -465,11 +454,13 @@ class AnthropicAdapter:
         return build_http_request(self.settings, body, stream=stream)
 
     def parse_response(self, response: httpx.Response) -> pb.CompleteResponse:
-        return parse_message(self.settings.name, response.content, _requested_model(response),
-                             secrets=(self.settings.api_key,))
+        out = parse_message(self.settings.name, response.content, "", secrets=(self.settings.api_key,))
+        if not out.model:  # rare: an answer without its model; only then read the request back
+            out.model = _requested_model(response)
+        return out
 
     def stream_decoder(self, request: AnyRequest, model: str) -> MessageStreamDecoder:
-        return MessageStreamDecoder(self.settings.name, model, request.ByteSize(), secrets=(self.settings.api_key,))
+        return MessageStreamDecoder(self.settings.name, model, secrets=(self.settings.api_key,))
 
     def parse_error(self, response: httpx.Response) -> GatewayError:
         return parse_error(self.settings, response)

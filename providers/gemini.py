@@ -20,7 +20,7 @@ from google.protobuf import timestamp_pb2
 from httpx_sse import ServerSentEvent
 
 from service.adapter import AUDIO, DOCUMENT, IMAGE, VIDEO, AnyRequest, Capabilities, ProviderKind, ProviderSettings
-from service.errors import GatewayError, bad_upstream_body, invalid_argument, upstream_http_error
+from service.errors import GatewayError, bad_upstream_body, invalid_argument, json_object, upstream_http_error
 from service.hookspecs import hookimpl
 from service.usage import ReportedUsage, missing_usage, normalize
 from tollway.v1 import completion_pb2 as pb
@@ -205,16 +205,6 @@ def finish_reason(raw: str | None) -> int:
     return FINISH_REASONS.get(raw, pb.FINISH_REASON_OTHER)
 
 
-def load_object(provider: str, body: bytes | str, what: str) -> dict[str, Any]:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise bad_upstream_body(provider, f"{what} that is not JSON") from None
-    if not isinstance(data, dict):
-        raise bad_upstream_body(provider, f"{what} that is not a JSON object")
-    return data
-
-
 def candidate_text(candidate: Mapping[str, Any]) -> str:
     """The visible text of a candidate. Thought summaries (`thought: true`) are reasoning,
     not answer text: their tokens are billed as reasoning and the text is not returned."""
@@ -255,7 +245,7 @@ def in_body_error(provider: str, error: Any, secrets: Iterable[str | None]) -> G
 
 def parse_generate_content(provider: str, body: bytes, requested_model: str,
                            secrets: Iterable[str | None] = ()) -> pb.CompleteResponse:
-    data = load_object(provider, body, "a body")
+    data = json_object(provider, body, "a body")
     if "error" in data:
         raise in_body_error(provider, data["error"], secrets)
     refuse_blocked_prompt(provider, data)
@@ -281,7 +271,7 @@ def parse_generate_content(provider: str, body: bytes, requested_model: str,
         out.usage.CopyFrom(normalize(reported_usage(usage)))
     else:
         text_bytes = sum(len(p.text.encode()) for c in out.choices for p in c.message.parts)
-        out.usage.CopyFrom(missing_usage(len(body) - text_bytes, text_bytes))
+        out.usage.CopyFrom(missing_usage(text_bytes))
     return out
 
 
@@ -421,10 +411,9 @@ class GeminiStreamDecoder:
     candidate seen has a finishReason, and one that ends before that was cut off.
     """
 
-    def __init__(self, provider: str, requested_model: str, input_bytes: int, secrets: Iterable[str | None]) -> None:
+    def __init__(self, provider: str, requested_model: str, secrets: Iterable[str | None]) -> None:
         self._provider = provider
         self._secrets = tuple(secrets)
-        self._input_bytes = input_bytes
         self._output_bytes = 0
         self._id = ""
         self._model = requested_model
@@ -440,7 +429,7 @@ class GeminiStreamDecoder:
     def feed(self, event: ServerSentEvent) -> Iterable[pb.StreamCompleteResponse]:
         if not event.data:
             return ()
-        chunk = load_object(self._provider, event.data, "a stream event")
+        chunk = json_object(self._provider, event.data, "a stream event")
         if "error" in chunk:
             raise in_body_error(self._provider, chunk["error"], self._secrets)
         refuse_blocked_prompt(self._provider, chunk)
@@ -479,7 +468,7 @@ class GeminiStreamDecoder:
             reported.estimated = not self.finished
             summary.usage.CopyFrom(normalize(reported))
         else:
-            summary.usage.CopyFrom(missing_usage(self._input_bytes, self._output_bytes))
+            summary.usage.CopyFrom(missing_usage(self._output_bytes))
         return summary
 
 
@@ -500,7 +489,7 @@ class GeminiAdapter:
                                       secrets=(self.settings.api_key,))
 
     def stream_decoder(self, request: AnyRequest, model: str) -> GeminiStreamDecoder:
-        return GeminiStreamDecoder(self.settings.name, model.removeprefix("models/"), request.ByteSize(),
+        return GeminiStreamDecoder(self.settings.name, model.removeprefix("models/"),
                                    secrets=(self.settings.api_key,))
 
     def parse_error(self, response: httpx.Response) -> GatewayError:

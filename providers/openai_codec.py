@@ -18,7 +18,7 @@ import orjson
 from httpx_sse import ServerSentEvent
 
 from service.adapter import AnyRequest, Capabilities, ProviderSettings
-from service.errors import GatewayError, bad_upstream_body, invalid_argument, scrub, upstream_http_error
+from service.errors import GatewayError, bad_upstream_body, invalid_argument, json_object, scrub, upstream_http_error
 from service.usage import ReportedUsage, missing_usage, normalize
 from tollway.v1 import completion_pb2 as pb
 
@@ -154,21 +154,9 @@ def finish_reason(raw: str | None) -> int:
     return FINISH_REASONS.get(raw, pb.FINISH_REASON_OTHER)
 
 
-def load_json(provider: str, body: bytes) -> dict[str, Any]:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise bad_upstream_body(provider, "a body that is not JSON") from None
-    if not isinstance(data, dict):
-        raise bad_upstream_body(provider, "JSON that is not an object")
-    return data
-
-
-def parse_completion(provider: str, body: bytes, requested_model: str, dialect: ChatDialect,
-                     input_bytes: int | None = None) -> pb.CompleteResponse:
-    """A chat.completion body -> proto. input_bytes (the request body's size) sizes the
-    estimate when the server sent no usage."""
-    data = load_json(provider, body)
+def parse_completion(provider: str, body: bytes, requested_model: str, dialect: ChatDialect) -> pb.CompleteResponse:
+    """A chat.completion body -> proto."""
+    data = json_object(provider, body, "a body")
     choices = data.get("choices")
     if not isinstance(choices, list):
         if "error" in data:
@@ -196,10 +184,7 @@ def parse_completion(provider: str, body: bytes, requested_model: str, dialect: 
     if isinstance(usage, dict):
         out.usage.CopyFrom(normalize(reported_usage(usage, out.model, dialect)))
     else:
-        text_bytes = sum(len(p.text.encode()) for c in out.choices for p in c.message.parts)
-        if input_bytes is None:
-            input_bytes = len(body) - text_bytes
-        out.usage.CopyFrom(missing_usage(input_bytes, text_bytes))
+        out.usage.CopyFrom(missing_usage(sum(len(p.text.encode()) for c in out.choices for p in c.message.parts)))
     return out
 
 
@@ -379,10 +364,9 @@ class ChatStreamDecoder:
     Usage arrives on the one chunk with a non-null `usage` (stream_options.include_usage).
     """
 
-    def __init__(self, provider: str, requested_model: str, dialect: ChatDialect, input_bytes: int) -> None:
+    def __init__(self, provider: str, requested_model: str, dialect: ChatDialect) -> None:
         self._provider = provider
         self._dialect = dialect
-        self._input_bytes = input_bytes
         self._output_bytes = 0
         self._id = ""
         self._model = requested_model
@@ -398,12 +382,7 @@ class ChatStreamDecoder:
             return ()
         if not data:
             return ()
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise bad_upstream_body(self._provider, "a stream event that is not JSON") from None
-        if not isinstance(chunk, dict):
-            raise bad_upstream_body(self._provider, "a stream event that is not a JSON object")
+        chunk = json_object(self._provider, data, "a stream event")
         if "error" in chunk:
             raise _in_body_error(self._provider, chunk["error"])
         if not self._id and chunk.get("id"):
@@ -422,7 +401,13 @@ class ChatStreamDecoder:
             if not isinstance(choice, dict):
                 continue
             index = _index(choice, 0)
-            text = content_text(_mapping(choice.get("delta")).get("content"))
+            delta = _mapping(choice.get("delta"))
+            # Reasoning text is not shown (the contract streams visible text) but it is billed
+            # output: it counts toward the estimate when the server sends no usage.
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str):
+                self._output_bytes += len(reasoning.encode())
+            text = content_text(delta.get("content"))
             if text:
                 self._output_bytes += len(text.encode())
                 out.append(pb.StreamCompleteResponse(delta=pb.TextDelta(choice_index=index, text=text)))
@@ -444,7 +429,7 @@ class ChatStreamDecoder:
             reported.estimated = not self.finished
             summary.usage.CopyFrom(normalize(reported))
         else:
-            summary.usage.CopyFrom(missing_usage(self._input_bytes, self._output_bytes))
+            summary.usage.CopyFrom(missing_usage(self._output_bytes))
         return summary
 
 
@@ -466,24 +451,16 @@ class OpenAIChatAdapter:
         return build_http_request(self.settings, body, stream=stream, headers=self._extra_headers)
 
     def parse_response(self, response: httpx.Response) -> pb.CompleteResponse:
-        out = parse_completion(self.settings.name, response.content, "", self.dialect,
-                               input_bytes=_request_size(response))
+        out = parse_completion(self.settings.name, response.content, "", self.dialect)
         if not out.model:  # rare: a server that does not echo the model
             out.model = _requested_model(response)
         return out
 
     def stream_decoder(self, request: AnyRequest, model: str) -> ChatStreamDecoder:
-        return ChatStreamDecoder(self.settings.name, model, self.dialect, request.ByteSize())
+        return ChatStreamDecoder(self.settings.name, model, self.dialect)
 
     def parse_error(self, response: httpx.Response) -> GatewayError:
         return parse_error(self.settings, response)
-
-
-def _request_size(response: httpx.Response) -> int | None:
-    try:
-        return len(response.request.content)
-    except (AttributeError, RuntimeError):
-        return None
 
 
 def _requested_model(response: httpx.Response) -> str:

@@ -29,7 +29,7 @@ from tollway.v1 import completion_pb2 as pb
 
 from .adapter import Adapter, AnyRequest, Capabilities
 from .errors import GatewayError, bad_upstream_body, invalid_argument
-from .usage import replace_missing_estimate
+from .usage import estimate_missing_input
 from .media import (
     MediaPolicy,
     blocked_address,
@@ -89,8 +89,7 @@ class Engine:
         if response.status_code >= 400:
             raise adapter.parse_error(response)
         parsed = adapter.parse_response(response)
-        replace_missing_estimate(parsed.usage, request,
-                                 sum(len(p.text.encode()) for c in parsed.choices for p in c.message.parts))
+        estimate_missing_input(parsed.usage, request)
         return parsed
 
     async def stream(
@@ -118,7 +117,6 @@ class Engine:
             raise _transport_error(name, exc, connect_s=timeouts.connect) from None
         events = EventSource(response).aiter_sse()
         delivered = False
-        output_bytes = 0
         try:
             if response.status_code >= 400:
                 async with asyncio.timeout_at(deadline):
@@ -136,22 +134,20 @@ class Engine:
                 waiting_for = f"stalled for {timeouts.idle:.3g}s mid-stream"
                 for message in decoder.feed(event):
                     delivered = True
-                    output_bytes += len(message.delta.text.encode())
                     yield message
             if not decoder.finished:
                 raise GatewayError(Code.UNAVAILABLE, f"{name}: upstream stream ended before its final event (truncated)")
             summary = decoder.summary()
-            replace_missing_estimate(summary.usage, request, output_bytes)
+            estimate_missing_input(summary.usage, request)
             yield pb.StreamCompleteResponse(summary=summary)
         except TimeoutError:
-            raise _with_partial(_timeout(name, waiting_for), decoder, delivered, request, output_bytes) from None
+            raise _with_partial(_timeout(name, waiting_for), decoder, delivered, request) from None
         except SSEError:
             raise bad_upstream_body(name, "a body that is not an event stream") from None
         except httpx.HTTPError as exc:
-            raise _with_partial(_transport_error(name, exc, mid_stream=True), decoder, delivered, request,
-                                output_bytes) from None
+            raise _with_partial(_transport_error(name, exc, mid_stream=True), decoder, delivered, request) from None
         except GatewayError as err:
-            raise _with_partial(err, decoder, delivered, request, output_bytes) from None
+            raise _with_partial(err, decoder, delivered, request) from None
         finally:
             await events.aclose()
             # Closing before the body is read drops the connection: the upstream sees the cancel.
@@ -178,11 +174,11 @@ def _timeout(name: str, what: str) -> GatewayError:
     return GatewayError(Code.DEADLINE_EXCEEDED, f"{name}: upstream {what}", attempt_timeout=True)
 
 
-def _with_partial(err: GatewayError, decoder, delivered: bool, request: AnyRequest, output_bytes: int) -> GatewayError:
+def _with_partial(err: GatewayError, decoder, delivered: bool, request: AnyRequest) -> GatewayError:
     """Attach the usage seen so far to an error that ends a stream the caller already saw."""
     if delivered and err.partial_summary is None:
         summary = decoder.summary()
-        replace_missing_estimate(summary.usage, request, output_bytes)
+        estimate_missing_input(summary.usage, request)
         summary.usage.estimated = True
         err.partial_summary = summary
     return err

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import orjson
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -168,3 +169,14 @@ def upstream_http_error(
 def bad_upstream_body(provider: str, what: str) -> GatewayError:
     """A 2xx whose body is not the provider's format (a proxy's HTML page, truncated JSON)."""
     return GatewayError(Code.UNAVAILABLE, f"{provider}: upstream answered with {what}")
+
+
+def json_object(provider: str, text: bytes | str, what: str) -> dict[str, Any]:
+    """A provider's JSON object, or UNAVAILABLE saying what came instead ("a body", "a stream event")."""
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise bad_upstream_body(provider, f"{what} that is not JSON") from None
+    if not isinstance(data, dict):
+        raise bad_upstream_body(provider, f"{what} that is not a JSON object")
+    return data

@@ -164,20 +164,25 @@ def request_text_bytes(request) -> int:
     return sum(len(p.text.encode()) for m in request.messages for p in m.parts if p.WhichOneof("content") == "text")
 
 
-def replace_missing_estimate(usage: pb.Usage, request, output_bytes: int) -> None:
-    """Where the upstream sent no usage, Tollway's one estimate: from the request's text and the
-    output text, whatever rough figure the adapter put there."""
-    if W.USAGE_WARNING_USAGE_MISSING in usage.warnings:
-        usage.CopyFrom(missing_usage(request_text_bytes(request), output_bytes))
-
-
-def missing_usage(input_bytes: int, output_bytes: int) -> pb.Usage:
-    """Usage estimated by Tollway when the upstream sent none; figures are unattributed."""
+def missing_usage(output_bytes: int) -> pb.Usage:
+    """Usage for an upstream that sent none: output estimated from what the adapter saw
+    (thinking text included); the engine adds the input estimate (estimate_missing_input)."""
     return normalize(
         ReportedUsage(
-            input_total=estimate_tokens(input_bytes),
             output_total=estimate_tokens(output_bytes),
             warnings={W.USAGE_WARNING_USAGE_MISSING},
             estimated=True,
         )
     )
+
+
+def estimate_missing_input(usage: pb.Usage, request) -> None:
+    """Where the upstream sent no usage, estimate the input from the request's text: the
+    engine does this once, for every adapter, since only it holds the request."""
+    if W.USAGE_WARNING_USAGE_MISSING in usage.warnings:
+        usage.CopyFrom(normalize(ReportedUsage(
+            input_total=estimate_tokens(request_text_bytes(request)),
+            output_total=usage.output.total,
+            warnings={W.USAGE_WARNING_USAGE_MISSING},
+            estimated=True,
+        )))

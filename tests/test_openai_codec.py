@@ -321,7 +321,7 @@ def test_details_exceeding_their_total_are_clamped():
 
 
 def test_stream_usage_comes_from_the_usage_chunk():
-    decoder = ChatStreamDecoder("mixrouter", "gemini-2.0-flash", MIXROUTER, input_bytes=400)
+    decoder = ChatStreamDecoder("mixrouter", "gemini-2.0-flash", MIXROUTER)
     base = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1766735500, "model": "gemini-2.0-flash"}
     events = [
         {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}], "usage": None},

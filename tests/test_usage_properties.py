@@ -147,7 +147,7 @@ def test_openai_chat_usage_keeps_the_contract(payload, dialect, model):
 @PROPERTY_SETTINGS
 @given(payload=any_openai_usage, dialect=st.sampled_from(sorted(DIALECTS)))
 def test_stream_summary_keeps_the_contract(payload, dialect):
-    decoder = ChatStreamDecoder("p", "m", DIALECTS[dialect], input_bytes=100)
+    decoder = ChatStreamDecoder("p", "m", DIALECTS[dialect])
     chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [], "usage": payload}
     for data in (orjson.dumps(chunk).decode(), "[DONE]"):
         list(decoder.feed(ServerSentEvent(data=data)))

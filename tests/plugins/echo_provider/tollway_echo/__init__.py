@@ -50,10 +50,9 @@ def _usage(tokens: object, *, estimated: bool = False) -> pb.Usage:
 
 
 class EchoStreamDecoder:
-    def __init__(self, provider: str, model: str, input_bytes: int) -> None:
+    def __init__(self, provider: str, model: str) -> None:
         self._provider = provider
         self._model = model
-        self._input_bytes = input_bytes
         self._output_bytes = 0
         self._tokens: dict | None = None
         self.finished = False
@@ -72,7 +71,7 @@ class EchoStreamDecoder:
         summary = pb.StreamSummary(model=self._model, provider=self._provider)
         summary.finishes.append(pb.ChoiceFinish(index=0, finish_reason=pb.FINISH_REASON_STOP, raw_finish_reason="done"))
         if self._tokens is None:
-            summary.usage.CopyFrom(missing_usage(self._input_bytes, self._output_bytes))
+            summary.usage.CopyFrom(missing_usage(self._output_bytes))
         else:
             summary.usage.CopyFrom(_usage(self._tokens))
         return summary
@@ -117,7 +116,7 @@ class EchoAdapter:
         )
 
     def stream_decoder(self, request: AnyRequest, model: str) -> EchoStreamDecoder:
-        return EchoStreamDecoder(self.settings.name, model, request.ByteSize())
+        return EchoStreamDecoder(self.settings.name, model)
 
     def parse_error(self, response: httpx.Response) -> GatewayError:
         try:

@@ -70,6 +70,8 @@ class Journal:
         self._on_written = on_written
         self.segments: dict[int, Segment] = {}
         self.active: Segment | None = None
+        # Sequence numbers only grow: a file whose deletion failed is never appended to again.
+        self._last_seq = 0
         self._lock_fd: int | None = None
         # With fsync_before_ack: what the lines written since the last fsync started wait for.
         self._next_sync: asyncio.Future[None] | None = None
@@ -101,6 +103,7 @@ class Journal:
                 segment.sealed = segment.needs_replay = True
                 self.segments[seq] = segment
                 leftovers.append(segment)
+                self._last_seq = max(self._last_seq, seq)
             self._start_segment()
         except OSError as exc:
             raise JournalError(f"cannot open the ledger journal {self.directory}: {exc.strerror or exc}") from exc
@@ -119,9 +122,10 @@ class Journal:
         self._lock_fd = fd
 
     def _start_segment(self) -> None:
-        seq = max(self.segments, default=0) + 1
+        seq = self._last_seq + 1
         path = self.directory / f"{_PREFIX}{seq:012d}{_SUFFIX}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._last_seq = seq
         self.active = self.segments[seq] = Segment(seq, path, fd)
         self._sync_dir = True
 

@@ -8,6 +8,7 @@ import json
 import signal
 import sqlite3
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,7 @@ async def main():
 
     async def requests():
         for i in ids:
+            await asyncio.sleep(0.01)  # the upstream call
             rec = sample_record(f"crash-{i:05d}")
             await ledger.record(rec)
             os.write(1, f"{rec.request_id}\\n".encode())
@@ -50,8 +52,9 @@ asyncio.run(main())
 """
 
 
-async def crash_after_acks(config: LedgerConfig) -> set[str]:
-    """Run the child, SIGKILL it after KILL_AFTER acknowledgements; returns the acknowledged ids."""
+async def crash_after_acks(config: LedgerConfig, midway: Callable[[], Awaitable[None]] | None = None) -> set[str]:
+    """Run the child, SIGKILL it after KILL_AFTER acknowledgements; returns the acknowledged ids.
+    midway() runs a third of the way in (to take the database away during the run)."""
     values = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(config).items()}
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-c", CHILD, json.dumps(values), str(TOTAL),
@@ -60,6 +63,8 @@ async def crash_after_acks(config: LedgerConfig) -> set[str]:
     try:
         async with asyncio.timeout(30):
             while len(acked) < KILL_AFTER:
+                if midway is not None and len(acked) == KILL_AFTER // 3:
+                    await midway()
                 line = await child.stdout.readline()
                 if not line:
                     stderr = (await child.stderr.read()).decode(errors="replace")
@@ -93,23 +98,26 @@ async def test_kill_9_under_load_loses_no_acknowledged_record(backend: Backend):
     await assert_exactly_once_after_restart(backend, config, acked)
 
 
-async def test_kill_9_while_the_database_is_down_loses_no_acknowledged_record(backend: Backend):
+async def test_kill_9_after_the_database_went_down_mid_run_loses_no_acknowledged_record(backend: Backend):
     if backend.name == "postgresql":
-        proxy = TcpProxy(PG_PORT)
-        await proxy.up()
-        await proxy.down()  # a port that refuses: PostgreSQL is "stopped" for the whole run
+        # PostgreSQL "stops" a third of the way in: its connections are cut and refused.
+        proxy = await TcpProxy(PG_PORT).up()
         config = backend.config(port=proxy.port, insert_timeout_s=0.3)
-        acked = await crash_after_acks(config)
+        acked = await crash_after_acks(config, midway=proxy.down)
         await proxy.up()
         try:
             await assert_exactly_once_after_restart(backend, config, acked)
         finally:
             await proxy.down()
     else:
+        # SQLite "stops" a third of the way in: another writer takes the lock and keeps it.
         config = backend.config(insert_timeout_s=0.3)
-        lock = sqlite3.connect(config.sqlite_path, isolation_level=None)
-        lock.execute("BEGIN IMMEDIATE")  # SQLite "down": another writer holds it for the whole run
-        acked = await crash_after_acks(config)
+        lock = sqlite3.connect(config.sqlite_path, isolation_level=None, timeout=10)
+
+        async def take_the_lock() -> None:
+            lock.execute("BEGIN IMMEDIATE")
+
+        acked = await crash_after_acks(config, midway=take_the_lock)
         lock.execute("ROLLBACK")
         lock.close()
         await assert_exactly_once_after_restart(backend, config, acked)

@@ -43,7 +43,8 @@ async def test_migrations_build_the_schema_from_empty_and_a_second_start_changes
             backend, f"SELECT column_name FROM information_schema.columns WHERE table_schema = '{backend.schema}' "
                      f"AND table_name = '{TABLE}' ORDER BY ordinal_position")]
         indexes = {row[0] for row in _catalog(
-            backend, f"SELECT indexname FROM pg_indexes WHERE schemaname = '{backend.schema}' AND tablename = '{TABLE}'")}
+            backend,
+            f"SELECT indexname FROM pg_indexes WHERE schemaname = '{backend.schema}' AND tablename = '{TABLE}'")}
         assert f"{TABLE}_labels" in indexes
         money = dict(_catalog(backend, f"SELECT column_name, data_type FROM information_schema.columns "
                                        f"WHERE table_schema = '{backend.schema}' AND column_name LIKE '%nano_usd'"))

@@ -25,9 +25,12 @@ def test_a_record_survives_its_journal_line_unchanged():
 
 
 def test_a_journal_line_from_an_older_version_without_newer_fields_still_reads():
-    old = b'{"request_id":"r1","time":"2026-05-09T07:35:25.000001Z","caller":"c","cost_nano_usd":7}'
+    old = (b'{"request_id":"r1","time":"2026-05-09T07:35:25.000001Z","caller":"c","cost_nano_usd":7,'
+           b'"cost_items":[{"token_class":"INPUT_TEXT","tokens":7,"unit_price_nano_usd_per_million":1000000,'
+           b'"amount_nano_usd":7}]}')
     rec = LedgerRecord.from_json(old)
     assert (rec.request_id, rec.caller, rec.cost_nano_usd, rec.status) == ("r1", "c", 7, "OK")
+    assert rec.cost_items == (CostLine("INPUT_TEXT", 7, 1_000_000, 7, model=""),)
     assert rec.time == datetime(2026, 5, 9, 7, 35, 25, 1, tzinfo=timezone.utc)
 
 
@@ -69,7 +72,8 @@ def test_from_protos_takes_every_bucket_the_cost_and_the_attempts():
     )
     cost = pb.Cost(
         line_items=[pb.CostLineItem(token_class=pb.TOKEN_CLASS_CACHE_WRITE_1H, tokens=8,
-                                    unit_price_nano_usd_per_million=6_000_000_000, amount_nano_usd=48_000)],
+                                    unit_price_nano_usd_per_million=6_000_000_000, amount_nano_usd=48_000,
+                                    model="claude-sonnet-4")],
         total_nano_usd=48_000,
         provider_reported_nano_usd=50_000,
         price_entry="anthropic/claude-sonnet-4@2026-01-01",
@@ -88,7 +92,7 @@ def test_from_protos_takes_every_bucket_the_cost_and_the_attempts():
     assert rec.total_tokens == 81
     assert rec.warnings == ("CACHE_TTL_UNKNOWN", "INPUT_MODALITY_DETAILS_INCOMPLETE")
     assert rec.estimated is True
-    assert rec.cost_items == (CostLine("CACHE_WRITE_1H", 8, 6_000_000_000, 48_000),)
+    assert rec.cost_items == (CostLine("CACHE_WRITE_1H", 8, 6_000_000_000, 48_000, "claude-sonnet-4"),)
     assert (rec.cost_nano_usd, rec.unpriced, rec.provider_cost_nano_usd) == (48_000, False, 50_000)
     assert rec.price_entry == "anthropic/claude-sonnet-4@2026-01-01"
     assert rec.attempts == (AttemptRecord("anthropic", "claude-sonnet-4", "UNAVAILABLE", "overloaded", 1250.0),

@@ -68,12 +68,14 @@ class AttemptRecord:
 
 @dataclass(frozen=True, slots=True)
 class CostLine:
-    """Tokens of one class times a unit price; token_class without its prefix ("INPUT_TEXT")."""
+    """Tokens of one class times a unit price; token_class without its prefix ("INPUT_TEXT").
+    model is the model the tokens were billed to (an advisor model may differ from the record's)."""
 
     token_class: str
     tokens: int
     unit_price_nano_usd_per_million: int
     amount_nano_usd: int
+    model: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +211,7 @@ class LedgerRecord:
                     tokens=item.tokens,
                     unit_price_nano_usd_per_million=item.unit_price_nano_usd_per_million,
                     amount_nano_usd=item.amount_nano_usd,
+                    model=item.model,
                 )
                 for item in cost.line_items
             ),

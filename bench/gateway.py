@@ -1,0 +1,56 @@
+"""Launch `tollway serve` for the benchmark, optionally on a different upstream transport.
+
+TOLLWAY_BENCH_TRANSPORT selects the HTTP client under the engine's httpx API:
+  aiohttp (default)  the shipped engine: httpx.AsyncClient over httpx_aiohttp.AiohttpTransport
+  httpx              httpx's own connection pool, limits raised to the engine's max_connections
+                     (httpx's default of 100 connections / 20 keep-alive collapses at c=50)
+
+The switch lives here so the comparison needs no change to service/: it replaces
+Engine.start before the server starts, then runs the real CLI.
+
+TOLLWAY_BENCH_PROFILE=FILE runs the gateway under cProfile and writes pstats to FILE on
+exit (SIGTERM drains and returns normally, so the profile is complete).
+
+Run: python -m bench.gateway serve --config FILE
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import httpx
+
+from service import cli
+from service.engine import Engine
+
+TRANSPORTS = ("aiohttp", "httpx")
+
+
+async def _start_native_httpx(self: Engine) -> None:
+    limit = self._max_connections
+    limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
+    self._client = httpx.AsyncClient(limits=limits, timeout=None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    transport = os.environ.get("TOLLWAY_BENCH_TRANSPORT", "aiohttp")
+    if transport not in TRANSPORTS:
+        print(f"bench.gateway: TOLLWAY_BENCH_TRANSPORT must be one of {', '.join(TRANSPORTS)}", file=sys.stderr)
+        return 2
+    if transport == "httpx":
+        Engine.start = _start_native_httpx  # type: ignore[method-assign]
+    profile_path = os.environ.get("TOLLWAY_BENCH_PROFILE")
+    if not profile_path:
+        return cli.main(argv)
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        return profiler.runcall(cli.main, argv)
+    finally:
+        profiler.dump_stats(profile_path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""The load generator: N in-flight calls against one target, timed per call.
+
+Two kinds of target answer the same question: a Tollway gateway over one grpc.aio
+channel, and the stand-in upstream over one aiohttp session (the direct baseline).
+A phase ends at its request count or its time limit, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import grpc
+import orjson
+
+from providers.mixrouter import DIALECT
+from providers.openai_codec import build_body
+from tollway.v1 import completion_pb2 as pb
+from tollway.v1 import completion_pb2_grpc as pb_grpc
+
+from .upstream import CHUNKS
+
+MODEL = "mixrouter/bench-model"
+API_KEY = "tw-test-bench-0000000000000000"
+CALL_TIMEOUT_S = 10.0
+
+_MESSAGES = [pb.Message(role=pb.ROLE_USER, parts=[pb.Part(text="Say hello in twenty tokens.")])]
+COMPLETE_REQUEST = pb.CompleteRequest(model=MODEL, messages=_MESSAGES, max_tokens=32)
+STREAM_REQUEST = pb.StreamCompleteRequest(model=MODEL, messages=_MESSAGES, max_tokens=32)
+
+# A call returns the perf_counter_ns() of its first token (streams) or None (unary).
+Call = Callable[[], Awaitable[int | None]]
+
+
+@dataclass
+class Samples:
+    latencies_ns: list[int] = field(default_factory=list)
+    ttfts_ns: list[int] = field(default_factory=list)
+    errors: int = 0
+    first_error: str = ""
+    elapsed_s: float = 0.0
+
+    @property
+    def count(self) -> int:
+        return len(self.latencies_ns)
+
+
+async def run_phase(call: Call, concurrency: int, count: int, max_s: float) -> Samples:
+    samples = Samples()
+    remaining = count
+    started = time.perf_counter()
+    deadline = started + max_s
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0 and time.perf_counter() < deadline:
+            remaining -= 1
+            t0 = time.perf_counter_ns()
+            try:
+                first = await call()
+            except Exception as exc:  # counted and reported: a phase with errors is flagged
+                samples.errors += 1
+                samples.first_error = samples.first_error or f"{type(exc).__name__}: {exc}"[:300]
+                continue
+            t1 = time.perf_counter_ns()
+            samples.latencies_ns.append(t1 - t0)
+            if first is not None:
+                samples.ttfts_ns.append(first - t0)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    samples.elapsed_s = time.perf_counter() - started
+    return samples
+
+
+class GatewayTarget:
+    """Tollway over one grpc.aio channel."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.aio.insecure_channel(address)
+        self.stub = pb_grpc.CompletionStub(self.channel)
+
+    async def unary(self) -> None:
+        await self.stub.Complete(COMPLETE_REQUEST, timeout=CALL_TIMEOUT_S)
+        return None
+
+    async def stream(self) -> int | None:
+        first = None
+        messages = 0
+        async for _ in self.stub.StreamComplete(STREAM_REQUEST, timeout=CALL_TIMEOUT_S):
+            if first is None:
+                first = time.perf_counter_ns()
+            messages += 1
+        if messages != CHUNKS + 1:
+            raise RuntimeError(f"stream carried {messages} messages, expected {CHUNKS + 1}")
+        return first
+
+    async def check(self) -> None:
+        """One of each call, read in full: the gateway answers what the stand-in sent."""
+        response = await self.stub.Complete(COMPLETE_REQUEST, timeout=CALL_TIMEOUT_S)
+        usage = response.usage
+        if response.choices[0].message.parts[0].text != "Hello from the stand-in." or usage.total_tokens != 12 + CHUNKS:
+            raise RuntimeError(f"unexpected unary answer: {response}")
+        deltas, summary = [], None
+        async for message in self.stub.StreamComplete(STREAM_REQUEST, timeout=CALL_TIMEOUT_S):
+            if message.HasField("delta"):
+                deltas.append(message.delta.text)
+            else:
+                summary = message.summary
+        if len(deltas) != CHUNKS or summary is None or summary.usage.output.total != CHUNKS:
+            raise RuntimeError(f"unexpected stream: {len(deltas)} deltas, summary {summary}")
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class DirectTarget:
+    """The stand-in upstream over one aiohttp session: the same HTTP request the gateway sends."""
+
+    def __init__(self, base_url: str) -> None:
+        self.url = f"{base_url}/chat/completions"
+        self.stats_url = base_url.removesuffix("/v1") + "/stats"
+        # Connections kept across the pauses between phases: the baseline never reconnects.
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000, keepalive_timeout=3600))
+        headers = {"content-type": "application/json", "authorization": f"Bearer {API_KEY}"}
+        self.unary_headers = {**headers, "accept": "application/json"}
+        self.stream_headers = {**headers, "accept": "text/event-stream"}
+        self.unary_body = orjson.dumps(build_body(COMPLETE_REQUEST, "bench-model", stream=False, dialect=DIALECT))
+        self.stream_body = orjson.dumps(build_body(STREAM_REQUEST, "bench-model", stream=True, dialect=DIALECT))
+
+    async def unary(self) -> None:
+        async with self.session.post(self.url, data=self.unary_body, headers=self.unary_headers) as response:
+            body = await response.read()
+        if response.status != 200 or not body:
+            raise RuntimeError(f"direct unary: HTTP {response.status}")
+        return None
+
+    async def stream(self) -> int | None:
+        # The cheapest honest client: time the first body bytes, read to the end, check [DONE].
+        first = None
+        tail = b""
+        async with self.session.post(self.url, data=self.stream_body, headers=self.stream_headers) as response:
+            async for data in response.content.iter_any():
+                if first is None:
+                    first = time.perf_counter_ns()
+                tail = data
+        if response.status != 200 or not tail.endswith(b"data: [DONE]\n\n"):
+            raise RuntimeError(f"direct stream: HTTP {response.status}, no [DONE]")
+        return first
+
+    async def check(self) -> None:
+        await self.unary()
+        await self.stream()
+
+    async def upstream_stats(self) -> dict[str, int]:
+        """Connections the stand-in has accepted and requests it has answered, so far."""
+        async with self.session.get(self.stats_url) as response:
+            return orjson.loads(await response.read())
+
+    async def close(self) -> None:
+        await self.session.close()

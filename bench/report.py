@@ -1,0 +1,194 @@
+"""The benchmark's figures as Markdown: medians over repetitions, gateway minus direct per
+repetition, and the targets of the performance brief."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Iterable
+from typing import Any
+
+DIRECT = "direct"
+FLOOR = "floor"
+PORTKEY_RPS = 600  # Portkey gateway at c=50 on a machine like this one (593..634 requests/s)
+
+Phase = dict[str, Any]
+
+
+def _median(values: Iterable[float | None]) -> float:
+    present = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.median(present) if present else float("nan")
+
+
+class Figures:
+    """Per-repetition phases, looked up by target, mode and concurrency."""
+
+    def __init__(self, phases: list[Phase]) -> None:
+        self.phases = phases
+        self.repetitions = sorted({p["repetition"] for p in phases})
+
+    def _one(self, target: str, mode: str, c: int, repetition: int) -> Phase | None:
+        for p in self.phases:
+            if (p["target"], p["mode"], p["concurrency"], p["repetition"]) == (target, mode, c, repetition):
+                return p
+        return None
+
+    def median(self, target: str, mode: str, c: int, key: str) -> float:
+        return _median((p or {}).get(key) for p in (self._one(target, mode, c, r) for r in self.repetitions))
+
+    def added(self, target: str, mode: str, c: int, key: str) -> float:
+        """Median over repetitions of (gateway - direct) in the same repetition."""
+        diffs = []
+        for r in self.repetitions:
+            gw, direct = self._one(target, mode, c, r), self._one(DIRECT, mode, c, r)
+            if gw and direct and gw.get(key) is not None and direct.get(key) is not None:
+                diffs.append(gw[key] - direct[key])
+        return _median(diffs)
+
+    def ratio(self, target: str, mode: str, c: int, key: str) -> float:
+        """Median over repetitions of gateway / direct in the same repetition."""
+        ratios = []
+        for r in self.repetitions:
+            gw, direct = self._one(target, mode, c, r), self._one(DIRECT, mode, c, r)
+            if gw and direct and direct.get(key):
+                ratios.append(gw[key] / direct[key])
+        return _median(ratios)
+
+    def errors(self) -> int:
+        return sum(p["errors"] for p in self.phases)
+
+
+def _f(value: float, digits: int = 2, sign: bool = False) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def _label(target: str) -> str:
+    if target == DIRECT:
+        return "direct (aiohttp client)"
+    if target == FLOOR:
+        return "gRPC floor (no work)"
+    return f"Tollway, {target} transport"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _unary_rows(fig: Figures, targets: list[str]) -> list[list[str]]:
+    rows = []
+    for c in (1, 50):
+        for t in targets:
+            gw = t != DIRECT
+            m = lambda key: fig.median(t, "unary", c, key)  # noqa: E731
+            rows.append([
+                str(c), _label(t), _f(m("p50_ms")), _f(m("p99_ms")),
+                _f(fig.added(t, "unary", c, "p50_ms"), sign=True) if gw else "",
+                _f(fig.added(t, "unary", c, "p99_ms"), sign=True) if gw else "",
+                _f(m("rps"), 0), _f(fig.ratio(t, "unary", c, "rps")) if gw else "1",
+                _f(m("gateway_cpu_ms")) if gw else "", _f(m("loop_thread_cpu_ms")) if gw else "",
+                _f(m("client_cpu_ms")), _f(m("upstream_cpu_ms"), 3),
+                _f(m("other_cores")),
+            ])
+    return rows
+
+
+def _stream_rows(fig: Figures, targets: list[str]) -> list[list[str]]:
+    rows = []
+    for c in (1, 50):
+        for t in targets:
+            gw = t != DIRECT
+            m = lambda key: fig.median(t, "stream", c, key)  # noqa: E731
+            rows.append([
+                str(c), _label(t), _f(m("ttft_p50_ms")), _f(m("ttft_p99_ms")),
+                _f(fig.added(t, "stream", c, "ttft_p50_ms"), sign=True) if gw else "",
+                _f(fig.added(t, "stream", c, "ttft_p99_ms"), sign=True) if gw else "",
+                _f(m("p50_ms")), _f(fig.added(t, "stream", c, "p50_ms"), sign=True) if gw else "",
+                _f(m("rps"), 0), _f(fig.ratio(t, "stream", c, "rps")) if gw else "1",
+                _f(m("gateway_cpu_ms")) if gw else "", _f(m("loop_thread_cpu_ms")) if gw else "",
+                _f(m("client_cpu_ms")), _f(m("upstream_cpu_ms"), 3),
+                _f(m("other_cores")),
+            ])
+    return rows
+
+
+def _verdict(value: float, ok: Callable[[float], bool]) -> str:
+    if math.isnan(value):
+        return "-"
+    return "met" if ok(value) else "missed"
+
+
+def _target_rows(fig: Figures, t: str) -> list[list[str]]:
+    added50 = fig.added(t, "unary", 1, "p50_ms")
+    added99 = fig.added(t, "unary", 1, "p99_ms")
+    rps = fig.median(t, "unary", 50, "rps")
+    cpu50 = fig.median(t, "unary", 50, "gateway_cpu_ms")
+    loop50 = fig.median(t, "unary", 50, "loop_thread_cpu_ms")
+    ceiling = 1000 / loop50 if loop50 and not math.isnan(loop50) else float("nan")
+    ttft = fig.added(t, "stream", 1, "ttft_p50_ms")
+    scpu1 = fig.median(t, "stream", 1, "gateway_cpu_ms")
+    scpu50 = fig.median(t, "stream", 50, "gateway_cpu_ms")
+    return [
+        ["unary c=1, added p50", "<= 1.3 ms", f"{_f(added50, sign=True)} ms", _verdict(added50, lambda v: v <= 1.3)],
+        ["unary c=1, added p99", "<= 3 ms", f"{_f(added99, sign=True)} ms", _verdict(added99, lambda v: v <= 3.0)],
+        ["unary c=50, requests/s", f">= {2 * PORTKEY_RPS} (2x Portkey)", _f(rps, 0),
+         _verdict(rps, lambda v: v >= 2 * PORTKEY_RPS)],
+        ["unary c=50, one-core ceiling: 1000 / loop-thread CPU (indicative)", f">= {2 * PORTKEY_RPS}",
+         _f(ceiling, 0), _verdict(ceiling, lambda v: v >= 2 * PORTKEY_RPS)],
+        ["unary c=50, gateway CPU/request", "<= 1.0 ms", f"{_f(cpu50)} ms", _verdict(cpu50, lambda v: v <= 1.0)],
+        ["stream c=1, added TTFT p50", "<= 1 ms", f"{_f(ttft, sign=True)} ms", _verdict(ttft, lambda v: v <= 1.0)],
+        ["stream c=1, gateway CPU/stream", "<= 2 ms", f"{_f(scpu1)} ms", _verdict(scpu1, lambda v: v <= 2.0)],
+        ["stream c=50, gateway CPU/stream", "<= 2 ms", f"{_f(scpu50)} ms", _verdict(scpu50, lambda v: v <= 2.0)],
+    ]
+
+
+def _memory_lines(memory: dict[str, dict[str, Any]]) -> list[str]:
+    rows = []
+    for transport, m in memory.items():
+        steps = m.get("soak_steps") or []
+        soak = ", ".join(f"{n}: {kib / 1024:.1f}" for n, kib in steps) or "-"
+        rows.append([transport, f"{m['after_warmup_kib'] / 1024:.1f}", soak,
+                     f"{m.get('end_kib', 0) / 1024:.1f}", f"{m.get('peak_kib', 0) / 1024:.1f}"])
+    return _table(["transport", "RSS after warm-up (MiB)", "RSS after N further unary requests (N: MiB)",
+                   "RSS at end (MiB)", "peak RSS (MiB)"], rows)
+
+
+def render(result: dict[str, Any]) -> str:
+    meta = result["meta"]
+    fig = Figures(result["phases"])
+    transports = meta["transports"]
+    targets = [DIRECT, FLOOR, *transports]
+    out = [
+        f"Run: `{meta['command']}` on {meta['date']}; {meta['nproc']} cores ({meta['cpu_model']}), "
+        f"Python {meta['python']}; code {meta.get('code', 'unknown')}; medians of {meta['repetitions']} repetition(s); "
+        f"{result['duration_s']} s of load; {fig.errors()} failed calls."
+        + (" PROFILED: the gateways ran under cProfile, figures are not comparable." if meta["profiled"] else ""),
+        "",
+        "### Unary (ms; CPU in ms per request; server CPU is the gateway's, or the floor's)",
+        "",
+        *_table(["c", "target", "p50", "p99", "added p50", "added p99", "req/s", "x direct", "server CPU",
+                 "of which loop thread", "load-gen CPU", "upstream CPU", "other load (cores)"], _unary_rows(fig, targets)),
+        "",
+        "### Streaming, 20 chunks (ms; CPU in ms per stream; TTFT: time to the first text)",
+        "",
+        *_table(["c", "target", "TTFT p50", "TTFT p99", "added TTFT p50", "added TTFT p99", "stream p50",
+                 "added stream p50", "streams/s", "x direct", "server CPU", "of which loop thread", "load-gen CPU", "upstream CPU",
+                 "other load (cores)"], _stream_rows(fig, targets)),
+        "",
+        "### Memory (gateway RSS)",
+        "",
+        *_memory_lines(result["memory"]),
+        "",
+        "Idle CPU of each server with no calls (ms of CPU per second): "
+        + ", ".join(f"{name} {ms}" for name, ms in result.get("idle_cpu_ms_per_s", {}).items()) + ". "
+        "Upstream connections opened during the measured phases (0: the pool kept reusing its connections): "
+        + ", ".join(f"{t} {sum(p['upstream_connections'] for p in fig.phases if p['target'] == t)}"
+                    for t in targets if t != FLOOR) + ".",
+    ]
+    for t in transports:
+        out += ["", f"### Targets, {t} transport", "",
+                *_table(["target", "goal", "measured", ""], _target_rows(fig, t))]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,404 @@
+"""Tollway against a direct HTTP call to the same loopback upstream, in one run.
+
+Processes: the stand-in upstream (bench.upstream), one gateway per upstream transport
+(bench.gateway -> `tollway serve`), the gRPC floor (bench.floor: the same contract with
+no work, to show what grpc.aio alone costs), and this process, the load generator.
+Every repetition measures the direct call, the floor and each gateway back to back, for
+unary and 20-chunk streams at concurrency 1 and 50; the report gives medians over
+repetitions of each figure and of each gateway-minus-direct difference. Server CPU comes
+from /proc/<pid>/stat (utime + stime, all threads) read before and after each phase.
+
+    .venv/bin/python -m bench.run            # full: about 3 minutes on 2 cores
+    .venv/bin/python -m bench.run --quick    # one short repetition, under half a minute
+
+Only 127.0.0.1 is used; every phase is bounded in requests and in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+# This tree and its generated stubs first, as for the subprocesses below (and so that
+# `python bench/run.py` finds the bench package).
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent.parent / "protos")]
+
+import orjson  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+
+from bench import proc  # noqa: E402
+from bench.gateway import TRANSPORTS  # noqa: E402
+from bench.load import API_KEY, DirectTarget, GatewayTarget, Samples, run_phase  # noqa: E402
+from bench.report import DIRECT, FLOOR, render  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+# Subprocesses run the code of the tree this file is in (and its generated stubs), even when
+# the installed package points at another checkout.
+_PYTHONPATH = os.pathsep.join([str(ROOT), str(ROOT / "protos")])
+MODES = ("unary", "stream")
+CONCURRENCIES = (1, 50)
+
+
+@dataclass(frozen=True)
+class Plan:
+    repetitions: int
+    phase_max_s: float
+    # Request cap per (mode, concurrency); the time cap usually ends a phase first.
+    phase_counts: dict[tuple[str, int], int]
+    warmup_unary: int
+    warmup_streams: int
+    soak_requests: int
+    soak_step: int
+    soak_max_s: float
+
+
+FULL = Plan(repetitions=5, phase_max_s=2.0,
+            phase_counts={("unary", 1): 3000, ("unary", 50): 10000, ("stream", 1): 1500, ("stream", 50): 4000},
+            warmup_unary=2000, warmup_streams=500, soak_requests=20000, soak_step=5000, soak_max_s=60.0)
+QUICK = Plan(repetitions=1, phase_max_s=0.7,
+             phase_counts={("unary", 1): 1000, ("unary", 50): 3000, ("stream", 1): 500, ("stream", 50): 1000},
+             warmup_unary=500, warmup_streams=100, soak_requests=3000, soak_step=1000, soak_max_s=10.0)
+
+
+@dataclass
+class Phase:
+    """One measured phase: one target, one mode, one concurrency, one repetition."""
+
+    repetition: int
+    target: str
+    mode: str
+    concurrency: int
+    requests: int
+    errors: int
+    first_error: str
+    elapsed_s: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    ttft_p50_ms: float | None
+    ttft_p99_ms: float | None
+    gateway_cpu_ms: float | None  # per request: the gRPC server's (gateway or floor) CPU
+    # Of which its main thread, the event loop where all Python runs: one core caps the
+    # server at 1000 / this many requests per second.
+    loop_thread_cpu_ms: float | None
+    upstream_cpu_ms: float
+    # Connections the stand-in accepted during the phase: a pool that reuses them opens none.
+    upstream_connections: int
+    client_cpu_ms: float
+    other_cores: float  # cores busy with processes outside the benchmark during the phase
+
+
+def percentile(values: list[int], q: float) -> float:
+    """Nearest-rank percentile of nanosecond samples, in milliseconds."""
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))
+    return ordered[rank] / 1e6
+
+
+class Bench:
+    def __init__(self, plan: Plan, transports: tuple[str, ...], workdir: Path, profile: Path | None) -> None:
+        self.plan = plan
+        self.transports = transports
+        self.workdir = workdir
+        self.profile = profile
+        self.upstream: subprocess.Popen | None = None
+        self.servers: dict[str, subprocess.Popen] = {}
+        self.targets: dict[str, GatewayTarget | DirectTarget] = {}
+        self.phases: list[Phase] = []
+        self.memory: dict[str, dict[str, object]] = {}
+
+    # -- processes ------------------------------------------------------------------------
+
+    def start_upstream(self) -> str:
+        self.upstream = subprocess.Popen([sys.executable, "-m", "bench.upstream"], cwd=ROOT,
+                                         env={**os.environ, "PYTHONPATH": _PYTHONPATH}, stdout=subprocess.PIPE,
+                                         stderr=open(self.workdir / "upstream.log", "wb"))
+        assert self.upstream.stdout is not None
+        port = self.upstream.stdout.readline().strip()
+        if not port:
+            raise RuntimeError("the upstream stand-in did not start (see its log)")
+        return f"http://127.0.0.1:{int(port)}/v1"
+
+    def start_gateway(self, transport: str, base_url: str) -> str:
+        port = _free_port()
+        config = self.workdir / f"tollway-{transport}.toml"
+        config.write_text(
+            "[server]\n"
+            f'listen = "127.0.0.1:{port}"\n'
+            "grace_period_s = 1.0\n\n"
+            "[providers.mixrouter]\n"
+            'kind = "mixrouter"\n'
+            f'base_url = "{base_url}"\n',
+            encoding="utf-8",
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
+        env.update(MIXROUTER_API_KEY=API_KEY, TOLLWAY_BENCH_TRANSPORT=transport, PYTHONPATH=_PYTHONPATH)
+        if self.profile:
+            env["TOLLWAY_BENCH_PROFILE"] = str(self.profile / f"gateway-{transport}.pstats")
+        self.servers[transport] = subprocess.Popen(
+            [sys.executable, "-m", "bench.gateway", "serve", "--config", str(config)], cwd=ROOT, env=env,
+            stdout=subprocess.DEVNULL, stderr=open(self.workdir / f"{transport}.log", "wb"),
+        )
+        return f"127.0.0.1:{port}"
+
+    def start_floor(self) -> str:
+        address = f"127.0.0.1:{_free_port()}"
+        self.servers[FLOOR] = subprocess.Popen(
+            [sys.executable, "-m", "bench.floor", "--listen", address], cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": _PYTHONPATH}, stdout=subprocess.DEVNULL,
+            stderr=open(self.workdir / f"{FLOOR}.log", "wb"),
+        )
+        return address
+
+    async def wait_ready(self, name: str, address: str) -> None:
+        target = GatewayTarget(address)
+        health = health_pb2_grpc.HealthStub(target.channel)
+        deadline = time.monotonic() + 30
+        while True:
+            if self.servers[name].poll() is not None:
+                log = (self.workdir / f"{name}.log").read_text(errors="replace")
+                raise RuntimeError(f"{name} server exited at start:\n{log[-2000:]}")
+            try:
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+            except Exception:  # not listening yet
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} server did not become ready in 30 s") from None
+            await asyncio.sleep(0.1)
+        self.targets[name] = target
+
+    def stop_processes(self) -> None:
+        for process in [*self.servers.values(), self.upstream]:
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in [*self.servers.values(), self.upstream]:
+            if process is None:
+                continue
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def print_logs(self, lines: int = 30) -> None:
+        """The end of each subprocess's log, for a run that failed."""
+        for log in sorted(self.workdir.glob("*.log")):
+            tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+            print(f"--- {log.name} (last {lines} lines)", *tail, sep="\n", file=sys.stderr)
+
+    # -- measuring ------------------------------------------------------------------------
+
+    async def measure(self, repetition: int, target: str, mode: str, concurrency: int, count: int,
+                      max_s: float) -> Phase:
+        call = getattr(self.targets[target], mode)
+        gateway = self.servers.get(target)  # None for the direct call
+        assert self.upstream is not None
+        up_pid = self.upstream.pid
+        direct = self.targets[DIRECT]
+        assert isinstance(direct, DirectTarget)
+        connections0 = (await direct.upstream_stats())["connections"]
+        gw_cpu0 = proc.cpu_seconds(gateway.pid) if gateway else 0.0
+        loop_cpu0 = proc.cpu_seconds(gateway.pid, gateway.pid) if gateway else 0.0
+        up_cpu0 = proc.cpu_seconds(up_pid)
+        client_cpu0 = time.process_time()
+        busy0 = proc.machine_busy_seconds()
+        samples: Samples = await run_phase(call, concurrency, count, max_s)
+        busy = proc.machine_busy_seconds() - busy0
+        client_cpu = time.process_time() - client_cpu0
+        up_cpu = proc.cpu_seconds(up_pid) - up_cpu0
+        gw_cpu = proc.cpu_seconds(gateway.pid) - gw_cpu0 if gateway else 0.0
+        loop_cpu = proc.cpu_seconds(gateway.pid, gateway.pid) - loop_cpu0 if gateway else 0.0
+        connections = (await direct.upstream_stats())["connections"] - connections0
+        n = max(samples.count, 1)
+        phase = Phase(
+            repetition=repetition, target=target, mode=mode, concurrency=concurrency, requests=samples.count,
+            errors=samples.errors, first_error=samples.first_error, elapsed_s=round(samples.elapsed_s, 3),
+            rps=samples.count / samples.elapsed_s if samples.elapsed_s else 0.0,
+            p50_ms=percentile(samples.latencies_ns, 0.50) if samples.count else float("nan"),
+            p99_ms=percentile(samples.latencies_ns, 0.99) if samples.count else float("nan"),
+            ttft_p50_ms=percentile(samples.ttfts_ns, 0.50) if samples.ttfts_ns else None,
+            ttft_p99_ms=percentile(samples.ttfts_ns, 0.99) if samples.ttfts_ns else None,
+            gateway_cpu_ms=gw_cpu * 1000 / n if gateway else None,
+            loop_thread_cpu_ms=loop_cpu * 1000 / n if gateway else None,
+            upstream_cpu_ms=up_cpu * 1000 / n,
+            upstream_connections=connections,
+            client_cpu_ms=client_cpu * 1000 / n,
+            other_cores=max(0.0, busy - gw_cpu - up_cpu - client_cpu) / max(samples.elapsed_s, 1e-9),
+        )
+        if samples.errors:
+            print(f"  ! {target} {mode} c={concurrency}: {samples.errors} errors, first: {samples.first_error}",
+                  file=sys.stderr)
+        return phase
+
+    async def warm_up(self) -> None:
+        plan = self.plan
+        for target in self.targets:
+            for mode, count in (("unary", plan.warmup_unary), ("stream", plan.warmup_streams)):
+                await run_phase(getattr(self.targets[target], mode), 50, count, 10.0)
+                await run_phase(getattr(self.targets[target], mode), 1, count // 10, 5.0)
+        for transport in self.transports:
+            self.memory[transport] = {"after_warmup_kib": proc.memory_kib(self.servers[transport].pid)["VmRSS"]}
+
+    async def measure_idle(self, seconds: float = 1.0) -> dict[str, float]:
+        """CPU the servers burn with no calls (ms per second): what every phase's figure also holds."""
+        before = {name: proc.cpu_seconds(p.pid) for name, p in self.servers.items()}
+        await asyncio.sleep(seconds)
+        return {name: round((proc.cpu_seconds(p.pid) - before[name]) * 1000 / seconds, 1)
+                for name, p in self.servers.items()}
+
+    async def soak(self, transport: str) -> None:
+        """Unary at c=50 in steps, RSS after each: is memory flat once warm?"""
+        plan = self.plan
+        process = self.servers[transport]
+        steps: list[tuple[int, int]] = []
+        done = 0
+        deadline = time.perf_counter() + plan.soak_max_s
+        while done < plan.soak_requests and time.perf_counter() < deadline:
+            samples = await run_phase(self.targets[transport].unary, 50, plan.soak_step,
+                                      max(0.1, deadline - time.perf_counter()))
+            if samples.errors:
+                print(f"  ! soak {transport}: {samples.errors} errors, first: {samples.first_error}", file=sys.stderr)
+            done += samples.count
+            steps.append((done, proc.memory_kib(process.pid)["VmRSS"]))
+        self.memory[transport]["soak_steps"] = steps
+
+    async def run(self) -> dict[str, object]:
+        try:
+            return await self._run()
+        finally:
+            for target in self.targets.values():
+                await target.close()
+
+    async def _run(self) -> dict[str, object]:
+        base_url = self.start_upstream()
+        self.targets[DIRECT] = DirectTarget(base_url)
+        addresses = {t: self.start_gateway(t, base_url) for t in self.transports}
+        addresses[FLOOR] = self.start_floor()
+        for name, address in addresses.items():
+            await self.wait_ready(name, address)
+        for target in self.targets.values():
+            await target.check()
+        print(f"ready: upstream {base_url}, servers {addresses}", file=sys.stderr)
+        started = time.perf_counter()
+        await self.warm_up()
+        print(f"warm-up done in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+        idle = await self.measure_idle()
+        await self.soak(self.transports[0])
+        print(f"soak done at {time.perf_counter() - started:.1f}s", file=sys.stderr)
+        order = [DIRECT, FLOOR, *self.transports]
+        for repetition in range(self.plan.repetitions):
+            # Rotate the order of targets so none always runs right after another's load.
+            shift = repetition % len(order)
+            rotated = order[shift:] + order[:shift]
+            for mode in MODES:
+                for concurrency in CONCURRENCIES:
+                    count = self.plan.phase_counts[(mode, concurrency)]
+                    for target in rotated:
+                        self.phases.append(
+                            await self.measure(repetition, target, mode, concurrency, count, self.plan.phase_max_s))
+            print(f"repetition {repetition + 1}/{self.plan.repetitions} done at "
+                  f"{time.perf_counter() - started:.1f}s", file=sys.stderr)
+        for transport in self.transports:
+            memory = proc.memory_kib(self.servers[transport].pid)
+            self.memory[transport].update(end_kib=memory["VmRSS"], peak_kib=memory["VmHWM"])
+        return {"phases": [asdict(p) for p in self.phases], "memory": self.memory, "idle_cpu_ms_per_s": idle,
+                "duration_s": round(time.perf_counter() - started, 1)}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _code_version() -> str:
+    """The commit measured, marked when the gateway's code differs from it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "service", "providers", "protos"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + (" with uncommitted changes" if dirty else "")
+
+
+def _print_profiles(workdir: Path, transports: tuple[str, ...]) -> None:
+    import pstats
+
+    for transport in transports:
+        path = workdir / f"gateway-{transport}.pstats"
+        if not path.exists():
+            continue
+        print(f"\n## cProfile of the gateway ({transport}), top 30 by own time\n", file=sys.stderr)
+        pstats.Stats(str(path), stream=sys.stderr).sort_stats("tottime").print_stats(30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one short repetition (under a minute)")
+    parser.add_argument("--repetitions", type=int, help="override the number of repetitions")
+    parser.add_argument("--transports", default=",".join(TRANSPORTS),
+                        help=f"gateway upstream transports to compare, first is the soak's (default {','.join(TRANSPORTS)})")
+    parser.add_argument("--json", metavar="FILE", help="also write every phase's raw figures to FILE")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="run the gateways under cProfile, write DIR/gateway-<transport>.pstats and print "
+                             "their top functions (slows the gateways down: figures are not comparable)")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.repetitions:
+        plan = Plan(**{**plan.__dict__, "repetitions": args.repetitions})
+    transports = tuple(t for t in args.transports.split(",") if t)
+    if not transports or any(t not in TRANSPORTS for t in transports):
+        parser.error(f"--transports takes a comma-separated subset of {','.join(TRANSPORTS)}")
+
+    with tempfile.TemporaryDirectory(prefix="tollway-bench-") as tmp:
+        profile = Path(args.profile).resolve() if args.profile else None
+        if profile:
+            profile.mkdir(parents=True, exist_ok=True)
+        bench = Bench(plan, transports, Path(tmp), profile)
+        try:
+            try:
+                import uvloop
+
+                result = uvloop.run(bench.run())
+            except ImportError:
+                result = asyncio.run(bench.run())
+        except Exception:
+            bench.print_logs()
+            raise
+        finally:
+            bench.stop_processes()
+    if profile:
+        _print_profiles(profile, transports)
+    result["meta"] = {
+        **proc.machine(),
+        "python": platform.python_version(),
+        "code": _code_version(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "python -m bench.run" + (" --quick" if args.quick else ""),
+        "repetitions": plan.repetitions,
+        "transports": list(transports),
+        "profiled": bool(args.profile),
+    }
+    if args.json:
+        Path(args.json).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    print(render(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

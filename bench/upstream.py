@@ -1,0 +1,171 @@
+"""The upstream stand-in: an OpenAI-compatible server on 127.0.0.1 that answers at once.
+
+A raw asyncio protocol with every response prebuilt, so it costs a few microseconds per
+request and is never the bottleneck. POST .../chat/completions answers with a fixed small
+chat.completion (usage included), or, when the body asks for `"stream":true`, with a
+20-chunk SSE stream, a usage chunk and `data: [DONE]`, each event written as its own
+HTTP chunk as a real provider sends them. HTTP/1.1 keep-alive, no pipelining needed.
+
+GET /stats answers {"connections": opened so far, "requests": answered so far}, so the
+benchmark can tell whether a client reuses its connections.
+
+Run: python -m bench.upstream [--port 0]; prints the bound port on stdout, then serves
+until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import socket
+import sys
+
+import orjson
+
+CHUNKS = 20
+MODEL = "bench-model"
+CREATED = 1_700_000_000
+
+_USAGE = {"prompt_tokens": 12, "completion_tokens": CHUNKS, "total_tokens": 12 + CHUNKS,
+          "prompt_tokens_details": {"cached_tokens": 0, "text_tokens": 12},
+          "completion_tokens_details": {"reasoning_tokens": 0}}
+
+UNARY_BODY = orjson.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion", "created": CREATED, "model": MODEL,
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the stand-in."},
+                 "finish_reason": "stop"}],
+    "usage": _USAGE,
+})
+
+
+def _chunk(delta: dict, finish: str | None = None, usage: dict | None = None, choices: bool = True) -> bytes:
+    event = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": CREATED, "model": MODEL,
+             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if choices else [],
+             "usage": usage}
+    return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+def _stream_events() -> list[bytes]:
+    events = [_chunk({"role": "assistant", "content": "tok0 "})]
+    events += [_chunk({"content": f"tok{i} "}) for i in range(1, CHUNKS - 1)]
+    events.append(_chunk({"content": f"tok{CHUNKS - 1}"}, finish="stop"))
+    events.append(_chunk({}, usage=_USAGE, choices=False))
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
+def _http_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+UNARY_RESPONSE = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                  b"connection: keep-alive\r\n\r\n" % len(UNARY_BODY)) + UNARY_BODY
+STREAM_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+               b"transfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n")
+# The head goes out with the first event, as a server flushes it; the chunked end with [DONE].
+STREAM_WRITES = [_http_chunk(e) for e in _stream_events()]
+STREAM_WRITES[0] = STREAM_HEAD + STREAM_WRITES[0]
+STREAM_WRITES[-1] += b"0\r\n\r\n"
+NOT_FOUND = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: keep-alive\r\n\r\n"
+
+
+class _Counters:
+    connections = 0
+    requests = 0
+
+
+def _stats_response() -> bytes:
+    body = orjson.dumps({"connections": _Counters.connections, "requests": _Counters.requests})
+    return (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: keep-alive\r\n\r\n" % len(body)) + body
+
+
+class _Http(asyncio.Protocol):
+    """Just enough HTTP/1.1 for one client that sends Content-Length bodies."""
+
+    __slots__ = ("_transport", "_buffer", "_need")
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._need = -1  # bytes of head + body of the request being read; -1: head not complete
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        _Counters.connections += 1
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        while True:
+            if self._need < 0:
+                end = buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                self._need = end + 4 + _content_length(bytes(buffer[:end]))
+            if len(buffer) < self._need:
+                return
+            request = bytes(buffer[: self._need])
+            del buffer[: self._need]
+            self._need = -1
+            self._answer(request)
+
+    def _answer(self, request: bytes) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        line = request[: request.find(b"\r\n")]
+        if line.startswith(b"GET /stats "):
+            transport.write(_stats_response())
+            return
+        _Counters.requests += 1
+        if not line.startswith(b"POST ") or b"/chat/completions" not in line:
+            transport.write(NOT_FOUND)
+        elif b'"stream":true' in request:
+            for write in STREAM_WRITES:
+                transport.write(write)
+        else:
+            transport.write(UNARY_RESPONSE)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value.strip())
+    return 0
+
+
+async def serve(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    server = await loop.create_server(_Http, sock=sock, backlog=1024)
+    print(sock.getsockname()[1], flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="fast OpenAI-compatible stand-in on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+
+        uvloop.run(serve(args.port))
+    except ImportError:
+        asyncio.run(serve(args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -32,14 +32,22 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 class CircuitBreaker:
     """closed -> open (on failures) -> half-open after cooldown (one probe) -> closed or open."""
 
-    __slots__ = ("policy", "state", "_clock", "_consecutive", "_outcomes", "_opened_at", "_probe_in_flight")
+    __slots__ = ("policy", "state", "_clock", "_consecutive", "_buckets", "_calls", "_failures", "_opened_at",
+                 "_probe_in_flight")
+
+    # The error-rate window is kept as this many time buckets with running totals: memory
+    # and work per call stay constant whatever the traffic.
+    BUCKETS = 60
 
     def __init__(self, policy: BreakerPolicy, clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy
         self.state = CLOSED
         self._clock = clock
         self._consecutive = 0
-        self._outcomes: deque[tuple[float, bool]] = deque()
+        # [bucket index, calls, failures], oldest first.
+        self._buckets: deque[list[int]] = deque()
+        self._calls = 0
+        self._failures = 0
         self._opened_at = 0.0
         self._probe_in_flight = False
 
@@ -78,18 +86,25 @@ class CircuitBreaker:
         self._probe_in_flight = False
 
     def _push(self, ok: bool) -> None:
-        now = self._clock()
-        self._outcomes.append((now, ok))
-        horizon = now - self.policy.window_s
-        while self._outcomes and self._outcomes[0][0] < horizon:
-            self._outcomes.popleft()
+        width = max(self.policy.window_s / self.BUCKETS, 1e-6)
+        index = int(self._clock() / width)
+        buckets = self._buckets
+        while buckets and buckets[0][0] <= index - self.BUCKETS:
+            _, calls, failures = buckets.popleft()
+            self._calls -= calls
+            self._failures -= failures
+        if not buckets or buckets[-1][0] != index:
+            buckets.append([index, 0, 0])
+        buckets[-1][1] += 1
+        self._calls += 1
+        if not ok:
+            buckets[-1][2] += 1
+            self._failures += 1
 
     def _rate_exceeded(self) -> bool:
-        calls = len(self._outcomes)
-        if calls < self.policy.min_calls:
+        if self._calls < self.policy.min_calls:
             return False
-        failures = sum(1 for _, ok in self._outcomes if not ok)
-        return failures / calls > self.policy.error_rate
+        return self._failures > self.policy.error_rate * self._calls
 
     def _open(self) -> None:
         self.state = OPEN
@@ -99,7 +114,8 @@ class CircuitBreaker:
     def _reset(self) -> None:
         self.state = CLOSED
         self._consecutive = 0
-        self._outcomes.clear()
+        self._buckets.clear()
+        self._calls = self._failures = 0
         self._probe_in_flight = False
 
 

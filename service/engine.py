@@ -59,18 +59,20 @@ class AttemptTimeouts:
 class Engine:
     def __init__(self, *, max_connections: int = 1000) -> None:
         self._max_connections = max_connections
-        self._client: httpx.AsyncClient | None = None
+        self._transport: AiohttpTransport | None = None
 
     async def start(self) -> None:
-        """Create the shared client; must run inside the serving event loop."""
+        """Create the shared transport; must run inside the serving event loop."""
         connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
-        session = aiohttp.ClientSession(connector=connector)
-        self._client = httpx.AsyncClient(transport=AiohttpTransport(client=session), timeout=None)
+        # One session serves every caller: a cookie one upstream answer sets must never ride
+        # along on another caller's request.
+        session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+        self._transport = AiohttpTransport(client=session)
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._transport is not None:
+            await self._transport.aclose()
+            self._transport = None
 
     async def complete(
         self, adapter: Adapter, request: AnyRequest, model: str, timeouts: AttemptTimeouts
@@ -154,9 +156,19 @@ class Engine:
             await response.aclose()
 
     async def _send(self, request: httpx.Request, *, stream: bool) -> httpx.Response:
-        if self._client is None:
+        """Straight to the transport: adapters build complete requests, and httpx.AsyncClient's
+        layers (cookies, auth, redirects, hooks) would only cost time here (bench/RESULTS.md)."""
+        if self._transport is None:
             raise GatewayError(Code.UNAVAILABLE, "gateway is not started")
-        return await self._client.send(request, stream=stream)
+        response = await self._transport.handle_async_request(request)
+        if not stream:
+            try:
+                await response.aread()
+            except BaseException:
+                # A cancel or timeout mid-body: drop the connection so the upstream sees it.
+                await response.aclose()
+                raise
+        return response
 
 
 async def _read_body(name: str, response: httpx.Response) -> None:
@@ -242,7 +254,7 @@ class MediaFetcher:
         connector = aiohttp.TCPConnector(
             limit=100, use_dns_cache=False, resolver=_GuardedResolver(self, self._resolver)
         )
-        session = aiohttp.ClientSession(connector=connector, trust_env=False)
+        session = aiohttp.ClientSession(connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar())
         self._client = httpx.AsyncClient(transport=AiohttpTransport(client=session), timeout=None)
 
     async def aclose(self) -> None:

@@ -63,6 +63,7 @@ def _keys_new(name: str) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .ledger import JournalError, SchemaTooNew
     from .logs import configure_logging
     from .plugins import PluginError
     from .server import serve_forever
@@ -86,7 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
         runner = asyncio.run
     try:
         runner(serve_forever(config, config_path))
-    except (ConfigError, PluginError, OSError) as exc:
+    except (ConfigError, PluginError, OSError, JournalError, SchemaTooNew) as exc:
         print(f"tollway: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -15,6 +15,7 @@ from typing import Any
 
 from .auth import Callers, parse_callers
 from .billing import PriceCatalog
+from .ledger import LedgerConfig
 from .media import MediaPolicy
 from .routing import Route, RoutingConfigError, RoutingPolicy, parse_routes, parse_routing
 
@@ -73,6 +74,8 @@ class Config:
     prices: PriceCatalog = field(default_factory=PriceCatalog.load_default)
     # Empty: calls are anonymous.
     callers: Callers = field(default_factory=Callers)
+    # Read at start-up only: a reload keeps the ledger it has.
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
     source: str = "embedded default"
 
 
@@ -103,7 +106,7 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] 
 
 
 def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
-    unknown = set(raw) - {"server", "plugins", "providers", "media", "routes", "routing", "prices", "callers"}
+    unknown = set(raw) - {"server", "plugins", "providers", "media", "routes", "routing", "prices", "callers", "ledger"}
     if unknown:
         raise ConfigError(f"unknown top-level config table(s): {', '.join(sorted(unknown))}")
     server = _parse_server(_table(raw, "server"))
@@ -124,10 +127,11 @@ def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
             raise ValueError("prices must be an array of tables ([[prices]])")
         catalog = PriceCatalog.load_default().with_overrides(prices) if prices else PriceCatalog.load_default()
         callers = parse_callers(_table(raw, "callers"))
+        ledger = LedgerConfig.from_table(_table(raw, "ledger"))
     except (TypeError, ValueError, RoutingConfigError) as exc:
         raise ConfigError(str(exc)) from None
     return Config(server=server, plugins=plugins, providers=providers, media=media, routes=routes, routing=routing,
-                  prices=catalog, callers=callers, source=source)
+                  prices=catalog, callers=callers, ledger=ledger, source=source)
 
 
 def _parse_server(table: Mapping[str, Any]) -> ServerConfig:

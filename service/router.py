@@ -52,6 +52,8 @@ class RoutedCall:
     # Fetched media per provider kind of capabilities, so fallbacks do not refetch.
     inlined: dict[int, AnyRequest] = field(default_factory=dict)
     target: Target | None = None
+    # True once any attempt went out to a provider: such a call gets a ledger record.
+    reached_upstream: bool = False
 
 
 class Router:
@@ -74,6 +76,7 @@ class Router:
                 if key is None:
                     break
                 started = asyncio.get_running_loop().time()
+                call.reached_upstream = True
                 try:
                     response = await self.engine.complete(key.adapter, request, target.model, timeouts)
                 except GatewayError as err:
@@ -106,6 +109,7 @@ class Router:
                     break
                 breaker = self.board.breaker(provider.name, target.model, key.key_id)
                 started = asyncio.get_running_loop().time()
+                call.reached_upstream = True
                 committed = False
                 try:
                     async with aclosing(self.engine.stream(key.adapter, request, target.model, timeouts)) as messages:

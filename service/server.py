@@ -19,6 +19,7 @@ from .adapter import ProviderKind
 from .breaker import HealthBoard
 from .config import Config, ConfigError, load_config
 from .engine import Engine, MediaFetcher
+from .ledger import Ledger
 from .plugins import PluginError, load_provider_kinds
 from .registry import build_registry
 from .router import Router
@@ -59,6 +60,8 @@ class Gateway:
             # (or, under SIGHUP, the event loop's callback) down with it.
             log.error("config reload refused, keeping the running config: %s: %s", type(exc).__name__, exc)
             return False
+        if config.ledger != self.runtime.state.config.ledger:
+            log.warning("[ledger] changed: the new settings take effect at the next restart")
         router = self.runtime.router
         router.board = router.board.with_policy(config.routing.breaker)
         self.runtime.media.policy = config.media
@@ -72,6 +75,8 @@ class Gateway:
         """Health turns NOT_SERVING, new calls are refused, in-flight calls get the grace period."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.grace_period_s if grace is None else grace)
+        # In-flight calls have recorded their usage by now: flush it before the process ends.
+        await self.runtime.ledger.aclose()
         await self.runtime.engine.aclose()
         await self.runtime.media.aclose()
 
@@ -106,7 +111,9 @@ async def start_gateway(
     media = MediaFetcher(config.media)
     await media.start()
     router = Router(engine, media, HealthBoard(config.routing.breaker))
-    runtime = Runtime(state=state, engine=engine, media=media, router=router)
+    ledger = await Ledger.open(config.ledger)
+    log.info("usage ledger: %s", config.ledger.describe())
+    runtime = Runtime(state=state, engine=engine, media=media, router=router, ledger=ledger)
 
     # The receive limit matches the inline media limit, plus room for the text around it.
     max_bytes = config.media.max_request_bytes + 4 * 1024 * 1024

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -36,6 +37,19 @@ def fixture_bytes(relative: str) -> bytes:
 # Every key the suite uses starts with this; none may ever reach a log line.
 TEST_KEY_PATTERN = re.compile(r"tw-test-[A-Za-z0-9-]{4,}")
 _SUITE_LOG = io.StringIO()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def state_home_of_the_suite(tmp_path_factory):
+    """The default ledger lives under $XDG_STATE_HOME: point it (and every `tollway serve` the
+    suite starts, which inherits the environment) at a temporary directory."""
+    old = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+    yield
+    if old is None:
+        del os.environ["XDG_STATE_HOME"]
+    else:
+        os.environ["XDG_STATE_HOME"] = old
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -87,8 +101,9 @@ async def upstream(upstream_server: FakeUpstream) -> FakeUpstream:
 
 
 @pytest.fixture
-async def start_client():
-    """start_client(config_dict, environ, extra_plugins) -> Client; all are stopped after the test."""
+async def start_client(tmp_path):
+    """start_client(config_dict, environ, extra_plugins) -> Client; all are stopped after the test.
+    Each gateway gets its own SQLite ledger in the test's tmp_path unless config names one."""
     started: list[Client] = []
 
     async def start(
@@ -96,8 +111,10 @@ async def start_client():
         environ: Mapping[str, str] | None = None,
         extra_plugins: Iterable[object] = (),
     ) -> Client:
+        config = dict(config or {})
+        config.setdefault("ledger", {"path": str(tmp_path / f"ledger-{len(started)}.sqlite3")})
         gateway = await start_gateway(
-            parse_config(config or {}), environ=environ or {}, extra_plugins=extra_plugins, listen="127.0.0.1:0"
+            parse_config(config), environ=environ or {}, extra_plugins=extra_plugins, listen="127.0.0.1:0"
         )
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
         client = Client(gateway, channel, pb_grpc.CompletionStub(channel))

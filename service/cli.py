@@ -35,6 +35,20 @@ def main(argv: list[str] | None = None) -> int:
     complete.add_argument("--key-env", default="TOLLWAY_KEY",
                           help="environment variable holding this caller's key (default TOLLWAY_KEY)")
 
+    usage = commands.add_parser("usage", help="sum the usage ledger of a running gateway")
+    usage.add_argument("--target", default=os.environ.get("TOLLWAY_TARGET", DEFAULT_LISTEN),
+                       help="gateway address (env TOLLWAY_TARGET)")
+    usage.add_argument("--since", help="start, inclusive: an ISO date/time (UTC if no zone) or 24h, 7d")
+    usage.add_argument("--until", help="end, exclusive: an ISO date/time (UTC if no zone)")
+    for name in ("caller", "provider", "model", "route"):
+        usage.add_argument(f"--{name}", help=f"only this {name}")
+    usage.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="only records with it")
+    usage.add_argument("--group-by", default="", metavar="DIMS",
+                       help="comma-separated: caller, provider, model, route, day, label:KEY")
+    usage.add_argument("--format", default="table", choices=("table", "csv", "jsonl"))
+    usage.add_argument("--key-env", default="TOLLWAY_KEY", help="environment variable holding the caller key")
+    usage.add_argument("--timeout", type=float, default=30.0)
+
     keys = commands.add_parser("keys", help="manage caller keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     new_key = key_commands.add_parser("new", help="print a fresh caller key once, and its config lines")
@@ -45,7 +59,62 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "keys":
         return _keys_new(args.name)
+    if args.command == "usage":
+        return _usage(args)
     return _complete(args)
+
+
+def _usage(args: argparse.Namespace) -> int:
+    import grpc
+
+    from tollway.v1 import completion_pb2_grpc as pb_grpc
+
+    from .ledger import UsageFilter, from_proto, render
+    from .ledger.summary import to_proto
+
+    try:
+        filters = UsageFilter(
+            start=_moment(args.since, "--since") if args.since else None,
+            end=_moment(args.until, "--until") if args.until else None,
+            caller=args.caller, provider=args.provider, model=args.model, route=args.route,
+            labels=dict(_pair(label) for label in args.label),
+        )
+        group_by = [g.strip() for g in args.group_by.split(",") if g.strip()]
+        request = to_proto(filters, group_by)
+    except ValueError as exc:
+        print(f"tollway: {exc}", file=sys.stderr)
+        return 2
+    key = os.environ.get(args.key_env)
+    metadata = (("authorization", f"Bearer {key}"),) if key else ()
+    with grpc.insecure_channel(args.target) as channel:
+        try:
+            response = pb_grpc.CompletionStub(channel).GetUsageSummary(request, timeout=args.timeout, metadata=metadata)
+        except grpc.RpcError as err:
+            print(f"tollway: {err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+    sys.stdout.write(render(response.rows, from_proto(request)[1], args.format))
+    return 0
+
+
+def _moment(text: str, flag: str):
+    """An ISO date/time (UTC when it names no zone), or a span back from now: 24h, 7d, 30m."""
+    from datetime import datetime, timedelta, timezone
+
+    units = {"m": "minutes", "h": "hours", "d": "days"}
+    if text[:-1].isdigit() and text[-1:] in units:
+        return datetime.now(timezone.utc) - timedelta(**{units[text[-1]]: int(text[:-1])})
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{flag} {text!r} is neither an ISO date/time nor a span like 7d") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--label {text!r} is not KEY=VALUE")
+    return key, value
 
 
 def _keys_new(name: str) -> int:

@@ -107,7 +107,10 @@ class Call:
             log.error("usage record %s not journaled: %s", self.request_id, exc)
 
     def cancelled(self) -> None:
-        """The caller went away: log it, and record the usage the upstream may have billed."""
+        """The caller went away: log it, and record the usage the upstream may have billed.
+        A call already answered or failed has its log line and record."""
+        if self.recorded:
+            return
         self.log("CANCELLED")
         if self.routed is not None and self.routed.reached_upstream:
             if self.usage is None:

@@ -86,8 +86,9 @@ class Router:
                         break
                     await asyncio.sleep(wait)
                     continue
-                except BaseException:
+                except BaseException as exc:
                     # Cancelled (or a bug of ours): no verdict on the target's health.
+                    self._record_cancel(call, target, exc, started)
                     self.board.breaker(provider.name, target.model, key.key_id).release_probe()
                     raise
                 self._after_success(provider, target, key, call, started)
@@ -110,7 +111,7 @@ class Router:
                 breaker = self.board.breaker(provider.name, target.model, key.key_id)
                 started = asyncio.get_running_loop().time()
                 call.reached_upstream = True
-                committed = False
+                committed = settled = False
                 try:
                     async with aclosing(self.engine.stream(key.adapter, request, target.model, timeouts)) as messages:
                         async for message in messages:
@@ -121,6 +122,7 @@ class Router:
                             if message.HasField("summary"):
                                 # One attempt, recorded once, when its outcome is known.
                                 self._record(call, target, Code.OK, "", started)
+                                settled = True
                                 message.summary.attempts.extend(call.attempts)
                                 message.summary.route = call.route.name
                             yield message
@@ -136,8 +138,10 @@ class Router:
                     if wait is None:
                         break
                     await asyncio.sleep(wait)
-                except BaseException:
+                except BaseException as exc:
                     # Cancelled, closed by the caller, or a bug of ours: no verdict on health.
+                    if not settled:
+                        self._record_cancel(call, target, exc, started)
                     if not committed:
                         breaker.release_probe()
                     raise
@@ -242,6 +246,12 @@ class Router:
         if started is not None:
             attempt.duration.FromNanoseconds(int((asyncio.get_running_loop().time() - started) * 1e9))
         call.attempts.append(attempt)
+
+    def _record_cancel(self, call: RoutedCall, target: Target, exc: BaseException, started: float) -> None:
+        """The attempt a caller's going away cut short (a cancel, or its stream closed while a
+        message was on its way) still went out: the ledger record names it."""
+        if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+            self._record(call, target, Code.CANCELLED, "cancelled by the caller", started)
 
     def _deadline_spent(self, call: RoutedCall) -> GatewayError:
         return GatewayError(Code.DEADLINE_EXCEEDED,

@@ -73,7 +73,9 @@ class CompletionServicer(pb_grpc.CompletionServicer):
                     yield message
         except GatewayError as err:
             await call.fail(context, err)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # GeneratorExit: the caller went away while gRPC was sending it a message; the
+            # stream is then closed where it stood, and that is a cancel too.
             call.cancelled()
             raise
         except Exception:

@@ -69,7 +69,8 @@ def _usage(args: argparse.Namespace) -> int:
 
     from tollway.v1 import completion_pb2_grpc as pb_grpc
 
-    from .ledger import UsageFilter, from_proto, render
+    from .ledger import UsageFilter, render
+    from .ledger.render import row_dict
     from .ledger.summary import to_proto
 
     try:
@@ -92,7 +93,11 @@ def _usage(args: argparse.Namespace) -> int:
         except grpc.RpcError as err:
             print(f"tollway: {err.code().name}: {err.details()}", file=sys.stderr)
             return 1
-    sys.stdout.write(render(response.rows, from_proto(request)[1], args.format))
+    # Columns, and the rows' order, as the command line named the groupings: the request can
+    # only carry label keys after the other dimensions.
+    rows = sorted(response.rows, key=lambda row: [(v is not None, v or "")
+                                                  for v in list(row_dict(row, group_by).values())[:len(group_by)]])
+    sys.stdout.write(render(rows, group_by, args.format))
     return 0
 
 

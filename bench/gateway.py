@@ -2,8 +2,9 @@
 
 TOLLWAY_BENCH_TRANSPORT selects the HTTP client under the engine's httpx API:
   aiohttp (default)  the shipped engine: httpx.AsyncClient over httpx_aiohttp.AiohttpTransport
-  httpx              httpx's own connection pool, limits raised to the engine's max_connections
-                     (httpx's default of 100 connections / 20 keep-alive collapses at c=50)
+  httpx              httpx's own connection pool (httpx.AsyncHTTPTransport), limits raised to the
+                     engine's max_connections (httpx's default of 100 connections / 20 keep-alive
+                     collapses at c=50)
 
 The switch lives here so the comparison needs no change to service/: it replaces
 Engine.start before the server starts, then runs the real CLI.
@@ -27,10 +28,18 @@ from service.engine import Engine
 TRANSPORTS = ("aiohttp", "httpx")
 
 
+class _NativeTransport(httpx.AsyncHTTPTransport):
+    """httpx's pool, answering like the aiohttp transport: the response knows its request."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        response.request = request
+        return response
+
+
 async def _start_native_httpx(self: Engine) -> None:
     limit = self._max_connections
-    limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
-    self._client = httpx.AsyncClient(limits=limits, timeout=None)
+    self._transport = _NativeTransport(limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,16 +106,22 @@ class Call:
             # Logged once by the ledger; the caller's answer does not depend on it.
             log.error("usage record %s not journaled: %s", self.request_id, exc)
 
-    def cancelled(self) -> None:
-        """The caller went away: log it, and record the usage the upstream may have billed.
-        A call already answered or failed has its log line and record."""
+    def cancelled(self, deadline_passed: bool = False) -> None:
+        """The caller went away, or its deadline passed: log it, and record the usage the upstream
+        may have billed. A call already answered or failed has its log line and record."""
         if self.recorded:
             return
-        self.log("CANCELLED")
+        status = "DEADLINE_EXCEEDED" if deadline_passed else "CANCELLED"
+        self.log(status)
         if self.routed is not None and self.routed.reached_upstream:
+            attempts = self.routed.attempts
+            if deadline_passed and attempts and attempts[-1].code == grpc.StatusCode.CANCELLED.value[0]:
+                # The router saw its attempt cancelled; what cancelled it was the deadline.
+                attempts[-1].code = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+                attempts[-1].message = "the caller's deadline passed"
             if self.usage is None:
                 self._estimate_abandoned_usage()
-            self._record_nowait("CANCELLED")
+            self._record_nowait(status)
 
     async def fail(self, context: grpc.aio.ServicerContext, err: GatewayError):
         # Whatever an adapter quoted from a provider, no configured key ever leaves.

@@ -48,7 +48,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         except GatewayError as err:
             await call.fail(context, err)
         except asyncio.CancelledError:
-            call.cancelled()
+            call.cancelled(_deadline_passed(context))
             raise
         except Exception:
             await call.crash(context)
@@ -76,7 +76,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         except (asyncio.CancelledError, GeneratorExit):
             # GeneratorExit: the caller went away while gRPC was sending it a message; the
             # stream is then closed where it stood, and that is a cancel too.
-            call.cancelled()
+            call.cancelled(_deadline_passed(context))
             raise
         except Exception:
             await call.crash(context)
@@ -139,6 +139,13 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         except GatewayError as err:
             await context.abort(err.code, err.message)
         return pb.GetUsageSummaryResponse(rows=rows)
+
+
+def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the caller's own deadline ended the call (the caller then sees DEADLINE_EXCEEDED)
+    rather than the caller cancelling it."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
 
 
 def _mime_list(caps) -> list[str]:

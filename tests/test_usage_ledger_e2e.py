@@ -448,6 +448,32 @@ async def test_a_stream_the_caller_cancels_after_the_first_delta_gives_one_cance
     assert len(await flushed_records(gateway)) == 1
 
 
+async def test_a_stream_whose_caller_deadline_passes_mid_stream_gives_one_deadline_exceeded_record(
+        gateway, upstream):
+    # The first delta arrives, then the upstream goes quiet until the caller's deadline passes.
+    upstream.reply(Reply(events=sse_events([stream_chunk("Two people "), stream_chunk("at work.")]), fault="stall"))
+    request = text_request("fast", stream=True)
+
+    call = gateway.stub.StreamComplete(request, timeout=0.5, metadata=auth(ALICE_KEY))
+    deltas = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for message in call:
+            deltas.append(message.delta.text)
+    assert deltas == ["Two people "]
+    assert caught.value.code() == Code.DEADLINE_EXCEEDED
+    # The gRPC runtime's words: the deadline is the caller's own.
+    assert caught.value.details() in ("Deadline Exceeded", "Stream removed (Deadline Exceeded)")
+
+    [record] = await until_records(gateway, 1)
+    # What the caller saw, not a cancel.
+    assert (record.caller, record.route, record.status) == ("alice", "fast", "DEADLINE_EXCEEDED")
+    assert attempts_of(record) == [("mixrouter", "gemini-2.0-flash", "DEADLINE_EXCEEDED",
+                                    "the caller's deadline passed")]
+    assert record.estimated
+    assert record.input.total == estimate_tokens(request_text_bytes(request))
+    assert record.output.total == estimate_tokens(len("Two people ".encode()))
+
+
 async def test_a_slow_reader_that_goes_away_mid_stream_gives_one_cancelled_record(gateway, upstream):
     """The caller stops reading, so the gateway waits on gRPC flow control to send the next
     message, and then cancels: the stream is closed where it stood (not cancelled inside an

@@ -22,6 +22,7 @@ import pytest
 from service.ledger import format_usd
 from service.ledger.records import INPUT_BUCKETS, OUTPUT_BUCKETS
 from tests.conftest import MIXROUTER_TEST_KEY, Client, mixrouter_config
+from tests.ledger_support import PG_PORT, TcpProxy, pg_admin, pg_schema, with_schema  # noqa: F401 - fixtures
 from tests.test_cli import tollway
 from tests.test_e2e_mixrouter import recorded_stream
 from tests.test_usage_ledger_e2e import (
@@ -429,6 +430,9 @@ async def test_usage_command_prints_csv_with_every_bucket(traffic):
     [alice_gemini] = [r for r in printed if (r["caller"], r["model"]) == ("alice", "gemini-2.0-flash")]
     assert int(alice_gemini["cost_nano_usd"]) == sum(
         m.cost.total_nano_usd for m in traffic.made if (m.caller, m.model) == ("alice", "gemini-2.0-flash")) > 0
+    # A span back from now, and an ISO end: the same records.
+    assert await usage_command(traffic, "--group-by", "caller,model", "--format", "csv", "--since", "1h",
+                               "--until", traffic.end.isoformat()) == out
 
 
 async def test_usage_command_exports_jsonl_with_filters(traffic):
@@ -496,3 +500,36 @@ async def test_usage_command_confines_a_caller_to_its_own_usage(traffic):
 async def test_usage_command_refusals_say_why(traffic, args, env, code, message):
     exit_code, out, err = await tollway("usage", "--target", traffic.gateway.target, *args, env=env)
     assert (exit_code, out, err) == (code, "", message)
+
+
+# -- the ledger's database away ----------------------------------------------------------------
+
+
+async def test_a_summary_while_the_postgresql_ledger_is_away_is_unavailable_and_the_records_wait(
+        start_client, upstream, tmp_path, pg_admin, pg_schema):
+    proxy = await TcpProxy(PG_PORT).up()
+    try:
+        config = mixrouter_config(upstream)
+        config["ledger"] = {"dsn": with_schema(pg_admin, pg_schema, proxy.port), "path": str(tmp_path / "unused"),
+                            "journal_dir": str(tmp_path / "journal"), "retry_interval_s": 0.05,
+                            "insert_timeout_s": 1.0}
+        gateway = await start_client(config, {"MIXROUTER_API_KEY": MIXROUTER_TEST_KEY})
+        await proxy.down()
+
+        # Calls are still answered: their records wait in the journal.
+        upstream.reply(Reply(body=completion("gemini-2.0-flash", GEMINI_USAGE)))
+        response = await gateway.stub.Complete(text_request("mixrouter/gemini-2.0-flash"), timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await gateway.stub.GetUsageSummary(summary_request(), timeout=10)
+        assert caught.value.code() == Code.UNAVAILABLE
+        assert caught.value.details() == ("usage ledger unavailable: PostgreSQL ledger: connection failed: connection "
+                                          f'to server at "127.0.0.1", port {proxy.port} failed: Connection refused')
+
+        await proxy.up()
+        await _flush(gateway)
+        answer = await gateway.stub.GetUsageSummary(summary_request(["caller"]), timeout=10)
+        [row] = answer.rows
+        assert (row.group.caller, row.requests, row.input, row.cost_nano_usd) == (
+            "anonymous", 1, response.usage.input, response.cost.total_nano_usd)
+    finally:
+        await proxy.down()

@@ -248,10 +248,10 @@ class Router:
         call.attempts.append(attempt)
 
     def _record_cancel(self, call: RoutedCall, target: Target, exc: BaseException, started: float) -> None:
-        """The attempt a caller's going away cut short (a cancel, or its stream closed while a
-        message was on its way) still went out: the ledger record names it."""
+        """The attempt a cancel cut short (the caller going away, its stream closed while a message
+        was on its way, the server stopping) still went out: the ledger record names it."""
         if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
-            self._record(call, target, Code.CANCELLED, "cancelled by the caller", started)
+            self._record(call, target, Code.CANCELLED, "the call was cancelled", started)
 
     def _deadline_spent(self, call: RoutedCall) -> GatewayError:
         return GatewayError(Code.DEADLINE_EXCEEDED,

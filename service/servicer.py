@@ -36,7 +36,10 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         self._runtime = runtime
 
     def _call(self, rpc: str, request) -> Call:
-        return Call(rpc, request, self._runtime.state, self._runtime.ledger)
+        """A Call, counted by the ledger until it has finished (see Ledger.call_started)."""
+        ledger = self._runtime.ledger
+        ledger.call_started()
+        return Call(rpc, request, self._runtime.state, ledger)
 
     async def Complete(self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:
         call = self._call("Complete", request)
@@ -52,6 +55,8 @@ class CompletionServicer(pb_grpc.CompletionServicer):
             raise
         except Exception:
             await call.crash(context)
+        finally:
+            call.ledger.call_ended()
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
         return response
 
@@ -80,6 +85,8 @@ class CompletionServicer(pb_grpc.CompletionServicer):
             raise
         except Exception:
             await call.crash(context)
+        finally:
+            call.ledger.call_ended()
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:

@@ -442,7 +442,7 @@ async def test_a_stream_the_caller_cancels_after_the_first_delta_gives_one_cance
     assert record.ttft_ms is not None and 0 < record.ttft_ms <= record.latency_ms
     assert record.cost_nano_usd == sum(item.amount_nano_usd for item in record.cost_items) > 0
     # The attempt the cancel cut short is on the record.
-    assert attempts_of(record) == [("mixrouter", "gemini-2.0-flash", "CANCELLED", "cancelled by the caller")]
+    assert attempts_of(record) == [("mixrouter", "gemini-2.0-flash", "CANCELLED", "the call was cancelled")]
     # Once, whatever else happens to the call afterwards.
     await asyncio.sleep(0.05)
     assert len(await flushed_records(gateway)) == 1
@@ -500,7 +500,30 @@ async def test_a_slow_reader_that_goes_away_mid_stream_gives_one_cancelled_recor
     assert record.estimated
     # What was forwarded before the caller left: at least the message it read, never all of it.
     assert estimate_tokens(len(piece)) <= record.output.total < estimate_tokens(2000 * len(piece))
-    assert attempts_of(record) == [("mixrouter", "gemini-2.0-flash", "CANCELLED", "cancelled by the caller")]
+    assert attempts_of(record) == [("mixrouter", "gemini-2.0-flash", "CANCELLED", "the call was cancelled")]
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "unary"])
+async def test_a_call_the_gateway_stop_cuts_short_is_recorded_before_the_ledger_closes(gateway, upstream, stream):
+    """The grace period ends with the call still running: the server cancels it, and its record
+    is taken while it unwinds, though the server has stopped by then."""
+    if stream:
+        upstream.reply(Reply(events=sse_events([stream_chunk("Two people "), stream_chunk("at work.")]),
+                             fault="stall"))
+        call = gateway.stub.StreamComplete(text_request("fast", stream=True), timeout=30, metadata=auth(ALICE_KEY))
+        await asyncio.wait_for(call.read(), WAIT_S)
+    else:
+        upstream.reply(Reply(fault="stall"))
+        call = gateway.stub.Complete(text_request("fast"), timeout=30, metadata=auth(ALICE_KEY))
+        await _until(lambda: len(upstream.received) == 1)
+
+    await gateway.gateway.stop(grace=0.1)
+
+    assert await call.code() == Code.UNAVAILABLE
+    [record] = read_records(ledger_path(gateway))  # the ledger is closed: read its file
+    assert (record.caller, record.route, record.status) == ("alice", "fast", "CANCELLED")
+    assert record.estimated and record.input.total > 0
+    assert attempts_of(record) == [("mixrouter", "gemini-2.0-flash", "CANCELLED", "the call was cancelled")]
 
 
 async def test_a_unary_call_the_caller_cancels_mid_request_gives_one_cancelled_record(gateway, upstream):
@@ -520,7 +543,7 @@ async def test_a_unary_call_the_caller_cancels_mid_request_gives_one_cancelled_r
     assert record.input.total == estimate_tokens(request_text_bytes(request))
     assert record.output.total == 0
     assert record.ttft_ms is None
-    assert attempts_of(record) == [("mixrouter", "gemini-2.0-flash", "CANCELLED", "cancelled by the caller")]
+    assert attempts_of(record) == [("mixrouter", "gemini-2.0-flash", "CANCELLED", "the call was cancelled")]
 
 
 async def _until(predicate: Callable[[], bool]) -> None:

@@ -56,6 +56,12 @@ class Ledger:
         self._in_flight = 0
         self._database_up = False
         self._closing = False
+        self._close_started = False
+        # Calls in progress, each of which may still record (call_started/call_ended): aclose()
+        # lets them finish first.
+        self._open_calls = 0
+        self._no_open_calls = asyncio.Event()
+        self._no_open_calls.set()
         self._retry_now = asyncio.Event()
         self._replay_lock = asyncio.Lock()
         self._progress = asyncio.Event()
@@ -109,6 +115,16 @@ class Ledger:
         if self._closing:
             raise LedgerClosed("the ledger is closed")
         return self.journal.append(rec)
+
+    def call_started(self) -> None:
+        """A call that may record has begun; pair with call_ended() when it has finished."""
+        self._open_calls += 1
+        self._no_open_calls.clear()
+
+    def call_ended(self) -> None:
+        self._open_calls -= 1
+        if self._open_calls == 0:
+            self._no_open_calls.set()
 
     def _on_written(self, segment: Segment | None, rec: LedgerRecord) -> None:
         if len(self._queue) >= self.config.queue_size:
@@ -318,12 +334,24 @@ class Ledger:
         return True
 
     async def aclose(self, timeout: float | None = None) -> None:
-        """Flush to the database (for up to timeout, default close_timeout_s), then close. What
-        did not reach the database stays in the journal for the next start."""
-        if self._closing:
+        """Let calls in progress finish, flush to the database (all within timeout, default
+        close_timeout_s), then close. What did not reach the database stays in the journal for the
+        next start."""
+        if self._close_started:
             return
+        self._close_started = True
+        budget = self.config.close_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        # A call that the server's stop cut short records its usage as it unwinds, which may be
+        # after the server has stopped: its record must still be taken.
+        try:
+            async with asyncio.timeout(budget):
+                await self._no_open_calls.wait()
+        except TimeoutError:
+            log.warning("ledger closing while %d call(s) have not finished; their records are refused",
+                        self._open_calls)
         self._closing = True
-        flushed = await self.flush(self.config.close_timeout_s if timeout is None else timeout)
+        flushed = await self.flush(max(0.0, deadline - time.monotonic()))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 import aiohttp
@@ -107,10 +107,10 @@ class Engine:
         whole stream, so a healthy long stream is not killed. An error after the first
         message carries the usage seen so far (estimated) as err.partial_summary.
 
-        The body is read in raw chunks, and the events one read completes are decoded
-        together. With merge_deltas, their consecutive deltas of one choice go out as one
-        message (grpc.aio spends 40-60 microseconds per message); nothing waits for more
-        data to merge with, so no delta is held back.
+        The body is read in raw chunks. With merge_deltas, once the first delta is out, the
+        consecutive deltas of one choice that the same read brought go out as one message
+        (grpc.aio spends 40-60 microseconds per message); nothing waits for more data to
+        merge with, so no delta is held back, and the first one never waits for the rest.
         """
         http_request = adapter.build_request(request, model, stream=True)
         http_request.extensions["timeout"] = {"connect": timeouts.connect, "read": None, "pool": timeouts.first_byte}
@@ -153,19 +153,28 @@ class Engine:
                     events = sse.feed(chunk)
                     if not events:
                         continue  # part of an event: the clock runs on
+                    timer.reschedule(None)
                     if not started:
                         started = True
                         waiting_for = f"stalled for {timeouts.idle:.3g}s mid-stream"
                     # Read to the end even after the terminal event: a provider may send usage
                     # after it (and Gemini has no terminal event at all).
-                    messages, error = _decode(decoder, events, merge=self._merge_deltas)
-                    if messages:
-                        timer.reschedule(None)
-                        delivered = True
+                    pending = iter(events)
+                    if not (delivered and self._merge_deltas):
+                        # One event at a time: the first delta never waits for the rest of the
+                        # read to be decoded. Without merging, every event goes this way.
+                        for event in pending:
+                            for message in decoder.feed(event):
+                                delivered = True
+                                yield message
+                            if delivered and self._merge_deltas:
+                                break
+                    if self._merge_deltas:
+                        messages, error = _decode_merged(decoder, pending)
                         for message in messages:
                             yield message
-                    if error is not None:
-                        raise error
+                        if error is not None:
+                            raise error
                     # From now: time spent with the caller (a slow reader) is not the upstream's.
                     deadline = loop.time() + timeouts.idle
             if not decoder.finished:
@@ -208,12 +217,12 @@ async def _read_body(name: str, response: httpx.Response) -> None:
         raise _transport_error(name, exc) from None
 
 
-def _decode(decoder: StreamDecoder, events: list[ServerSentEvent], *,
-            merge: bool) -> tuple[list[pb.StreamCompleteResponse], GatewayError | None]:
-    """The messages of events read together (merged if asked), and the error that ended them if one did.
+def _decode_merged(decoder: StreamDecoder, events: Iterable[ServerSentEvent]) -> tuple[
+        list[pb.StreamCompleteResponse], GatewayError | None]:
+    """The messages of events read together, merged, and the error that ended them if one did.
 
     The messages before an error event still reach the caller, then the error, as when
-    each event was handled on its own."""
+    each event is handled on its own."""
     messages: list[pb.StreamCompleteResponse] = []
     error = None
     try:
@@ -221,7 +230,7 @@ def _decode(decoder: StreamDecoder, events: list[ServerSentEvent], *,
             messages.extend(decoder.feed(event))
     except GatewayError as err:
         error = err
-    return (merge_deltas(messages) if merge else messages), error
+    return merge_deltas(messages), error
 
 
 def merge_deltas(messages: list[pb.StreamCompleteResponse]) -> list[pb.StreamCompleteResponse]:

@@ -67,8 +67,9 @@ async def test_deltas_read_together_merge_per_choice_in_order(engine, upstream):
 
     messages = await read_all(engine, upstream)
 
-    # Consecutive deltas of one choice join; a change of choice starts a new message.
-    assert deltas(messages) == [(0, "Hello"), (1, "Bonjour"), (0, " you!")]
+    # The first delta goes at once; after it, consecutive deltas of one choice join and a
+    # change of choice starts a new message.
+    assert deltas(messages) == [(0, "Hel"), (0, "lo"), (1, "Bonjour"), (0, " you!")]
     assert messages[-1].WhichOneof("event") == "summary"
     assert [f.index for f in messages[-1].summary.finishes] == [0, 1]
 
@@ -92,30 +93,30 @@ async def test_merged_deltas_carry_the_same_text_per_choice_as_unmerged_ones(eng
 
 
 async def test_a_delta_is_never_held_back_waiting_for_more(engine, upstream):
-    # The upstream sends two events in one write, then goes silent without ending the stream.
-    upstream.reply(Reply(events=[chunk("Hel") + chunk("lo"), chunk("never sent")], fault="stall"))
+    # The upstream sends three events in one write, then goes silent without ending the stream.
+    upstream.reply(Reply(events=[chunk("Hel") + chunk("lo") + chunk("!"), chunk("never sent")], fault="stall"))
 
     stream = engine.stream(adapter(upstream), REQUEST, "m", timeouts())
     try:
-        # It arrives while the upstream sends nothing more: the merge took only what was in hand.
-        first = await asyncio.wait_for(anext(stream), WAIT_S)
+        # They arrive while the upstream sends nothing more: the merge took only what was in hand.
+        received = [await asyncio.wait_for(anext(stream), WAIT_S) for _ in range(2)]
     finally:
         await stream.aclose()
 
-    assert deltas([first]) == [(0, "Hello")]
+    assert deltas(received) == [(0, "Hel"), (0, "lo!")]
     await asyncio.wait_for(upstream.disconnected.wait(), WAIT_S)
 
 
 async def test_deltas_before_an_error_event_in_the_same_read_reach_the_caller_first(engine, upstream):
     error = b'data: {"error": {"message": "overloaded"}}\n\n'
-    upstream.reply(Reply(events=[chunk("Hel") + chunk("lo") + error + chunk("lost")]))
+    upstream.reply(Reply(events=[chunk("Hel") + chunk("lo") + chunk("!") + error + chunk("lost")]))
 
     received = []
     with pytest.raises(GatewayError) as caught:
         async for message in engine.stream(adapter(upstream), REQUEST, "m", timeouts()):
             received.append(message)
 
-    assert deltas(received) == [(0, "Hello")]
+    assert deltas(received) == [(0, "Hel"), (0, "lo!")]
     assert caught.value.code == Code.UNAVAILABLE
     assert caught.value.message == "mixrouter: upstream answered with an error: overloaded"
     # The caller saw output: the error carries the usage so far, estimated.

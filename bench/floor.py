@@ -4,6 +4,8 @@ It answers Complete with a prebuilt response and StreamComplete with 20 prebuilt
 and a summary, the same messages the gateway sends for the stand-in's answer, with no
 validation, upstream call, parsing or logging. Measured beside the gateway, it shows how
 much of the gateway's cost is grpc.aio itself, which no change to Tollway's code removes.
+For a model named "paced/...", the messages go out PACE_S apart, as the stand-in paces
+its events: each message then costs the wake-up a gateway pays for each upstream event.
 
 Run: python -m bench.floor --listen 127.0.0.1:PORT
 """
@@ -26,7 +28,7 @@ from tollway.v1 import completion_pb2 as pb
 from tollway.v1 import completion_pb2_grpc as pb_grpc
 
 from .load import STREAM_REQUEST
-from .upstream import STREAM_WRITES, UNARY_BODY
+from .upstream import PACE_S, STREAM_WRITES, UNARY_BODY
 
 
 def _messages() -> tuple[pb.CompleteResponse, list[pb.StreamCompleteResponse]]:
@@ -51,6 +53,12 @@ class FloorServicer(pb_grpc.CompletionServicer):
         return self.unary
 
     async def StreamComplete(self, request, context):
+        if request.model.startswith("paced/"):
+            for i, message in enumerate(self.stream):
+                if i:
+                    await asyncio.sleep(PACE_S)
+                yield message
+            return
         for message in self.stream:
             yield message
 

@@ -1,13 +1,18 @@
 """Launch `tollway serve` for the benchmark, optionally on a different upstream transport.
 
 TOLLWAY_BENCH_TRANSPORT selects the HTTP client under the engine's httpx API:
-  aiohttp (default)  the shipped engine: httpx.AsyncClient over httpx_aiohttp.AiohttpTransport
+  aiohttp (default)  the shipped engine: httpx_aiohttp.AiohttpTransport (httpx Request/Response
+                     over one aiohttp session)
   httpx              httpx's own connection pool (httpx.AsyncHTTPTransport), limits raised to the
                      engine's max_connections (httpx's default of 100 connections / 20 keep-alive
                      collapses at c=50)
 
 The switch lives here so the comparison needs no change to service/: it replaces
 Engine.start before the server starts, then runs the real CLI.
+
+TOLLWAY_BENCH_MERGE_DELTAS=1 builds the engine with merge_deltas on (Engine's option, off
+in the shipped server): consecutive deltas of one choice that one read brought go out as
+one message.
 
 TOLLWAY_BENCH_PROFILE=FILE runs the gateway under cProfile and writes pstats to FILE on
 exit (SIGTERM drains and returns normally, so the profile is complete).
@@ -49,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if transport == "httpx":
         Engine.start = _start_native_httpx  # type: ignore[method-assign]
+    if os.environ.get("TOLLWAY_BENCH_MERGE_DELTAS") == "1":
+        shipped_init = Engine.__init__
+
+        def merging_init(self: Engine, **options) -> None:
+            shipped_init(self, **{**options, "merge_deltas": True})
+
+        Engine.__init__ = merging_init  # type: ignore[method-assign]
     profile_path = os.environ.get("TOLLWAY_BENCH_PROFILE")
     if not profile_path:
         return cli.main(argv)

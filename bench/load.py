@@ -1,8 +1,9 @@
 """The load generator: N in-flight calls against one target, timed per call.
 
 Two kinds of target answer the same question: a Tollway gateway over one grpc.aio
-channel, and the stand-in upstream over one aiohttp session (the direct baseline).
-A phase ends at its request count or its time limit, whichever comes first.
+channel (asking for one model name: "provider/model" or a route), and the stand-in
+upstream over one aiohttp session (the direct baseline). A phase ends at its request
+count or its time limit, whichever comes first.
 """
 
 from __future__ import annotations
@@ -26,19 +27,23 @@ from .upstream import CHUNKS
 MODEL = "mixrouter/bench-model"
 API_KEY = "tw-test-bench-0000000000000000"
 CALL_TIMEOUT_S = 10.0
+# The text of the stand-in's stream, all deltas joined.
+STREAM_TEXT = "".join(f"tok{i} " for i in range(CHUNKS - 1)) + f"tok{CHUNKS - 1}"
 
 _MESSAGES = [pb.Message(role=pb.ROLE_USER, parts=[pb.Part(text="Say hello in twenty tokens.")])]
 COMPLETE_REQUEST = pb.CompleteRequest(model=MODEL, messages=_MESSAGES, max_tokens=32)
 STREAM_REQUEST = pb.StreamCompleteRequest(model=MODEL, messages=_MESSAGES, max_tokens=32)
 
-# A call returns the perf_counter_ns() of its first token (streams) or None (unary).
-Call = Callable[[], Awaitable[int | None]]
+# A call returns the perf_counter_ns() of its first token (streams) or None (unary), and the
+# number of gRPC messages it read (0 for unary calls and the direct client).
+Call = Callable[[], Awaitable[tuple[int | None, int]]]
 
 
 @dataclass
 class Samples:
     latencies_ns: list[int] = field(default_factory=list)
     ttfts_ns: list[int] = field(default_factory=list)
+    messages: int = 0
     errors: int = 0
     first_error: str = ""
     elapsed_s: float = 0.0
@@ -60,13 +65,14 @@ async def run_phase(call: Call, concurrency: int, count: int, max_s: float) -> S
             remaining -= 1
             t0 = time.perf_counter_ns()
             try:
-                first = await call()
+                first, messages = await call()
             except Exception as exc:  # counted and reported: a phase with errors is flagged
                 samples.errors += 1
                 samples.first_error = samples.first_error or f"{type(exc).__name__}: {exc}"[:300]
                 continue
             t1 = time.perf_counter_ns()
             samples.latencies_ns.append(t1 - t0)
+            samples.messages += messages
             if first is not None:
                 samples.ttfts_ns.append(first - t0)
 
@@ -76,52 +82,67 @@ async def run_phase(call: Call, concurrency: int, count: int, max_s: float) -> S
 
 
 class GatewayTarget:
-    """Tollway over one grpc.aio channel."""
+    """Tollway over one grpc.aio channel, asking for one model name."""
 
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.aio.insecure_channel(address)
+    def __init__(self, address: str, model: str = MODEL, channel: grpc.aio.Channel | None = None) -> None:
+        self.channel = channel or grpc.aio.insecure_channel(address)
+        self._owns_channel = channel is None
         self.stub = pb_grpc.CompletionStub(self.channel)
+        self.complete_request = pb.CompleteRequest(model=model, messages=_MESSAGES, max_tokens=32)
+        self.stream_request = pb.StreamCompleteRequest(model=model, messages=_MESSAGES, max_tokens=32)
 
-    async def unary(self) -> None:
-        await self.stub.Complete(COMPLETE_REQUEST, timeout=CALL_TIMEOUT_S)
-        return None
+    def named(self, model: str) -> "GatewayTarget":
+        """The same gateway and channel, asking for another model name."""
+        return GatewayTarget("", model, channel=self.channel)
 
-    async def stream(self) -> int | None:
+    async def unary(self) -> tuple[None, int]:
+        await self.stub.Complete(self.complete_request, timeout=CALL_TIMEOUT_S)
+        return None, 0
+
+    async def stream(self) -> tuple[int | None, int]:
+        # Every text delta, in order, and then the summary: however the gateway split the text.
         first = None
         messages = 0
-        async for _ in self.stub.StreamComplete(STREAM_REQUEST, timeout=CALL_TIMEOUT_S):
+        texts = []
+        summary = False
+        async for message in self.stub.StreamComplete(self.stream_request, timeout=CALL_TIMEOUT_S):
             if first is None:
                 first = time.perf_counter_ns()
             messages += 1
-        if messages != CHUNKS + 1:
-            raise RuntimeError(f"stream carried {messages} messages, expected {CHUNKS + 1}")
-        return first
+            if message.HasField("summary"):
+                summary = True
+            else:
+                texts.append(message.delta.text)
+        if not summary or "".join(texts) != STREAM_TEXT:
+            raise RuntimeError(f"stream carried {len(texts)} deltas (summary: {summary}), not the stand-in's text")
+        return first, messages
 
     async def check(self) -> None:
         """One of each call, read in full: the gateway answers what the stand-in sent."""
-        response = await self.stub.Complete(COMPLETE_REQUEST, timeout=CALL_TIMEOUT_S)
+        response = await self.stub.Complete(self.complete_request, timeout=CALL_TIMEOUT_S)
         usage = response.usage
         if response.choices[0].message.parts[0].text != "Hello from the stand-in." or usage.total_tokens != 12 + CHUNKS:
             raise RuntimeError(f"unexpected unary answer: {response}")
         deltas, summary = [], None
-        async for message in self.stub.StreamComplete(STREAM_REQUEST, timeout=CALL_TIMEOUT_S):
+        async for message in self.stub.StreamComplete(self.stream_request, timeout=CALL_TIMEOUT_S):
             if message.HasField("delta"):
                 deltas.append(message.delta.text)
             else:
                 summary = message.summary
-        if len(deltas) != CHUNKS or summary is None or summary.usage.output.total != CHUNKS:
+        if "".join(deltas) != STREAM_TEXT or summary is None or summary.usage.output.total != CHUNKS:
             raise RuntimeError(f"unexpected stream: {len(deltas)} deltas, summary {summary}")
 
     async def close(self) -> None:
-        await self.channel.close()
+        if self._owns_channel:
+            await self.channel.close()
 
 
 class DirectTarget:
     """The stand-in upstream over one aiohttp session: the same HTTP request the gateway sends."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, stats_url: str) -> None:
         self.url = f"{base_url}/chat/completions"
-        self.stats_url = base_url.removesuffix("/v1") + "/stats"
+        self.stats_url = stats_url
         # Connections kept across the pauses between phases: the baseline never reconnects.
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000, keepalive_timeout=3600))
         headers = {"content-type": "application/json", "authorization": f"Bearer {API_KEY}"}
@@ -130,14 +151,14 @@ class DirectTarget:
         self.unary_body = orjson.dumps(build_body(COMPLETE_REQUEST, "bench-model", stream=False, dialect=DIALECT))
         self.stream_body = orjson.dumps(build_body(STREAM_REQUEST, "bench-model", stream=True, dialect=DIALECT))
 
-    async def unary(self) -> None:
+    async def unary(self) -> tuple[None, int]:
         async with self.session.post(self.url, data=self.unary_body, headers=self.unary_headers) as response:
             body = await response.read()
         if response.status != 200 or not body:
             raise RuntimeError(f"direct unary: HTTP {response.status}")
-        return None
+        return None, 0
 
-    async def stream(self) -> int | None:
+    async def stream(self) -> tuple[int | None, int]:
         # The cheapest honest client: time the first body bytes, read to the end, check [DONE].
         first = None
         tail = b""
@@ -148,7 +169,7 @@ class DirectTarget:
                 tail = data
         if response.status != 200 or not tail.endswith(b"data: [DONE]\n\n"):
             raise RuntimeError(f"direct stream: HTTP {response.status}, no [DONE]")
-        return first
+        return first, 0
 
     async def check(self) -> None:
         await self.unary()

@@ -10,6 +10,10 @@ from typing import Any
 
 DIRECT = "direct"
 FLOOR = "floor"
+# Targets on the first transport's gateway under other model names, and its merged-deltas twin.
+ROUTE = "route"
+FALLBACK = "fallback"
+MERGED = "merged"
 PORTKEY_RPS = 600  # Portkey gateway at c=50 on a machine like this one (593..634 requests/s)
 
 Phase = dict[str, Any]
@@ -38,11 +42,15 @@ class Figures:
 
     def added(self, target: str, mode: str, c: int, key: str) -> float:
         """Median over repetitions of (gateway - direct) in the same repetition."""
+        return self.between(target, DIRECT, mode, c, key)
+
+    def between(self, target: str, other: str, mode: str, c: int, key: str) -> float:
+        """Median over repetitions of (target - other) in the same repetition."""
         diffs = []
         for r in self.repetitions:
-            gw, direct = self._one(target, mode, c, r), self._one(DIRECT, mode, c, r)
-            if gw and direct and gw.get(key) is not None and direct.get(key) is not None:
-                diffs.append(gw[key] - direct[key])
+            a, b = self._one(target, mode, c, r), self._one(other, mode, c, r)
+            if a and b and a.get(key) is not None and b.get(key) is not None:
+                diffs.append(a[key] - b[key])
         return _median(diffs)
 
     def ratio(self, target: str, mode: str, c: int, key: str) -> float:
@@ -69,6 +77,12 @@ def _label(target: str) -> str:
         return "direct (aiohttp client)"
     if target == FLOOR:
         return "gRPC floor (no work)"
+    if target == ROUTE:
+        return "Tollway, a route of two weighted targets"
+    if target == FALLBACK:
+        return "Tollway, a route falling back after a 503"
+    if target == MERGED:
+        return "Tollway, deltas merged (option)"
     return f"Tollway, {target} transport"
 
 
@@ -78,10 +92,14 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
+def _present(fig: Figures, targets: list[str], mode: str) -> list[str]:
+    return [t for t in targets if any(p["target"] == t and p["mode"] == mode for p in fig.phases)]
+
+
 def _unary_rows(fig: Figures, targets: list[str]) -> list[list[str]]:
     rows = []
     for c in (1, 50):
-        for t in targets:
+        for t in _present(fig, targets, "unary"):
             gw = t != DIRECT
             m = lambda key: fig.median(t, "unary", c, key)  # noqa: E731
             rows.append([
@@ -96,22 +114,50 @@ def _unary_rows(fig: Figures, targets: list[str]) -> list[list[str]]:
     return rows
 
 
-def _stream_rows(fig: Figures, targets: list[str]) -> list[list[str]]:
+def _stream_rows(fig: Figures, targets: list[str], mode: str = "stream") -> list[list[str]]:
     rows = []
     for c in (1, 50):
-        for t in targets:
+        for t in _present(fig, targets, mode):
             gw = t != DIRECT
-            m = lambda key: fig.median(t, "stream", c, key)  # noqa: E731
+            m = lambda key: fig.median(t, mode, c, key)  # noqa: E731
             rows.append([
                 str(c), _label(t), _f(m("ttft_p50_ms")), _f(m("ttft_p99_ms")),
-                _f(fig.added(t, "stream", c, "ttft_p50_ms"), sign=True) if gw else "",
-                _f(fig.added(t, "stream", c, "ttft_p99_ms"), sign=True) if gw else "",
-                _f(m("p50_ms")), _f(fig.added(t, "stream", c, "p50_ms"), sign=True) if gw else "",
-                _f(m("rps"), 0), _f(fig.ratio(t, "stream", c, "rps")) if gw else "1",
+                _f(fig.added(t, mode, c, "ttft_p50_ms"), sign=True) if gw else "",
+                _f(fig.added(t, mode, c, "ttft_p99_ms"), sign=True) if gw else "",
+                _f(m("p50_ms")), _f(fig.added(t, mode, c, "p50_ms"), sign=True) if gw else "",
+                _f(m("rps"), 0), _f(fig.ratio(t, mode, c, "rps")) if gw else "1",
+                _f(m("messages_per_call"), 1) if gw else "",
                 _f(m("gateway_cpu_ms")) if gw else "", _f(m("loop_thread_cpu_ms")) if gw else "",
                 _f(m("client_cpu_ms")), _f(m("upstream_cpu_ms"), 3),
                 _f(m("other_cores")),
             ])
+    return rows
+
+
+def _routing_rows(fig: Figures, first: str) -> list[list[str]]:
+    """The same request as "provider/model" and as a two-target route: same gateway, same run."""
+    rows = []
+    for mode in ("unary", "stream"):
+        for c in (1, 50):
+            m = lambda t, key: fig.median(t, mode, c, key)  # noqa: E731
+            d = lambda key: fig.between(ROUTE, first, mode, c, key)  # noqa: E731
+            rows.append([mode, str(c), _f(m(first, "p50_ms")), _f(m(ROUTE, "p50_ms")), _f(d("p50_ms"), sign=True),
+                         _f(d("p99_ms"), sign=True), _f(m(first, "gateway_cpu_ms")), _f(m(ROUTE, "gateway_cpu_ms")),
+                         _f(d("gateway_cpu_ms"), 3, sign=True)])
+    return rows
+
+
+def _fallback_rows(fig: Figures, first: str) -> list[list[str]]:
+    rows = []
+    for mode in ("unary", "stream"):
+        for c in (1, 50):
+            m = lambda key: fig.median(FALLBACK, mode, c, key)  # noqa: E731
+            over = lambda key: fig.between(FALLBACK, first, mode, c, key)  # noqa: E731
+            rows.append([mode, str(c), _f(m("p50_ms")), _f(m("p99_ms")),
+                         _f(fig.added(FALLBACK, mode, c, "p50_ms"), sign=True),
+                         _f(fig.added(FALLBACK, mode, c, "p99_ms"), sign=True),
+                         _f(over("p50_ms"), sign=True), _f(m("rps"), 0), _f(m("gateway_cpu_ms")),
+                         _f(over("gateway_cpu_ms"), sign=True)])
     return rows
 
 
@@ -142,7 +188,22 @@ def _target_rows(fig: Figures, t: str) -> list[list[str]]:
         ["stream c=1, added TTFT p50", "<= 1 ms", f"{_f(ttft, sign=True)} ms", _verdict(ttft, lambda v: v <= 1.0)],
         ["stream c=1, gateway CPU/stream", "<= 2 ms", f"{_f(scpu1)} ms", _verdict(scpu1, lambda v: v <= 2.0)],
         ["stream c=50, gateway CPU/stream", "<= 2 ms", f"{_f(scpu50)} ms", _verdict(scpu50, lambda v: v <= 2.0)],
+        *_paced_target_rows(fig, t),
     ]
+
+
+def _paced_target_rows(fig: Figures, t: str) -> list[list[str]]:
+    """The stream goals again with events 1 ms apart (indicative: the goals were set for back to back)."""
+    if not _present(fig, [t], "paced"):
+        return []
+    ttft = fig.added(t, "paced", 1, "ttft_p50_ms")
+    rows = [["stream c=1, 1 ms apart, added TTFT p50 (indicative)", "<= 1 ms", f"{_f(ttft, sign=True)} ms",
+             _verdict(ttft, lambda v: v <= 1.0)]]
+    for c in (1, 50):
+        cpu = fig.median(t, "paced", c, "gateway_cpu_ms")
+        rows.append([f"stream c={c}, 1 ms apart, gateway CPU/stream (indicative)", "<= 2 ms", f"{_f(cpu)} ms",
+                     _verdict(cpu, lambda v: v <= 2.0)])
+    return rows
 
 
 def _memory_lines(memory: dict[str, dict[str, Any]]) -> list[str]:
@@ -160,7 +221,11 @@ def render(result: dict[str, Any]) -> str:
     meta = result["meta"]
     fig = Figures(result["phases"])
     transports = meta["transports"]
-    targets = [DIRECT, FLOOR, *transports]
+    first = transports[0]
+    targets = [DIRECT, FLOOR, *transports, ROUTE, FALLBACK, MERGED]
+    stream_header = ["c", "target", "TTFT p50", "TTFT p99", "added TTFT p50", "added TTFT p99", "stream p50",
+                     "added stream p50", "streams/s", "x direct", "messages/stream", "server CPU",
+                     "of which loop thread", "load-gen CPU", "upstream CPU", "other load (cores)"]
     out = [
         f"Run: `{meta['command']}` on {meta['date']}; {meta['nproc']} cores ({meta['cpu_model']}), "
         f"Python {meta['python']}; code {meta.get('code', 'unknown')}; medians of {meta['repetitions']} repetition(s); "
@@ -172,11 +237,27 @@ def render(result: dict[str, Any]) -> str:
         *_table(["c", "target", "p50", "p99", "added p50", "added p99", "req/s", "x direct", "server CPU",
                  "of which loop thread", "load-gen CPU", "upstream CPU", "other load (cores)"], _unary_rows(fig, targets)),
         "",
-        "### Streaming, 20 chunks (ms; CPU in ms per stream; TTFT: time to the first text)",
+        "### Streaming, 20 chunks written back to back (ms; CPU in ms per stream; TTFT: time to the first text)",
         "",
-        *_table(["c", "target", "TTFT p50", "TTFT p99", "added TTFT p50", "added TTFT p99", "stream p50",
-                 "added stream p50", "streams/s", "x direct", "server CPU", "of which loop thread", "load-gen CPU", "upstream CPU",
-                 "other load (cores)"], _stream_rows(fig, targets)),
+        *_table(stream_header, _stream_rows(fig, targets)),
+        "",
+        "### Streaming, 20 chunks 1 ms apart, each in a read of its own (ms; CPU in ms per stream)",
+        "",
+        *_table(stream_header, _stream_rows(fig, targets, "paced")),
+        "",
+        f"### The routing layer on the happy path ({first} transport): \"mixrouter/bench-model\" against "
+        "the route \"bench-weighted\" (3:1 over two providers on the same stand-in); differences are medians "
+        "of per-repetition differences",
+        "",
+        *_table(["mode", "c", "p50 direct name", "p50 route", "route - name, p50", "route - name, p99",
+                 "CPU direct name", "CPU route", "route - name, CPU"], _routing_rows(fig, first)),
+        "",
+        f"### Fallback ({first} transport): route \"bench-fallback\", priority 1 answers 503 at once, priority 2 "
+        "serves (no retries, breaker held closed: every call pays the failed attempt)",
+        "",
+        *_table(["mode", "c", "p50", "p99", "added p50 (vs direct)", "added p99 (vs direct)",
+                 "p50 over the happy path", "calls/s", "server CPU", "CPU over the happy path"],
+                _fallback_rows(fig, first)),
         "",
         "### Memory (gateway RSS)",
         "",
@@ -191,4 +272,19 @@ def render(result: dict[str, Any]) -> str:
     for t in transports:
         out += ["", f"### Targets, {t} transport", "",
                 *_table(["target", "goal", "measured", ""], _target_rows(fig, t))]
+    out += ["", f"### Stream targets with deltas merged (an option, off in the shipped server; {first} transport)",
+            "", *_table(["target", "goal", "measured", ""], _merged_rows(fig))]
     return "\n".join(out) + "\n"
+
+
+def _merged_rows(fig: Figures) -> list[list[str]]:
+    rows = []
+    for mode, what in (("stream", "back to back"), ("paced", "1 ms apart")):
+        ttft = fig.added(MERGED, mode, 1, "ttft_p50_ms")
+        rows.append([f"stream c=1 ({what}), added TTFT p50", "<= 1 ms", f"{_f(ttft, sign=True)} ms",
+                     _verdict(ttft, lambda v: v <= 1.0)])
+        for c in (1, 50):
+            cpu = fig.median(MERGED, mode, c, "gateway_cpu_ms")
+            rows.append([f"stream c={c} ({what}), gateway CPU/stream", "<= 2 ms", f"{_f(cpu)} ms",
+                         _verdict(cpu, lambda v: v <= 2.0)])
+    return rows

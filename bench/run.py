@@ -1,15 +1,27 @@
 """Tollway against a direct HTTP call to the same loopback upstream, in one run.
 
 Processes: the stand-in upstream (bench.upstream), one gateway per upstream transport
-(bench.gateway -> `tollway serve`), the gRPC floor (bench.floor: the same contract with
-no work, to show what grpc.aio alone costs), and this process, the load generator.
-Every repetition measures the direct call, the floor and each gateway back to back, for
-unary and 20-chunk streams at concurrency 1 and 50; the report gives medians over
-repetitions of each figure and of each gateway-minus-direct difference. Server CPU comes
-from /proc/<pid>/stat (utime + stime, all threads) read before and after each phase.
+(bench.gateway -> `tollway serve`), one more gateway on the first transport with stream
+deltas merged (Engine(merge_deltas=True), to show what that option buys), the gRPC floor
+(bench.floor: the same contract with no work, to show what grpc.aio alone costs), and
+this process, the load generator.
+
+Every repetition measures, back to back, at concurrency 1 and 50:
+  unary   the direct call, the floor, each gateway asked for "mixrouter/bench-model", and
+          the first gateway asked for a route of two weighted targets ("bench-weighted",
+          the routing layer's cost on the happy path) and for a route whose first target
+          answers 503 at once ("bench-fallback", the cost of one fallback);
+  stream  the same targets with 20-chunk streams (the stand-in writes them back to back),
+          and the merged-deltas gateway;
+  paced   20-chunk streams whose events come 1 ms apart, each in a read of its own: the
+          direct call, the floor (its messages 1 ms apart), the first gateway and the
+          merged-deltas gateway.
+The report gives medians over repetitions of each figure and of each gateway-minus-direct
+difference. Server CPU comes from /proc/<pid>/stat (utime + stime, all threads) read
+before and after each phase.
 
     .venv/bin/python -m bench.run            # full: about 3 minutes on 2 cores
-    .venv/bin/python -m bench.run --quick    # one short repetition, under half a minute
+    .venv/bin/python -m bench.run --quick    # one short repetition, about a minute
 
 Only 127.0.0.1 is used; every phase is bounded in requests and in seconds.
 """
@@ -40,15 +52,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from bench import proc  # noqa: E402
 from bench.gateway import TRANSPORTS  # noqa: E402
-from bench.load import API_KEY, DirectTarget, GatewayTarget, Samples, run_phase  # noqa: E402
-from bench.report import DIRECT, FLOOR, render  # noqa: E402
+from bench.load import API_KEY, Call, DirectTarget, GatewayTarget, Samples, run_phase  # noqa: E402
+from bench.report import DIRECT, FALLBACK, FLOOR, MERGED, ROUTE, render  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # Subprocesses run the code of the tree this file is in (and its generated stubs), even when
 # the installed package points at another checkout.
 _PYTHONPATH = os.pathsep.join([str(ROOT), str(ROOT / "protos")])
-MODES = ("unary", "stream")
+MODES = ("unary", "stream", "paced")
 CONCURRENCIES = (1, 50)
+# Model names the gateways are configured with (start_gateway): the same stand-in behind each.
+ROUTE_MODEL = "bench-weighted"
+FALLBACK_MODEL = "bench-fallback"
+PACED_MODEL = "paced/bench-model"
 
 
 @dataclass(frozen=True)
@@ -65,10 +81,12 @@ class Plan:
 
 
 FULL = Plan(repetitions=5, phase_max_s=2.0,
-            phase_counts={("unary", 1): 3000, ("unary", 50): 10000, ("stream", 1): 1500, ("stream", 50): 4000},
+            phase_counts={("unary", 1): 3000, ("unary", 50): 10000, ("stream", 1): 1500, ("stream", 50): 4000,
+                          ("paced", 1): 1500, ("paced", 50): 4000},
             warmup_unary=2000, warmup_streams=500, soak_requests=20000, soak_step=5000, soak_max_s=60.0)
 QUICK = Plan(repetitions=1, phase_max_s=0.7,
-             phase_counts={("unary", 1): 1000, ("unary", 50): 3000, ("stream", 1): 500, ("stream", 50): 1000},
+             phase_counts={("unary", 1): 1000, ("unary", 50): 3000, ("stream", 1): 500, ("stream", 50): 1000,
+                           ("paced", 1): 500, ("paced", 50): 1000},
              warmup_unary=500, warmup_streams=100, soak_requests=3000, soak_step=1000, soak_max_s=10.0)
 
 
@@ -89,6 +107,7 @@ class Phase:
     p99_ms: float
     ttft_p50_ms: float | None
     ttft_p99_ms: float | None
+    messages_per_call: float | None  # gRPC messages a stream carried (merged deltas make fewer)
     gateway_cpu_ms: float | None  # per request: the gRPC server's (gateway or floor) CPU
     # Of which its main thread, the event loop where all Python runs: one core caps the
     # server at 1000 / this many requests per second.
@@ -116,6 +135,9 @@ class Bench:
         self.upstream: subprocess.Popen | None = None
         self.servers: dict[str, subprocess.Popen] = {}
         self.targets: dict[str, GatewayTarget | DirectTarget] = {}
+        # What each (target, mode) calls, and which server process a target's CPU is read from.
+        self.calls: dict[tuple[str, str], Call] = {}
+        self.server_of: dict[str, str] = {}
         self.phases: list[Phase] = []
         self.memory: dict[str, dict[str, object]] = {}
 
@@ -129,27 +151,43 @@ class Bench:
         port = self.upstream.stdout.readline().strip()
         if not port:
             raise RuntimeError("the upstream stand-in did not start (see its log)")
-        return f"http://127.0.0.1:{int(port)}/v1"
+        return f"http://127.0.0.1:{int(port)}"
 
-    def start_gateway(self, transport: str, base_url: str) -> str:
+    def start_gateway(self, name: str, transport: str, root: str, *, merge_deltas: bool = False) -> str:
+        """`tollway serve` with the stand-in behind four providers (the stand-in answers by path):
+        mixrouter and mixrouter_b serve, failing answers 503, paced spaces its stream events."""
         port = _free_port()
-        config = self.workdir / f"tollway-{transport}.toml"
+        config = self.workdir / f"tollway-{name}.toml"
+        providers = {"mixrouter": f"{root}/v1", "mixrouter_b": f"{root}/v1", "failing": f"{root}/fail503/v1",
+                     "paced": f"{root}/paced/v1"}
         config.write_text(
             "[server]\n"
             f'listen = "127.0.0.1:{port}"\n'
             "grace_period_s = 1.0\n\n"
-            "[providers.mixrouter]\n"
-            'kind = "mixrouter"\n'
-            f'base_url = "{base_url}"\n',
+            + "".join(f'[providers.{p}]\nkind = "mixrouter"\nbase_url = "{url}"\n\n' for p, url in providers.items())
+            + f'[ledger]\npath = "{self.workdir / f"ledger-{name}.sqlite3"}"\n\n'
+            # The fallback case measures one failed attempt and the fallback, every call: no
+            # retry of the failing target (its backoff would be the figure), and a breaker that
+            # never opens (an open one skips the target without a network call).
+            "[routing]\nmax_retries = 0\n\n"
+            "[routing.breaker]\nconsecutive_failures = 1000000000\nerror_rate = 1.0\n\n"
+            f'[[routes]]\nname = "{ROUTE_MODEL}"\ntargets = [\n'
+            '  { provider = "mixrouter", model = "bench-model", weight = 3 },\n'
+            '  { provider = "mixrouter_b", model = "bench-model", weight = 1 },\n]\n\n'
+            f'[[routes]]\nname = "{FALLBACK_MODEL}"\ntargets = [\n'
+            '  { provider = "failing", model = "bench-model", priority = 1 },\n'
+            '  { provider = "mixrouter", model = "bench-model", priority = 2 },\n]\n',
             encoding="utf-8",
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
         env.update(MIXROUTER_API_KEY=API_KEY, TOLLWAY_BENCH_TRANSPORT=transport, PYTHONPATH=_PYTHONPATH)
+        if merge_deltas:
+            env["TOLLWAY_BENCH_MERGE_DELTAS"] = "1"
         if self.profile:
-            env["TOLLWAY_BENCH_PROFILE"] = str(self.profile / f"gateway-{transport}.pstats")
-        self.servers[transport] = subprocess.Popen(
+            env["TOLLWAY_BENCH_PROFILE"] = str(self.profile / f"gateway-{name}.pstats")
+        self.servers[name] = subprocess.Popen(
             [sys.executable, "-m", "bench.gateway", "serve", "--config", str(config)], cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=open(self.workdir / f"{transport}.log", "wb"),
+            stdout=subprocess.DEVNULL, stderr=open(self.workdir / f"{name}.log", "wb"),
         )
         return f"127.0.0.1:{port}"
 
@@ -203,8 +241,8 @@ class Bench:
 
     async def measure(self, repetition: int, target: str, mode: str, concurrency: int, count: int,
                       max_s: float) -> Phase:
-        call = getattr(self.targets[target], mode)
-        gateway = self.servers.get(target)  # None for the direct call
+        call = self.calls[(target, mode)]
+        gateway = self.servers.get(self.server_of.get(target, ""))  # None for the direct call
         assert self.upstream is not None
         up_pid = self.upstream.pid
         direct = self.targets[DIRECT]
@@ -231,6 +269,7 @@ class Bench:
             p99_ms=percentile(samples.latencies_ns, 0.99) if samples.count else float("nan"),
             ttft_p50_ms=percentile(samples.ttfts_ns, 0.50) if samples.ttfts_ns else None,
             ttft_p99_ms=percentile(samples.ttfts_ns, 0.99) if samples.ttfts_ns else None,
+            messages_per_call=samples.messages / n if gateway and mode != "unary" else None,
             gateway_cpu_ms=gw_cpu * 1000 / n if gateway else None,
             loop_thread_cpu_ms=loop_cpu * 1000 / n if gateway else None,
             upstream_cpu_ms=up_cpu * 1000 / n,
@@ -243,12 +282,36 @@ class Bench:
                   file=sys.stderr)
         return phase
 
+    async def check_routes(self) -> None:
+        """The route cases measure what they say: a fallback after a 503, and both weighted targets used."""
+        fallback, route = self.targets[FALLBACK], self.targets[ROUTE]
+        assert isinstance(fallback, GatewayTarget) and isinstance(route, GatewayTarget)
+        response = await fallback.stub.Complete(fallback.complete_request, timeout=10)
+        tried = [(a.provider, a.code) for a in response.attempts]
+        if tried != [("failing", 14), ("mixrouter", 0)]:  # UNAVAILABLE, then OK
+            raise RuntimeError(f"the fallback route did not fall back after a 503: {tried}")
+        served = set()
+        for _ in range(40):
+            served.add((await route.stub.Complete(route.complete_request, timeout=10)).provider)
+        if served != {"mixrouter", "mixrouter_b"}:
+            raise RuntimeError(f"the weighted route served only from {served}")
+
+    def targets_of(self, mode: str) -> list[str]:
+        """The targets measured in one mode, in their first repetition's order."""
+        gateways = [DIRECT, FLOOR, *self.transports]
+        if mode == "unary":
+            return [*gateways, ROUTE, FALLBACK]
+        if mode == "stream":
+            return [*gateways, ROUTE, FALLBACK, MERGED]
+        return [DIRECT, FLOOR, self.transports[0], MERGED]
+
     async def warm_up(self) -> None:
         plan = self.plan
-        for target in self.targets:
-            for mode, count in (("unary", plan.warmup_unary), ("stream", plan.warmup_streams)):
-                await run_phase(getattr(self.targets[target], mode), 50, count, 10.0)
-                await run_phase(getattr(self.targets[target], mode), 1, count // 10, 5.0)
+        for mode in MODES:
+            count = plan.warmup_unary if mode == "unary" else plan.warmup_streams
+            for target in self.targets_of(mode):
+                await run_phase(self.calls[(target, mode)], 50, count, 10.0)
+                await run_phase(self.calls[(target, mode)], 1, count // 10, 5.0)
         for transport in self.transports:
             self.memory[transport] = {"after_warmup_kib": proc.memory_kib(self.servers[transport].pid)["VmRSS"]}
 
@@ -267,7 +330,7 @@ class Bench:
         done = 0
         deadline = time.perf_counter() + plan.soak_max_s
         while done < plan.soak_requests and time.perf_counter() < deadline:
-            samples = await run_phase(self.targets[transport].unary, 50, plan.soak_step,
+            samples = await run_phase(self.calls[(transport, "unary")], 50, plan.soak_step,
                                       max(0.1, deadline - time.perf_counter()))
             if samples.errors:
                 print(f"  ! soak {transport}: {samples.errors} errors, first: {samples.first_error}", file=sys.stderr)
@@ -283,27 +346,54 @@ class Bench:
                 await target.close()
 
     async def _run(self) -> dict[str, object]:
-        base_url = self.start_upstream()
-        self.targets[DIRECT] = DirectTarget(base_url)
-        addresses = {t: self.start_gateway(t, base_url) for t in self.transports}
+        root = self.start_upstream()
+        stats_url = f"{root}/stats"
+        direct = DirectTarget(f"{root}/v1", stats_url)
+        paced_direct = DirectTarget(f"{root}/paced/v1", stats_url)
+        self.targets[DIRECT] = direct
+        self.targets["direct-paced"] = paced_direct
+        self.calls.update({(DIRECT, "unary"): direct.unary, (DIRECT, "stream"): direct.stream,
+                           (DIRECT, "paced"): paced_direct.stream})
+        first = self.transports[0]
+        addresses = {t: self.start_gateway(t, t, root) for t in self.transports}
+        addresses[MERGED] = self.start_gateway(MERGED, first, root, merge_deltas=True)
         addresses[FLOOR] = self.start_floor()
         for name, address in addresses.items():
             await self.wait_ready(name, address)
+        for name in [*self.transports, MERGED, FLOOR]:
+            gateway = self.targets[name]
+            assert isinstance(gateway, GatewayTarget)
+            self.server_of[name] = name
+            self.calls[(name, "unary")] = gateway.unary
+            self.calls[(name, "stream")] = gateway.stream
+            self.calls[(name, "paced")] = gateway.named(PACED_MODEL).stream
+        # The same gateway asked for a route: the routing layer's cost, and a fallback's.
+        for name, model in ((ROUTE, ROUTE_MODEL), (FALLBACK, FALLBACK_MODEL)):
+            client = self.targets[first]
+            assert isinstance(client, GatewayTarget)
+            self.targets[name] = client.named(model)
+            self.server_of[name] = first
+            self.calls[(name, "unary")] = self.targets[name].unary
+            self.calls[(name, "stream")] = self.targets[name].stream
         for target in self.targets.values():
             await target.check()
-        print(f"ready: upstream {base_url}, servers {addresses}", file=sys.stderr)
+        await self.check_routes()
+        for mode in MODES:
+            for target in self.targets_of(mode):
+                await self.calls[(target, mode)]()
+        print(f"ready: upstream {root}, servers {addresses}", file=sys.stderr)
         started = time.perf_counter()
         await self.warm_up()
         print(f"warm-up done in {time.perf_counter() - started:.1f}s", file=sys.stderr)
         idle = await self.measure_idle()
         await self.soak(self.transports[0])
         print(f"soak done at {time.perf_counter() - started:.1f}s", file=sys.stderr)
-        order = [DIRECT, FLOOR, *self.transports]
         for repetition in range(self.plan.repetitions):
-            # Rotate the order of targets so none always runs right after another's load.
-            shift = repetition % len(order)
-            rotated = order[shift:] + order[:shift]
             for mode in MODES:
+                # Rotate the order of targets so none always runs right after another's load.
+                order = self.targets_of(mode)
+                shift = repetition % len(order)
+                rotated = order[shift:] + order[:shift]
                 for concurrency in CONCURRENCIES:
                     count = self.plan.phase_counts[(mode, concurrency)]
                     for target in rotated:

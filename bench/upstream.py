@@ -6,6 +6,11 @@ chat.completion (usage included), or, when the body asks for `"stream":true`, wi
 20-chunk SSE stream, a usage chunk and `data: [DONE]`, each event written as its own
 HTTP chunk as a real provider sends them. HTTP/1.1 keep-alive, no pipelining needed.
 
+Written back to back, the events of a stream usually reach the reader in one or two reads.
+Under a path holding `/paced/`, a stream's events go out PACE_S apart instead, so each
+arrives in a read of its own, as tokens of a real model do. Under a path holding
+`/fail503/`, every call is answered at once with a 503 and an OpenAI-style error body.
+
 GET /stats answers {"connections": opened so far, "requests": answered so far}, so the
 benchmark can tell whether a client reuses its connections.
 
@@ -24,6 +29,7 @@ import sys
 import orjson
 
 CHUNKS = 20
+PACE_S = 0.001  # between the events of a paced stream
 MODEL = "bench-model"
 CREATED = 1_700_000_000
 
@@ -68,6 +74,9 @@ STREAM_WRITES = [_http_chunk(e) for e in _stream_events()]
 STREAM_WRITES[0] = STREAM_HEAD + STREAM_WRITES[0]
 STREAM_WRITES[-1] += b"0\r\n\r\n"
 NOT_FOUND = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: keep-alive\r\n\r\n"
+_UNAVAILABLE_BODY = orjson.dumps({"error": {"message": "the stand-in is down", "type": "server_error"}})
+UNAVAILABLE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+               b"connection: keep-alive\r\n\r\n" % len(_UNAVAILABLE_BODY)) + _UNAVAILABLE_BODY
 
 
 class _Counters:
@@ -122,11 +131,26 @@ class _Http(asyncio.Protocol):
         _Counters.requests += 1
         if not line.startswith(b"POST ") or b"/chat/completions" not in line:
             transport.write(NOT_FOUND)
+        elif b"/fail503/" in line:
+            transport.write(UNAVAILABLE)
         elif b'"stream":true' in request:
-            for write in STREAM_WRITES:
-                transport.write(write)
+            if b"/paced/" in line:
+                self._write_paced(transport)
+            else:
+                for write in STREAM_WRITES:
+                    transport.write(write)
         else:
             transport.write(UNARY_RESPONSE)
+
+    def _write_paced(self, transport: asyncio.Transport) -> None:
+        loop = asyncio.get_running_loop()
+        transport.write(STREAM_WRITES[0])
+        for i, write in enumerate(STREAM_WRITES[1:], start=1):
+            loop.call_later(i * PACE_S, self._write_if_open, transport, write)
+
+    def _write_if_open(self, transport: asyncio.Transport, data: bytes) -> None:
+        if self._transport is transport and not transport.is_closing():
+            transport.write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None

@@ -272,8 +272,9 @@ def render(result: dict[str, Any]) -> str:
     for t in transports:
         out += ["", f"### Targets, {t} transport", "",
                 *_table(["target", "goal", "measured", ""], _target_rows(fig, t))]
-    out += ["", f"### Stream targets with deltas merged (an option, off in the shipped server; {first} transport)",
-            "", *_table(["target", "goal", "measured", ""], _merged_rows(fig))]
+    if _present(fig, [MERGED], "stream"):
+        out += ["", f"### Stream targets with deltas merged (an option, off in the shipped server; {first} transport)",
+                "", *_table(["target", "goal", "measured", ""], _merged_rows(fig))]
     return "\n".join(out) + "\n"
 
 

@@ -127,9 +127,11 @@ def percentile(values: list[int], q: float) -> float:
 
 
 class Bench:
-    def __init__(self, plan: Plan, transports: tuple[str, ...], workdir: Path, profile: Path | None) -> None:
+    def __init__(self, plan: Plan, transports: tuple[str, ...], workdir: Path, profile: Path | None,
+                 merged: bool = True) -> None:
         self.plan = plan
         self.transports = transports
+        self.merged = merged
         self.workdir = workdir
         self.profile = profile
         self.upstream: subprocess.Popen | None = None
@@ -299,11 +301,12 @@ class Bench:
     def targets_of(self, mode: str) -> list[str]:
         """The targets measured in one mode, in their first repetition's order."""
         gateways = [DIRECT, FLOOR, *self.transports]
+        merged = [MERGED] if self.merged else []
         if mode == "unary":
             return [*gateways, ROUTE, FALLBACK]
         if mode == "stream":
-            return [*gateways, ROUTE, FALLBACK, MERGED]
-        return [DIRECT, FLOOR, self.transports[0], MERGED]
+            return [*gateways, ROUTE, FALLBACK, *merged]
+        return [DIRECT, FLOOR, self.transports[0], *merged]
 
     async def warm_up(self) -> None:
         plan = self.plan
@@ -356,11 +359,12 @@ class Bench:
                            (DIRECT, "paced"): paced_direct.stream})
         first = self.transports[0]
         addresses = {t: self.start_gateway(t, t, root) for t in self.transports}
-        addresses[MERGED] = self.start_gateway(MERGED, first, root, merge_deltas=True)
+        if self.merged:
+            addresses[MERGED] = self.start_gateway(MERGED, first, root, merge_deltas=True)
         addresses[FLOOR] = self.start_floor()
         for name, address in addresses.items():
             await self.wait_ready(name, address)
-        for name in [*self.transports, MERGED, FLOOR]:
+        for name in addresses:
             gateway = self.targets[name]
             assert isinstance(gateway, GatewayTarget)
             self.server_of[name] = name
@@ -443,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repetitions", type=int, help="override the number of repetitions")
     parser.add_argument("--transports", default=",".join(TRANSPORTS),
                         help=f"gateway upstream transports to compare, first is the soak's (default {','.join(TRANSPORTS)})")
+    parser.add_argument("--no-merged", action="store_true",
+                        help="leave out the merged-deltas gateway (for code without Engine's merge_deltas)")
     parser.add_argument("--json", metavar="FILE", help="also write every phase's raw figures to FILE")
     parser.add_argument("--profile", metavar="DIR",
                         help="run the gateways under cProfile, write DIR/gateway-<transport>.pstats and print "
@@ -459,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         profile = Path(args.profile).resolve() if args.profile else None
         if profile:
             profile.mkdir(parents=True, exist_ok=True)
-        bench = Bench(plan, transports, Path(tmp), profile)
+        bench = Bench(plan, transports, Path(tmp), profile, merged=not args.no_merged)
         try:
             try:
                 import uvloop
@@ -482,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m bench.run" + (" --quick" if args.quick else ""),
         "repetitions": plan.repetitions,
         "transports": list(transports),
+        "merged": not args.no_merged,
         "profiled": bool(args.profile),
     }
     if args.json:

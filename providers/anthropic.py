@@ -20,7 +20,15 @@ import httpx
 import orjson
 from httpx_sse import ServerSentEvent
 
-from service.adapter import DOCUMENT, IMAGE, AnyRequest, Capabilities, ProviderKind, ProviderSettings
+from service.adapter import (
+    DOCUMENT,
+    IMAGE,
+    AnyRequest,
+    Capabilities,
+    ProviderKind,
+    ProviderSettings,
+    requested_model,
+)
 from service.errors import (
     GatewayError,
     bad_upstream_body,
@@ -468,7 +476,7 @@ class AnthropicAdapter:
     def parse_response(self, response: httpx.Response) -> pb.CompleteResponse:
         out = parse_message(self.settings.name, response.content, "", secrets=(self.settings.api_key,))
         if not out.model:  # rare: an answer without its model; only then read the request back
-            out.model = _requested_model(response)
+            out.model = requested_model(response)
         return out
 
     def stream_decoder(self, request: AnyRequest, model: str) -> MessageStreamDecoder:
@@ -476,13 +484,6 @@ class AnthropicAdapter:
 
     def parse_error(self, response: httpx.Response) -> GatewayError:
         return parse_error(self.settings, response)
-
-
-def _requested_model(response: httpx.Response) -> str:
-    try:
-        return str(orjson.loads(response.request.content).get("model", ""))
-    except (orjson.JSONDecodeError, AttributeError, RuntimeError):
-        return ""
 
 
 def create(settings: ProviderSettings) -> AnthropicAdapter:

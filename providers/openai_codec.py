@@ -17,7 +17,7 @@ import httpx
 import orjson
 from httpx_sse import ServerSentEvent
 
-from service.adapter import AnyRequest, Capabilities, ProviderSettings
+from service.adapter import AnyRequest, Capabilities, ProviderSettings, requested_model
 from service.errors import GatewayError, bad_upstream_body, invalid_argument, json_object, scrub, upstream_http_error
 from service.usage import ReportedUsage, missing_usage, normalize
 from tollway.v1 import completion_pb2 as pb
@@ -464,7 +464,7 @@ class OpenAIChatAdapter:
     def parse_response(self, response: httpx.Response) -> pb.CompleteResponse:
         out = parse_completion(self.settings.name, response.content, "", self.dialect)
         if not out.model:  # rare: a server that does not echo the model
-            out.model = _requested_model(response)
+            out.model = requested_model(response)
         return out
 
     def stream_decoder(self, request: AnyRequest, model: str) -> ChatStreamDecoder:
@@ -472,10 +472,3 @@ class OpenAIChatAdapter:
 
     def parse_error(self, response: httpx.Response) -> GatewayError:
         return parse_error(self.settings, response)
-
-
-def _requested_model(response: httpx.Response) -> str:
-    try:
-        return str(orjson.loads(response.request.content).get("model", ""))
-    except (orjson.JSONDecodeError, AttributeError, RuntimeError):
-        return ""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import httpx
+import orjson
 from httpx_sse import ServerSentEvent
 
 from tollway.v1 import completion_pb2 as pb
@@ -132,6 +133,15 @@ class Adapter(Protocol):
     def parse_error(self, response: httpx.Response) -> GatewayError:
         """HTTP error response (body read) -> GatewayError with the provider's message, scrubbed."""
         ...
+
+
+def requested_model(response: httpx.Response) -> str:
+    """The "model" of the JSON request behind a response, for an answer that does not name its
+    model. It reads the request body back, so call it only when the answer lacks the model."""
+    try:
+        return str(orjson.loads(response.request.content).get("model", ""))
+    except (orjson.JSONDecodeError, AttributeError, RuntimeError):
+        return ""
 
 
 @dataclass(frozen=True)

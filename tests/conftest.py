@@ -94,6 +94,22 @@ async def upstream_server():
     await server.stop()
 
 
+@pytest.fixture(scope="module")
+async def upstream_servers():
+    """Three more loopback upstreams, for tests that need several providers (routes, reload)."""
+    started = [await FakeUpstream().start() for _ in range(3)]
+    yield started
+    for server in started:
+        await server.stop()
+
+
+@pytest.fixture
+async def ups(upstream_servers) -> list[FakeUpstream]:
+    for server in upstream_servers:
+        server.reset()
+    return upstream_servers
+
+
 @pytest.fixture
 async def upstream(upstream_server: FakeUpstream) -> FakeUpstream:
     upstream_server.reset()

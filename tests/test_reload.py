@@ -27,24 +27,9 @@ WAIT_S = 5.0
 KEYS = {"A_KEY": "tw-test-reload-a-0001", "B_KEY": "tw-test-reload-b-0001"}
 
 
-@pytest.fixture(scope="module")
-async def servers():
-    started = [await FakeUpstream().start() for _ in range(2)]
-    yield started
-    for server in started:
-        await server.stop()
-
-
-@pytest.fixture
-async def ups(servers) -> list[FakeUpstream]:
-    for server in servers:
-        server.reset()
-    return servers
-
-
 def toml(ups: list[FakeUpstream], routes: dict[str, list[str]], extra: str = "") -> str:
     """Providers a and b on the two upstreams; each route lists providers in priority order."""
-    a, b = ups
+    a, b = ups[:2]
     lines = [
         "[routing]",
         "max_retries = 0",
@@ -124,7 +109,7 @@ async def route_names(stub) -> list[str]:
 
 
 async def test_reload_serves_new_routes_and_retargets_old_ones(serve, ups):
-    a, b = ups
+    a, b = ups[:2]
     served = await serve(toml(ups, {"fast": ["a"]}))
     a.default = Reply(body=answer("from a"))
     b.default = Reply(body=answer("from b"))
@@ -166,7 +151,7 @@ def bad_file(ups, case: str) -> str:
 
 @pytest.mark.parametrize("case", list(BAD_FILES))
 async def test_a_bad_file_is_refused_with_a_log_line_and_the_old_config_stays(serve, ups, caplog, case):
-    a, b = ups
+    a, b = ups[:2]
     served = await serve(toml(ups, {"fast": ["a"]}))
     a.default = Reply(body=answer("from a"))
     if case == "not UTF-8":
@@ -194,7 +179,7 @@ async def test_a_bad_file_is_refused_with_a_log_line_and_the_old_config_stays(se
 
 
 async def test_an_in_flight_stream_finishes_on_the_config_it_started_with(serve, ups):
-    a, b = ups
+    a, b = ups[:2]
     served = await serve(toml(ups, {"fast": ["a"]}))
     words = ["started ", "before ", "the ", "reload ", "and ", "finished ", "on ", "a"]
     a.reply(Reply(events=sse_events(stream_chunks(words)), event_delay_s=0.1))
@@ -223,7 +208,7 @@ async def test_an_in_flight_stream_finishes_on_the_config_it_started_with(serve,
 
 
 async def test_an_in_flight_call_falls_back_along_its_old_route(serve, ups):
-    a, b = ups
+    a, b = ups[:2]
     served = await serve(toml(ups, {"fast": ["a", "b"]}))
     # a fails slowly; by then the route no longer lists b, but this call started before that.
     a.reply(Reply(status=503, body={"error": {"message": "down"}}, delay_s=0.5))
@@ -246,7 +231,7 @@ async def test_an_in_flight_call_falls_back_along_its_old_route(serve, ups):
 
 
 async def test_breaker_state_survives_a_reload(serve, ups):
-    a, b = ups
+    a, b = ups[:2]
     breaker = "[routing.breaker]\nconsecutive_failures = 2\ncooldown_s = 60\n"
     served = await serve(toml(ups, {"fast": ["a", "b"]}, breaker))
     a.default = Reply(status=503, body={"error": {"message": "down"}})
@@ -305,7 +290,7 @@ class StderrLines:
 
 
 async def test_tollway_serve_reloads_on_sighup(ups, tmp_path: Path):
-    a, b = ups
+    a, b = ups[:2]
     a.default = Reply(body=answer("from a"))
     b.default = Reply(body=answer("from b"))
     port = _free_port()

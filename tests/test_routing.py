@@ -40,21 +40,6 @@ QUICK = {"max_retries": 0, "backoff_initial_s": 0.001, "backoff_max_s": 0.005}
 # -- upstreams and config ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-async def servers():
-    started = [await FakeUpstream().start() for _ in range(3)]
-    yield started
-    for server in started:
-        await server.stop()
-
-
-@pytest.fixture
-async def ups(servers) -> list[FakeUpstream]:
-    for server in servers:
-        server.reset()
-    return servers
-
-
 def provider(server, *key_envs: str, **extra: Any) -> dict[str, Any]:
     return {"kind": "mixrouter", "base_url": f"{server.base_url}/v1", "api_key_envs": list(key_envs), **extra}
 

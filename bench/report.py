@@ -249,8 +249,8 @@ def render(result: dict[str, Any]) -> str:
         "the route \"bench-weighted\" (3:1 over two providers on the same stand-in); differences are medians "
         "of per-repetition differences",
         "",
-        *_table(["mode", "c", "p50 direct name", "p50 route", "route - name, p50", "route - name, p99",
-                 "CPU direct name", "CPU route", "route - name, CPU"], _routing_rows(fig, first)),
+        *_table(["mode", "c", "p50 as provider/model", "p50 as route", "route minus provider/model, p50",
+                 "same, p99", "CPU as provider/model", "CPU as route", "route minus provider/model, CPU"], _routing_rows(fig, first)),
         "",
         f"### Fallback ({first} transport): route \"bench-fallback\", priority 1 answers 503 at once, priority 2 "
         "serves (no retries, breaker held closed: every call pays the failed attempt)",

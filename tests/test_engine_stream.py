@@ -75,7 +75,7 @@ async def test_deltas_read_together_merge_per_choice_in_order(engine, upstream):
 
 
 async def test_merged_deltas_carry_the_same_text_per_choice_as_unmerged_ones(engine, upstream):
-    unmerged = Engine()
+    unmerged = Engine(merge_deltas=False)
     await unmerged.start()
     try:
         upstream.reply(Reply(events=[INTERLEAVED]))

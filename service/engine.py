@@ -109,8 +109,9 @@ class Engine:
 
         The body is read in raw chunks. With merge_deltas, once the first delta is out, the
         consecutive deltas of one choice that the same read brought go out as one message
-        (grpc.aio spends 40-60 microseconds per message); nothing waits for more data to
-        merge with, so no delta is held back, and the first one never waits for the rest.
+        (grpc.aio spends 65-170 microseconds per message, bench/RESULTS.md); nothing waits
+        for more data to merge with, so no delta is held back, and the first one never waits
+        for the rest.
         """
         http_request = adapter.build_request(request, model, stream=True)
         http_request.extensions["timeout"] = {"connect": timeouts.connect, "read": None, "pool": timeouts.first_byte}

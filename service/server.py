@@ -106,7 +106,8 @@ async def start_gateway(
     extra_plugins = tuple(extra_plugins)
     state = build_state(config, environ, extra_plugins)
     registry = state.registry
-    engine = Engine(max_connections=config.server.max_upstream_connections)
+    engine = Engine(max_connections=config.server.max_upstream_connections,
+                    merge_deltas=config.server.merge_stream_deltas)
     await engine.start()
     media = MediaFetcher(config.media)
     await media.start()

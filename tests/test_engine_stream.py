@@ -163,3 +163,33 @@ def test_merge_deltas_keeps_a_summary_where_it_is():
 
     assert [m.WhichOneof("event") for m in merged] == ["delta", "summary", "delta"]
     assert (merged[0].delta.text, merged[2].delta.text) == ("ab", "c")
+
+
+async def test_the_server_switch_merges_deltas_end_to_end_without_changing_the_text(start_client, upstream):
+    from tests.conftest import MIXROUTER_TEST_KEY, mixrouter_config
+    from tests.test_e2e_mixrouter import STREAM_USAGE, _chunk, _delta, seed_stream_request
+
+    config = mixrouter_config(upstream)
+    config["server"] = {"merge_stream_deltas": True}
+    client = await start_client(config, {"MIXROUTER_API_KEY": MIXROUTER_TEST_KEY})
+    # Every event in one write: what reaches the gateway in a single read.
+    chunks = [_chunk([_delta(0, t)]) for t in ("The ", "image ", "shows ", "an ", "office.")]
+    chunks += [_chunk([_delta(0, finish="stop")]), _chunk([], usage=STREAM_USAGE)]
+    body = b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+    upstream.reply(Reply(events=[body]))
+
+    messages = [m async for m in client.stub.StreamComplete(seed_stream_request(), timeout=5)]
+
+    deltas = [m.delta for m in messages if m.HasField("delta")]
+    assert "".join(d.text for d in deltas) == "The image shows an office."
+    # The first delta goes alone; the four read with it go out as one message.
+    assert [d.text for d in deltas] == ["The ", "image shows an office."]
+    assert messages[-1].HasField("summary") and messages[-1].summary.usage.total_tokens > 0
+
+
+def test_merge_stream_deltas_must_be_a_boolean():
+    from service.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as err:
+        parse_config({"server": {"merge_stream_deltas": "yes"}})
+    assert str(err.value) == "server.merge_stream_deltas must be true or false"

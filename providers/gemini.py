@@ -20,10 +20,20 @@ import orjson
 from google.protobuf import timestamp_pb2
 from httpx_sse import ServerSentEvent
 
-from service.adapter import AUDIO, DOCUMENT, IMAGE, VIDEO, AnyRequest, Capabilities, ProviderKind, ProviderSettings
+from service.adapter import (
+    AUDIO,
+    DOCUMENT,
+    IMAGE,
+    VIDEO,
+    AnyRequest,
+    Capabilities,
+    ProviderKind,
+    ProviderSettings,
+    choice_finishes,
+)
 from service.errors import GatewayError, bad_upstream_body, invalid_argument, json_object, upstream_http_error
 from service.hookspecs import hookimpl
-from service.usage import ReportedUsage, missing_usage, normalize
+from service.usage import ReportedUsage, missing_usage, normalize, stream_usage
 from tollway.v1 import completion_pb2 as pb
 
 W = pb.UsageWarning
@@ -465,16 +475,9 @@ class GeminiStreamDecoder:
     def summary(self) -> pb.StreamSummary:
         summary = pb.StreamSummary(id=self._id, model=self._model, provider=self._provider)
         summary.created.CopyFrom(self._created)
-        for index in sorted(self._finishes):
-            raw = self._finishes[index]
-            summary.finishes.append(pb.ChoiceFinish(index=index, finish_reason=finish_reason(raw),
-                                                    raw_finish_reason=raw))
-        if self._usage is not None:
-            reported = reported_usage(self._usage)
-            reported.estimated = not self.finished
-            summary.usage.CopyFrom(normalize(reported))
-        else:
-            summary.usage.CopyFrom(missing_usage(self._output_bytes))
+        summary.finishes.extend(choice_finishes(self._finishes, finish_reason))
+        reported = reported_usage(self._usage) if self._usage is not None else None
+        summary.usage.CopyFrom(stream_usage(reported, finished=self.finished, output_bytes=self._output_bytes))
         return summary
 
 

@@ -17,9 +17,9 @@ import httpx
 import orjson
 from httpx_sse import ServerSentEvent
 
-from service.adapter import AnyRequest, Capabilities, ProviderSettings, requested_model
+from service.adapter import AnyRequest, Capabilities, ProviderSettings, choice_finishes, requested_model
 from service.errors import GatewayError, bad_upstream_body, invalid_argument, json_object, scrub, upstream_http_error
-from service.usage import ReportedUsage, missing_usage, normalize
+from service.usage import ReportedUsage, missing_usage, normalize, stream_usage
 from tollway.v1 import completion_pb2 as pb
 
 W = pb.UsageWarning
@@ -426,16 +426,9 @@ class ChatStreamDecoder:
         summary = pb.StreamSummary(id=self._id, model=self._model, provider=self._provider)
         if self._created:
             summary.created.FromSeconds(self._created)
-        for index in sorted(self._finishes):
-            raw = self._finishes[index]
-            summary.finishes.append(pb.ChoiceFinish(index=index, finish_reason=finish_reason(raw),
-                                                    raw_finish_reason=raw))
-        if self._usage is not None:
-            reported = reported_usage(self._usage, self._model, self._dialect)
-            reported.estimated = not self.finished
-            summary.usage.CopyFrom(normalize(reported))
-        else:
-            summary.usage.CopyFrom(missing_usage(self._output_bytes))
+        summary.finishes.extend(choice_finishes(self._finishes, finish_reason))
+        reported = reported_usage(self._usage, self._model, self._dialect) if self._usage is not None else None
+        summary.usage.CopyFrom(stream_usage(reported, finished=self.finished, output_bytes=self._output_bytes))
         return summary
 
 

@@ -135,6 +135,12 @@ class Adapter(Protocol):
         ...
 
 
+def choice_finishes(raw_by_index: Mapping[int, str], classify: Callable[[str], int]) -> list[pb.ChoiceFinish]:
+    """How each streamed choice ended, in index order, with the provider's raw reason kept."""
+    return [pb.ChoiceFinish(index=i, finish_reason=classify(raw_by_index[i]), raw_finish_reason=raw_by_index[i])
+            for i in sorted(raw_by_index)]
+
+
 def requested_model(response: httpx.Response) -> str:
     """The "model" of the JSON request behind a response, for an answer that does not name its
     model. It reads the request body back, so call it only when the answer lacks the model."""

@@ -176,6 +176,15 @@ def missing_usage(output_bytes: int) -> pb.Usage:
     )
 
 
+def stream_usage(reported: ReportedUsage | None, *, finished: bool, output_bytes: int) -> pb.Usage:
+    """A stream decoder's final usage: the provider's figures (estimated when the stream never
+    reached its end), or, when it sent none, the estimate from the output seen."""
+    if reported is None:
+        return missing_usage(output_bytes)
+    reported.estimated = reported.estimated or not finished
+    return normalize(reported)
+
+
 def estimate_missing_input(usage: pb.Usage, request) -> None:
     """Where the upstream sent no usage, estimate the input from the request's text: the
     engine does this once, for every adapter, since only it holds the request."""

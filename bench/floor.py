@@ -22,8 +22,8 @@ import httpx
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from httpx_sse import ServerSentEvent
 
-from providers.mixrouter import create
-from service.adapter import ProviderSettings
+from tollway.providers.mixrouter import create
+from tollway.service.plugins.adapter import ProviderSettings
 from tollway.v1 import completion_pb2 as pb
 from tollway.v1 import completion_pb2_grpc as pb_grpc
 
@@ -34,7 +34,7 @@ from .upstream import PACE_S, STREAM_WRITES, UNARY_BODY
 def _messages() -> tuple[pb.CompleteResponse, list[pb.StreamCompleteResponse]]:
     """The gateway's own translation of the stand-in's answers, made once."""
     adapter = create(ProviderSettings(name="mixrouter", kind="mixrouter", base_url="http://127.0.0.1", api_key="x"))
-    unary = adapter.parse_response(httpx.Response(200, content=UNARY_BODY))
+    unary = adapter.parse_response(httpx.Response(200, content=UNARY_BODY), STREAM_REQUEST, "bench-model")
     decoder = adapter.stream_decoder(STREAM_REQUEST, "bench-model")
     stream: list[pb.StreamCompleteResponse] = []
     for write in STREAM_WRITES:

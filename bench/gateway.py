@@ -27,8 +27,8 @@ import sys
 
 import httpx
 
-from service import cli
-from service.engine import Engine
+from tollway.service.cli import main as cli
+from tollway.service.upstream.engine import Engine
 
 TRANSPORTS = ("aiohttp", "httpx")
 

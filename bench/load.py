@@ -17,8 +17,8 @@ import aiohttp
 import grpc
 import orjson
 
-from providers.mixrouter import DIALECT
-from providers.openai_codec import build_body
+from tollway.providers.mixrouter import DIALECT
+from tollway.providers.openai_codec import build_body
 from tollway.v1 import completion_pb2 as pb
 from tollway.v1 import completion_pb2_grpc as pb_grpc
 

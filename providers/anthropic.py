@@ -18,28 +18,25 @@ from urllib.parse import unquote_to_bytes
 import grpc
 import httpx
 import orjson
-from httpx_sse import ServerSentEvent
-
-from service.adapter import (
+from tollway.plugin import (
     DOCUMENT,
     IMAGE,
     AnyRequest,
     Capabilities,
+    GatewayError,
     ProviderKind,
     ProviderSettings,
-    requested_model,
-)
-from service.errors import (
-    GatewayError,
+    ReportedUsage,
+    ServerSentEvent,
     bad_upstream_body,
     grpc_code_for_http_status,
+    hookimpl,
     invalid_argument,
     json_object,
+    normalize,
     scrub,
     upstream_http_error,
 )
-from service.hookspecs import hookimpl
-from service.usage import ReportedUsage, missing_usage, normalize
 from tollway.v1 import completion_pb2 as pb
 
 W = pb.UsageWarning
@@ -251,9 +248,6 @@ def parse_message(
     usage = data.get("usage")
     if isinstance(usage, dict):
         out.usage.CopyFrom(usage_from(usage))
-    else:
-        text_bytes = sum(len(t.encode()) for t in texts)
-        out.usage.CopyFrom(missing_usage(text_bytes))
     return out
 
 
@@ -449,9 +443,12 @@ class MessageStreamDecoder:
                                                     raw_finish_reason=self._stop_reason))
         if self._usage is not None:
             summary.usage.CopyFrom(usage_from(self._usage, estimated=not self.finished))
-        else:
-            summary.usage.CopyFrom(missing_usage(self._output_bytes))
         return summary
+
+    @property
+    def output_bytes(self) -> int:
+        """Billed output seen so far (thinking included), for an estimate when usage never comes."""
+        return self._output_bytes
 
 
 # -- the adapter -------------------------------------------------------------------------
@@ -473,11 +470,8 @@ class AnthropicAdapter:
                           default_max_tokens=self.options.default_max_tokens)
         return build_http_request(self.settings, body, stream=stream, url=self._url)
 
-    def parse_response(self, response: httpx.Response) -> pb.CompleteResponse:
-        out = parse_message(self.settings.name, response.content, "", secrets=(self.settings.api_key,))
-        if not out.model:  # rare: an answer without its model; only then read the request back
-            out.model = requested_model(response)
-        return out
+    def parse_response(self, response: httpx.Response, request: AnyRequest, model: str) -> pb.CompleteResponse:
+        return parse_message(self.settings.name, response.content, model, secrets=(self.settings.api_key,))
 
     def stream_decoder(self, request: AnyRequest, model: str) -> MessageStreamDecoder:
         return MessageStreamDecoder(self.settings.name, model, secrets=(self.settings.api_key,))

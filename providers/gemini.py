@@ -18,22 +18,27 @@ from urllib.parse import quote
 import httpx
 import orjson
 from google.protobuf import timestamp_pb2
-from httpx_sse import ServerSentEvent
-
-from service.adapter import (
+from tollway.plugin import (
     AUDIO,
     DOCUMENT,
     IMAGE,
     VIDEO,
     AnyRequest,
     Capabilities,
+    GatewayError,
     ProviderKind,
     ProviderSettings,
+    ReportedUsage,
+    ServerSentEvent,
+    bad_upstream_body,
     choice_finishes,
+    hookimpl,
+    invalid_argument,
+    json_object,
+    normalize,
+    stream_usage,
+    upstream_http_error,
 )
-from service.errors import GatewayError, bad_upstream_body, invalid_argument, json_object, upstream_http_error
-from service.hookspecs import hookimpl
-from service.usage import ReportedUsage, missing_usage, normalize, stream_usage
 from tollway.v1 import completion_pb2 as pb
 
 W = pb.UsageWarning
@@ -285,9 +290,6 @@ def parse_generate_content(provider: str, body: bytes, requested_model: str,
     usage = data.get("usageMetadata")
     if isinstance(usage, dict):
         out.usage.CopyFrom(normalize(reported_usage(usage)))
-    else:
-        text_bytes = sum(len(p.text.encode()) for c in out.choices for p in c.message.parts)
-        out.usage.CopyFrom(missing_usage(text_bytes))
     return out
 
 
@@ -477,8 +479,15 @@ class GeminiStreamDecoder:
         summary.created.CopyFrom(self._created)
         summary.finishes.extend(choice_finishes(self._finishes, finish_reason))
         reported = reported_usage(self._usage) if self._usage is not None else None
-        summary.usage.CopyFrom(stream_usage(reported, finished=self.finished, output_bytes=self._output_bytes))
+        usage = stream_usage(reported, finished=self.finished)
+        if usage is not None:
+            summary.usage.CopyFrom(usage)
         return summary
+
+    @property
+    def output_bytes(self) -> int:
+        """Billed output seen so far (thinking included), for an estimate when usage never comes."""
+        return self._output_bytes
 
 
 # -- the adapter -------------------------------------------------------------------------
@@ -493,8 +502,8 @@ class GeminiAdapter:
         body = build_body(request, self.settings.name)
         return build_http_request(self.settings, model, body, stream=stream)
 
-    def parse_response(self, response: httpx.Response) -> pb.CompleteResponse:
-        return parse_generate_content(self.settings.name, response.content, _requested_model(response),
+    def parse_response(self, response: httpx.Response, request: AnyRequest, model: str) -> pb.CompleteResponse:
+        return parse_generate_content(self.settings.name, response.content, model.removeprefix("models/"),
                                       secrets=(self.settings.api_key,))
 
     def stream_decoder(self, request: AnyRequest, model: str) -> GeminiStreamDecoder:
@@ -503,15 +512,6 @@ class GeminiAdapter:
 
     def parse_error(self, response: httpx.Response) -> GatewayError:
         return parse_error(self.settings, response)
-
-
-def _requested_model(response: httpx.Response) -> str:
-    """The model named in the request URL (.../models/{model}:generateContent)."""
-    try:
-        path = response.request.url.path
-    except RuntimeError:  # a response built without a request
-        return ""
-    return path.rpartition("/models/")[2].partition(":")[0]
 
 
 def create(settings: ProviderSettings) -> GeminiAdapter:

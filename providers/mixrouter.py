@@ -6,8 +6,16 @@ bytes as data: URLs, and reports usage with the relay quirks of USAGE.md.
 
 from __future__ import annotations
 
-from service.adapter import AUDIO, DOCUMENT, IMAGE, VIDEO, Capabilities, ProviderKind, ProviderSettings
-from service.hookspecs import hookimpl
+from tollway.plugin import (
+    AUDIO,
+    DOCUMENT,
+    IMAGE,
+    VIDEO,
+    Capabilities,
+    ProviderKind,
+    ProviderSettings,
+    hookimpl,
+)
 
 from .openai_codec import ChatDialect, OpenAIChatAdapter
 

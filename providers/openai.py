@@ -10,8 +10,15 @@ the bytes. PDFs go as `file` parts with a data: URL. No video input.
 
 from __future__ import annotations
 
-from service.adapter import AUDIO, DOCUMENT, IMAGE, Capabilities, ProviderKind, ProviderSettings
-from service.hookspecs import hookimpl
+from tollway.plugin import (
+    AUDIO,
+    DOCUMENT,
+    IMAGE,
+    Capabilities,
+    ProviderKind,
+    ProviderSettings,
+    hookimpl,
+)
 
 from .openai_codec import ChatDialect, OpenAIChatAdapter
 

@@ -15,11 +15,22 @@ from typing import Any
 import grpc
 import httpx
 import orjson
-from httpx_sse import ServerSentEvent
-
-from service.adapter import AnyRequest, Capabilities, ProviderSettings, choice_finishes, requested_model
-from service.errors import GatewayError, bad_upstream_body, invalid_argument, json_object, scrub, upstream_http_error
-from service.usage import ReportedUsage, missing_usage, normalize, stream_usage
+from tollway.plugin import (
+    AnyRequest,
+    Capabilities,
+    GatewayError,
+    ProviderSettings,
+    ReportedUsage,
+    ServerSentEvent,
+    bad_upstream_body,
+    choice_finishes,
+    invalid_argument,
+    json_object,
+    normalize,
+    scrub,
+    stream_usage,
+    upstream_http_error,
+)
 from tollway.v1 import completion_pb2 as pb
 
 W = pb.UsageWarning
@@ -189,8 +200,6 @@ def parse_completion(provider: str, body: bytes, requested_model: str, dialect: 
     usage = data.get("usage")
     if isinstance(usage, dict):
         out.usage.CopyFrom(normalize(reported_usage(usage, out.model, dialect)))
-    else:
-        out.usage.CopyFrom(missing_usage(sum(len(p.text.encode()) for c in out.choices for p in c.message.parts)))
     return out
 
 
@@ -428,8 +437,15 @@ class ChatStreamDecoder:
             summary.created.FromSeconds(self._created)
         summary.finishes.extend(choice_finishes(self._finishes, finish_reason))
         reported = reported_usage(self._usage, self._model, self._dialect) if self._usage is not None else None
-        summary.usage.CopyFrom(stream_usage(reported, finished=self.finished, output_bytes=self._output_bytes))
+        usage = stream_usage(reported, finished=self.finished)
+        if usage is not None:
+            summary.usage.CopyFrom(usage)
         return summary
+
+    @property
+    def output_bytes(self) -> int:
+        """Billed output seen so far (thinking included), for an estimate when usage never comes."""
+        return self._output_bytes
 
 
 # -- the adapter -------------------------------------------------------------------------
@@ -454,11 +470,8 @@ class OpenAIChatAdapter:
         body = build_body(request, model, stream=stream, dialect=self.dialect)
         return build_http_request(self.settings, body, stream=stream, headers=self._extra_headers, url=self._url)
 
-    def parse_response(self, response: httpx.Response) -> pb.CompleteResponse:
-        out = parse_completion(self.settings.name, response.content, "", self.dialect)
-        if not out.model:  # rare: a server that does not echo the model
-            out.model = requested_model(response)
-        return out
+    def parse_response(self, response: httpx.Response, request: AnyRequest, model: str) -> pb.CompleteResponse:
+        return parse_completion(self.settings.name, response.content, model, self.dialect)
 
     def stream_decoder(self, request: AnyRequest, model: str) -> ChatStreamDecoder:
         return ChatStreamDecoder(self.settings.name, model, self.dialect)

@@ -21,8 +21,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from service.adapter import AUDIO, DOCUMENT, IMAGE, VIDEO, Capabilities, ProviderKind, ProviderSettings
-from service.hookspecs import hookimpl
+from tollway.plugin import (
+    AUDIO,
+    DOCUMENT,
+    IMAGE,
+    VIDEO,
+    Capabilities,
+    ProviderKind,
+    ProviderSettings,
+    hookimpl,
+)
 
 from .openai_codec import ChatDialect, OpenAIChatAdapter
 

@@ -4,38 +4,28 @@ on a free port reached over a real gRPC channel."""
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
-import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-
-from service.config import parse_config
-from service.server import Gateway, start_gateway
-from tests.upstream import FakeUpstream
+from tollway.service.config.loader import parse_config
+from tollway.service.gateway.server import start_gateway
 from tollway.v1 import completion_pb2_grpc as pb_grpc
 
-FIXTURES = Path(__file__).parent / "fixtures"
-# Not a real key: a marker the log-scan tests look for.
-MIXROUTER_TEST_KEY = "tw-test-mixrouter-key-0123456789abcdef"
+from tests.support.gateway import (  # noqa: F401 - re-exported for tests
+    FIXTURES,
+    MIXROUTER_TEST_KEY,
+    TEST_KEY_PATTERN,
+    Client,
+    fixture_bytes,
+    fixture_json,
+    mixrouter_config,
+)
+from tests.support.upstream import FakeUpstream
 
-
-def fixture_json(relative: str) -> Any:
-    return json.loads((FIXTURES / relative).read_text(encoding="utf-8"))
-
-
-def fixture_bytes(relative: str) -> bytes:
-    return (FIXTURES / relative).read_bytes()
-
-
-# Every key the suite uses starts with this; none may ever reach a log line.
-TEST_KEY_PATTERN = re.compile(r"tw-test-[A-Za-z0-9-]{4,}")
 _SUITE_LOG = io.StringIO()
 
 
@@ -55,7 +45,7 @@ def state_home_of_the_suite(tmp_path_factory):
 @pytest.fixture(scope="session", autouse=True)
 def every_log_line_of_the_suite():
     """Keep every log line the suite produces, at every level, for the key scan at the end."""
-    from service.logs import PlainFormatter
+    from tollway.service.gateway.logs import PlainFormatter
 
     handler = logging.StreamHandler(_SUITE_LOG)
     handler.setLevel(logging.DEBUG)
@@ -74,17 +64,6 @@ def pytest_sessionfinish(session, exitstatus):
     if leaked:
         session.config.get_terminal_writer().line(f"test keys found in the suite's logs: {leaked}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-@dataclass
-class Client:
-    gateway: Gateway
-    channel: grpc.aio.Channel
-    stub: pb_grpc.CompletionStub
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.gateway.port}"
 
 
 @pytest.fixture(scope="session")
@@ -141,12 +120,6 @@ async def start_client(tmp_path):
     for client in started:
         await client.channel.close()
         await client.gateway.stop(grace=0)
-
-
-def mixrouter_config(upstream: FakeUpstream, **extra: Any) -> dict[str, Any]:
-    # No retries: these tests look at one upstream exchange; routing tests set their own policy.
-    return {"providers": {"mixrouter": {"base_url": f"{upstream.base_url}/v1", **extra}},
-            "routing": {"max_retries": 0}}
 
 
 @pytest.fixture

@@ -7,21 +7,18 @@
     store.py           the Store protocol; sqlite_store.py and postgres_store.py implement it
     schema.py          the table, versioned migrations, row conversion per SQL dialect
     summary.py         GetUsageSummary filters, groupings and the query
-    render.py          `tollway usage` output: table, CSV, JSONL
 """
 
 from .config import LedgerConfig
 from .journal import JournalError
 from .records import AttemptRecord, CostLine, InputTokens, LedgerRecord, OutputTokens
-from .render import FORMATS, format_usd, render, render_csv, render_jsonl, render_table
 from .schema import SchemaTooNew
 from .store import RecordRejected, StoreUnavailable
 from .summary import UsageFilter, from_proto, label_grouping, to_proto
 from .writer import Ledger, LedgerClosed, LedgerStats
 
 __all__ = [
-    "FORMATS", "AttemptRecord", "CostLine", "InputTokens", "JournalError", "Ledger", "LedgerClosed",
+    "AttemptRecord", "CostLine", "InputTokens", "JournalError", "Ledger", "LedgerClosed",
     "LedgerConfig", "LedgerRecord", "LedgerStats", "OutputTokens", "RecordRejected", "SchemaTooNew",
-    "StoreUnavailable", "UsageFilter", "format_usd", "from_proto", "label_grouping", "render", "render_csv",
-    "render_jsonl", "render_table", "to_proto",
+    "StoreUnavailable", "UsageFilter", "from_proto", "label_grouping", "to_proto",
 ]

@@ -1,7 +1,7 @@
 """tollway-echo: a provider plugin written against Tollway's public plugin seam only.
 
-It imports service.adapter (the Adapter protocol and its types), service.errors and
-service.usage, and registers its kind through the `tollway_register_providers` hook.
+It imports `tollway.plugin` and the wire contract `tollway.v1`, nothing else of Tollway, and
+registers its kind through the `tollway_register_providers` hook.
 Like every adapter it only translates: no sockets, no environment, no sleeping.
 """
 
@@ -11,12 +11,20 @@ import json
 from collections.abc import Iterable
 
 import httpx
-from httpx_sse import ServerSentEvent
 
-from service.adapter import AnyRequest, Capabilities, ProviderKind, ProviderSettings
-from service.errors import GatewayError, bad_upstream_body, upstream_http_error
-from service.hookspecs import hookimpl
-from service.usage import ReportedUsage, missing_usage, normalize
+from tollway.plugin import (
+    AnyRequest,
+    Capabilities,
+    GatewayError,
+    ProviderKind,
+    ProviderSettings,
+    ReportedUsage,
+    ServerSentEvent,
+    bad_upstream_body,
+    hookimpl,
+    normalize,
+    upstream_http_error,
+)
 from tollway.v1 import completion_pb2 as pb
 
 KIND = "echo"
@@ -70,11 +78,13 @@ class EchoStreamDecoder:
     def summary(self) -> pb.StreamSummary:
         summary = pb.StreamSummary(model=self._model, provider=self._provider)
         summary.finishes.append(pb.ChoiceFinish(index=0, finish_reason=pb.FINISH_REASON_STOP, raw_finish_reason="done"))
-        if self._tokens is None:
-            summary.usage.CopyFrom(missing_usage(self._output_bytes))
-        else:
+        if self._tokens is not None:  # none sent: the host estimates from output_bytes
             summary.usage.CopyFrom(_usage(self._tokens))
         return summary
+
+    @property
+    def output_bytes(self) -> int:
+        return self._output_bytes
 
 
 class EchoAdapter:
@@ -97,12 +107,12 @@ class EchoAdapter:
             headers["x-echo-key"] = self.settings.api_key
         return httpx.Request("POST", f"{self.settings.base_url}/echo", headers=headers, content=json.dumps(body))
 
-    def parse_response(self, response: httpx.Response) -> pb.CompleteResponse:
+    def parse_response(self, response: httpx.Response, request: AnyRequest, model: str) -> pb.CompleteResponse:
         data = _body(self.settings.name, response.content)
         if not isinstance(data.get("reply"), str):
             raise bad_upstream_body(self.settings.name, "JSON without a reply")
         return pb.CompleteResponse(
-            model=str(data.get("model", "")),
+            model=str(data.get("model") or model),
             provider=self.settings.name,
             choices=[
                 pb.Choice(

@@ -1,0 +1,5 @@
+"""The `tollway` command: serve, complete, usage, keys."""
+
+from .main import main
+
+__all__ = ["main"]

@@ -1,0 +1,239 @@
+"""The `tollway` command: `serve` runs the gateway, `complete` sends one request to a running one."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import mimetypes
+import os
+import sys
+from pathlib import Path
+
+from tollway.service.config.loader import DEFAULT_LISTEN, ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tollway", description="A gRPC gateway for LLM completions.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--listen", help=f"HOST:PORT (env TOLLWAY_LISTEN, default {DEFAULT_LISTEN})")
+    serve.add_argument("--config", help="TOML config file (env TOLLWAY_CONFIG; default: embedded)")
+
+    complete = commands.add_parser("complete", help="send one request to a running gateway")
+    complete.add_argument("--target", default=os.environ.get("TOLLWAY_TARGET", DEFAULT_LISTEN),
+                          help="gateway address (env TOLLWAY_TARGET)")
+    complete.add_argument("--model", required=True, help='"provider/model" or a route name')
+    complete.add_argument("--text", required=True)
+    complete.add_argument("--system", help="a system prompt")
+    for kind in ("image", "audio", "video", "document"):
+        complete.add_argument(f"--{kind}", action="append", default=[], metavar="URL|PATH")
+    complete.add_argument("--max-tokens", type=int)
+    complete.add_argument("--temperature", type=float)
+    complete.add_argument("--stream", action="store_true")
+    complete.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
+    complete.add_argument("--key-env", default="TOLLWAY_KEY",
+                          help="environment variable holding this caller's key (default TOLLWAY_KEY)")
+
+    usage = commands.add_parser("usage", help="sum the usage ledger of a running gateway")
+    usage.add_argument("--target", default=os.environ.get("TOLLWAY_TARGET", DEFAULT_LISTEN),
+                       help="gateway address (env TOLLWAY_TARGET)")
+    usage.add_argument("--since", help="start, inclusive: an ISO date/time (UTC if no zone) or 24h, 7d")
+    usage.add_argument("--until", help="end, exclusive: an ISO date/time (UTC if no zone)")
+    for name in ("caller", "provider", "model", "route"):
+        usage.add_argument(f"--{name}", help=f"only this {name}")
+    usage.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="only records with it")
+    usage.add_argument("--group-by", default="", metavar="DIMS",
+                       help="comma-separated: caller, provider, model, route, day, label:KEY")
+    usage.add_argument("--format", default="table", choices=("table", "csv", "jsonl"))
+    usage.add_argument("--key-env", default="TOLLWAY_KEY", help="environment variable holding the caller key")
+    usage.add_argument("--timeout", type=float, default=30.0)
+
+    keys = commands.add_parser("keys", help="manage caller keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    new_key = key_commands.add_parser("new", help="print a fresh caller key once, and its config lines")
+    new_key.add_argument("name", help="the caller's name")
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "keys":
+        return _keys_new(args.name)
+    if args.command == "usage":
+        return _usage(args)
+    return _complete(args)
+
+
+def _usage(args: argparse.Namespace) -> int:
+    import grpc
+
+    from tollway.v1 import completion_pb2_grpc as pb_grpc
+
+    from tollway.service.ledger import UsageFilter
+
+    from .render import render, row_dict
+    from tollway.service.ledger.summary import to_proto
+
+    try:
+        filters = UsageFilter(
+            start=_moment(args.since, "--since") if args.since else None,
+            end=_moment(args.until, "--until") if args.until else None,
+            caller=args.caller, provider=args.provider, model=args.model, route=args.route,
+            labels=dict(_pair(label) for label in args.label),
+        )
+        group_by = [g.strip() for g in args.group_by.split(",") if g.strip()]
+        request = to_proto(filters, group_by)
+    except ValueError as exc:
+        print(f"tollway: {exc}", file=sys.stderr)
+        return 2
+    key = os.environ.get(args.key_env)
+    metadata = (("authorization", f"Bearer {key}"),) if key else ()
+    with grpc.insecure_channel(args.target) as channel:
+        try:
+            response = pb_grpc.CompletionStub(channel).GetUsageSummary(request, timeout=args.timeout, metadata=metadata)
+        except grpc.RpcError as err:
+            print(f"tollway: {err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+    # Columns, and the rows' order, as the command line named the groupings: the request can
+    # only carry label keys after the other dimensions.
+    rows = sorted(response.rows, key=lambda row: [(v is not None, v or "")
+                                                  for v in list(row_dict(row, group_by).values())[:len(group_by)]])
+    sys.stdout.write(render(rows, group_by, args.format))
+    return 0
+
+
+def _moment(text: str, flag: str):
+    """An ISO date/time (UTC when it names no zone), or a span back from now: 24h, 7d, 30m."""
+    from datetime import datetime, timedelta, timezone
+
+    units = {"m": "minutes", "h": "hours", "d": "days"}
+    if text[:-1].isdigit() and text[-1:] in units:
+        return datetime.now(timezone.utc) - timedelta(**{units[text[-1]]: int(text[:-1])})
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{flag} {text!r} is neither an ISO date/time nor a span like 7d") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--label {text!r} is not KEY=VALUE")
+    return key, value
+
+
+def _keys_new(name: str) -> int:
+    from tollway.service.admission.auth import new_key
+
+    try:
+        key, config_lines = new_key(name)
+    except ValueError as exc:
+        print(f"tollway: {exc}", file=sys.stderr)
+        return 2
+    print(f"key (shown once; give it to the caller, keep it nowhere else):\n  {key}\n")
+    print("config (add to the gateway's TOML file; only the hash is stored):")
+    print(config_lines, end="")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from tollway.service.ledger import JournalError, SchemaTooNew
+    from tollway.service.gateway.logs import configure_logging
+    from tollway.service.plugins.loader import PluginError
+    from tollway.service.gateway.server import serve_forever
+
+    config_path = args.config or os.environ.get("TOLLWAY_CONFIG")
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(f"tollway: {exc}", file=sys.stderr)
+        return 2
+    if args.listen:
+        from dataclasses import replace
+
+        config = replace(config, server=replace(config.server, listen=args.listen))
+    configure_logging(config.server.log_format)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # uvloop is optional off Linux/macOS
+        runner = asyncio.run
+    try:
+        runner(serve_forever(config, config_path))
+    except (ConfigError, PluginError, OSError, JournalError, SchemaTooNew) as exc:
+        print(f"tollway: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _complete(args: argparse.Namespace) -> int:
+    import grpc
+
+    from tollway.v1 import completion_pb2 as pb
+    from tollway.v1 import completion_pb2_grpc as pb_grpc
+
+    messages = []
+    if args.system:
+        messages.append(pb.Message(role=pb.ROLE_SYSTEM, parts=[pb.Part(text=args.system)]))
+    parts = [pb.Part(text=args.text)]
+    for kind in ("image", "audio", "video", "document"):
+        for ref in getattr(args, kind):
+            try:
+                parts.append(pb.Part(**{kind: _media(ref)}))
+            except OSError as exc:
+                print(f"tollway: --{kind} {ref}: {exc.strerror or exc}", file=sys.stderr)
+                return 2
+    messages.append(pb.Message(role=pb.ROLE_USER, parts=parts))
+    fields = dict(model=args.model, messages=messages)
+    if args.max_tokens is not None:
+        fields["max_tokens"] = args.max_tokens
+    if args.temperature is not None:
+        fields["temperature"] = args.temperature
+
+    key = os.environ.get(args.key_env)
+    metadata = (("authorization", f"Bearer {key}"),) if key else ()
+    with grpc.insecure_channel(args.target) as channel:
+        stub = pb_grpc.CompletionStub(channel)
+        try:
+            if args.stream:
+                usage = None
+                for message in stub.StreamComplete(pb.StreamCompleteRequest(**fields), timeout=args.timeout,
+                                                   metadata=metadata):
+                    if message.HasField("delta"):
+                        sys.stdout.write(message.delta.text)
+                        sys.stdout.flush()
+                    else:
+                        usage = message.summary.usage
+                        sys.stdout.write("\n")
+                _print_usage(usage)
+            else:
+                response = stub.Complete(pb.CompleteRequest(**fields), timeout=args.timeout, metadata=metadata)
+                for choice in response.choices:
+                    print("".join(p.text for p in choice.message.parts))
+                print(f"\n[{response.provider} {response.model}]", file=sys.stderr)
+                _print_usage(response.usage)
+        except grpc.RpcError as err:
+            print(f"tollway: {err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _media(ref: str):
+    from tollway.v1 import completion_pb2 as pb
+
+    if ref.startswith(("http://", "https://", "data:")):
+        return pb.Media(url=ref)
+    path = Path(ref)
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return pb.Media(data=path.read_bytes(), mime_type=mime)
+
+
+def _print_usage(usage) -> None:
+    if usage is None:
+        return
+    from google.protobuf import json_format
+
+    print(json_format.MessageToJson(usage, indent=2), file=sys.stderr)
+

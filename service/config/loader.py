@@ -1,0 +1,223 @@
+"""Configuration: an optional TOML file, environment overrides, and the embedded default.
+
+With no file at all the gateway serves every registered provider whose API key is in the
+environment, on 127.0.0.1:50051, with plain logs.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tollway.service.admission.auth import Callers, parse_callers
+from tollway.service.billing.catalog import PriceCatalog
+from tollway.service.ledger import LedgerConfig
+from tollway.service.media.policy import MediaPolicy
+from tollway.service.routing.routes import (
+    Route,
+    RoutingConfigError,
+    RoutingPolicy,
+    parse_routes,
+    parse_routing,
+)
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+
+
+class ConfigError(Exception):
+    """A config file or value that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """One `[providers.<name>]` table."""
+
+    name: str
+    kind: str
+    base_url: str | None = None
+    # Environment variables holding this provider's keys; requests spread over them.
+    api_key_envs: tuple[str, ...] = ()
+    # One unary attempt, whole (the caller's remaining deadline may cut it shorter).
+    timeout_s: float = 600.0
+    # Streams: connecting, the first event, and each gap between events. No total
+    # timeout, so a healthy long stream is never killed.
+    connect_timeout_s: float = 10.0
+    first_byte_timeout_s: float = 120.0
+    idle_timeout_s: float = 60.0
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str = DEFAULT_LISTEN
+    log_format: str = "plain"
+    # How long in-flight calls (streams too) may run on after SIGTERM.
+    grace_period_s: float = 30.0
+    # Upstream connection pool size (aiohttp connector limit).
+    max_upstream_connections: int = 1000
+    # Streams: text deltas of one choice that arrive in the same network read may go out as
+    # one message (the first delta always goes alone, and nothing waits to be merged). Fewer
+    # messages cost less CPU; callers see the same text, in fewer pieces.
+    merge_stream_deltas: bool = False
+
+
+@dataclass(frozen=True)
+class PluginsConfig:
+    # None: load every installed provider plugin.
+    allow: tuple[str, ...] | None = None
+    deny: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    # None: the embedded default (every registered kind whose key is set).
+    providers: Mapping[str, ProviderConfig] | None = None
+    media: MediaPolicy = field(default_factory=MediaPolicy)
+    routes: Mapping[str, Route] = field(default_factory=dict)
+    routing: RoutingPolicy = field(default_factory=RoutingPolicy)
+    prices: PriceCatalog = field(default_factory=PriceCatalog.load_default)
+    # Empty: calls are anonymous.
+    callers: Callers = field(default_factory=Callers)
+    # Read at start-up only: a reload keeps the ledger it has.
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    source: str = "embedded default"
+
+
+_PROVIDER_KEYS = {"kind", "base_url", "api_key_env", "api_key_envs", "timeout_s", "connect_timeout_s",
+                  "first_byte_timeout_s", "idle_timeout_s"}
+_PROVIDER_TIMEOUTS = ("timeout_s", "connect_timeout_s", "first_byte_timeout_s", "idle_timeout_s")
+
+
+def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] = os.environ) -> Config:
+    """Read the TOML file at path (None: the embedded default), then apply environment overrides."""
+    raw: dict[str, Any] = {}
+    source = "embedded default"
+    if path:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 text") from exc
+        source = str(path)
+    config = parse_config(raw, source)
+    listen = environ.get("TOLLWAY_LISTEN")
+    if listen:
+        config = _replace_server(config, listen=listen)
+    return config
+
+
+def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
+    unknown = set(raw) - {"server", "plugins", "providers", "media", "routes", "routing", "prices", "callers", "ledger"}
+    if unknown:
+        raise ConfigError(f"unknown top-level config table(s): {', '.join(sorted(unknown))}")
+    server = _parse_server(_table(raw, "server"))
+    plugins_raw = _table(raw, "plugins")
+    plugins = PluginsConfig(
+        allow=tuple(_str_list(plugins_raw, "allow", "plugins")) if "allow" in plugins_raw else None,
+        deny=tuple(_str_list(plugins_raw, "deny", "plugins")),
+    )
+    providers = None
+    if "providers" in raw:
+        providers = {name: _parse_provider(name, table) for name, table in _table(raw, "providers").items()}
+    try:
+        media = MediaPolicy.from_table(dict(_table(raw, "media")))
+        routes = parse_routes(raw.get("routes", []))
+        routing = parse_routing(_table(raw, "routing"))
+        prices = raw.get("prices", [])
+        if not isinstance(prices, list):
+            raise ValueError("prices must be an array of tables ([[prices]])")
+        catalog = PriceCatalog.load_default().with_overrides(prices) if prices else PriceCatalog.load_default()
+        callers = parse_callers(_table(raw, "callers"))
+        ledger = LedgerConfig.from_table(_table(raw, "ledger"))
+    except (TypeError, ValueError, RoutingConfigError) as exc:
+        raise ConfigError(str(exc)) from None
+    return Config(server=server, plugins=plugins, providers=providers, media=media, routes=routes, routing=routing,
+                  prices=catalog, callers=callers, ledger=ledger, source=source)
+
+
+def _parse_server(table: Mapping[str, Any]) -> ServerConfig:
+    allowed = {"listen", "log_format", "grace_period_s", "max_upstream_connections", "merge_stream_deltas"}
+    _no_unknown(table, allowed, "server")
+    server = ServerConfig(**table)
+    if not isinstance(server.listen, str):
+        raise ConfigError('server.listen must be a string ("host:port")')
+    if server.log_format not in ("plain", "json"):
+        raise ConfigError('server.log_format must be "plain" or "json"')
+    if not _is_number(server.grace_period_s) or server.grace_period_s < 0:
+        raise ConfigError("server.grace_period_s must be a number >= 0")
+    if not isinstance(server.max_upstream_connections, int) or isinstance(server.max_upstream_connections, bool) \
+            or server.max_upstream_connections < 1:
+        raise ConfigError("server.max_upstream_connections must be an integer >= 1")
+    if not isinstance(server.merge_stream_deltas, bool):
+        raise ConfigError("server.merge_stream_deltas must be true or false")
+    return server
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _parse_provider(name: str, table: Any) -> ProviderConfig:
+    where = f"providers.{name}"
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where} must be a table")
+    known = {k: v for k, v in table.items() if k in _PROVIDER_KEYS}
+    options = {k: v for k, v in table.items() if k not in _PROVIDER_KEYS}
+    for key in ("kind", "base_url", "api_key_env"):
+        if key in known and not isinstance(known[key], str):
+            raise ConfigError(f"{where}.{key} must be a string")
+    if "api_key_env" in known and "api_key_envs" in known:
+        raise ConfigError(f"{where}: set api_key_env or api_key_envs, not both")
+    key_envs = known.get("api_key_envs", [known["api_key_env"]] if "api_key_env" in known else [])
+    if not isinstance(key_envs, list) or not all(isinstance(k, str) and k for k in key_envs):
+        raise ConfigError(f"{where}.api_key_envs must be a list of environment variable names")
+    timeouts = {}
+    for key in _PROVIDER_TIMEOUTS:
+        if key in known:
+            value = known[key]
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{where}.{key} must be a positive number")
+            timeouts[key] = float(value)
+    return ProviderConfig(
+        name=name,
+        kind=known.get("kind", name),
+        base_url=known.get("base_url"),
+        api_key_envs=tuple(key_envs),
+        options=options,
+        **timeouts,
+    )
+
+
+def _table(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a table")
+    return value
+
+
+def _str_list(table: Mapping[str, Any], key: str, where: str) -> list[str]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}.{key} must be a list of strings")
+    return value
+
+
+def _no_unknown(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = set(table) - allowed
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [{where}]: {', '.join(sorted(unknown))}")
+
+
+def _replace_server(config: Config, **changes: Any) -> Config:
+    from dataclasses import replace
+
+    return replace(config, server=replace(config.server, **changes))

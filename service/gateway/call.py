@@ -1,0 +1,232 @@
+"""One RPC's bookkeeping: who called, the checks before any network call, the price, the
+one log line, the one ledger record, and the status a failure becomes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import grpc
+
+from tollway.v1 import completion_pb2 as pb
+
+from tollway.service.plugins.adapter import AnyRequest
+from tollway.service.admission.auth import Caller, authorize_model
+from tollway.service.config.loader import Config
+from tollway.service.errors import GatewayError, scrub
+from tollway.service.ledger import JournalError, Ledger, LedgerClosed, LedgerRecord
+from tollway.service.gateway.logs import log_request
+from tollway.service.media.policy import check_inline_sizes
+from tollway.service.plugins.registry import Registry
+from tollway.service.routing.router import RoutedCall
+from tollway.service.routing.routes import Route
+from tollway.service.usage.estimate import estimated_usage
+from tollway.service.admission.validation import check_capabilities, validate_request
+
+log = logging.getLogger("tollway.servicer")
+
+REQUEST_ID_KEY = "tollway-request-id"
+
+
+@dataclass(frozen=True)
+class ServingState:
+    """Config and the registry built from it, replaced together on reload. A call reads it
+    once, so it finishes on the config it started with."""
+
+    config: Config
+    registry: Registry
+
+
+class Call:
+    __slots__ = ("rpc", "request", "state", "ledger", "request_id", "started", "at", "routed", "caller", "labels",
+                 "provider", "upstream_model", "usage", "cost", "attempts", "ttft_ms", "streamed_bytes", "recorded")
+
+    def __init__(self, rpc: str, request: AnyRequest, state: ServingState, ledger: Ledger) -> None:
+        self.rpc = rpc
+        self.request = request
+        self.state = state
+        self.ledger = ledger
+        self.request_id = uuid.uuid4().hex
+        self.started = time.perf_counter()
+        # Wall-clock time of the request: it picks the price in effect.
+        self.at = datetime.now(timezone.utc)
+        self.routed: RoutedCall | None = None
+        self.caller: Caller | None = None
+        self.labels: dict[str, str] = {}
+        self.provider = ""
+        self.upstream_model = ""
+        self.usage: pb.Usage | None = None
+        self.cost: pb.Cost | None = None
+        self.attempts: list[pb.Attempt] = []
+        self.ttft_ms: float | None = None
+        # Text forwarded to a streaming caller: what a cancelled stream's estimate counts.
+        self.streamed_bytes = 0
+        # One ledger record per call, whatever happens after it was written.
+        self.recorded = False
+
+    def prepare(self, context: grpc.aio.ServicerContext) -> RoutedCall:
+        """Who is calling, every check that needs no network, then the call's deadline budget."""
+        config, registry = self.state.config, self.state.registry
+        self.caller = config.callers.authenticate(context.invocation_metadata())
+        # The caller's configured labels win over what the request says.
+        self.labels = {**self.request.labels, **self.caller.labels}
+        validate_request(self.request)
+        authorize_model(self.caller, self.request.model)
+        check_inline_sizes(self.request, config.media)
+        route = registry.resolve(self.request.model)
+        _check_route_accepts(registry, route, self.request)
+        remaining = context.time_remaining()
+        budget = config.routing.default_deadline_s if remaining is None else remaining
+        self.routed = RoutedCall(route, self.request, asyncio.get_running_loop().time() + budget)
+        return self.routed
+
+    def first_delta(self) -> None:
+        if self.ttft_ms is None:
+            self.ttft_ms = (time.perf_counter() - self.started) * 1000
+
+    def settle(self, provider: str, model: str, usage: pb.Usage, attempts) -> pb.Cost:
+        """The answer is in: price it and keep what the log line and ledger record need."""
+        self.provider, self.upstream_model, self.usage = provider, model, usage
+        self.attempts = list(attempts)
+        self.cost = self.state.config.prices.price(usage, provider, model, self.at,
+                                                   kind=self.state.registry.providers[provider].kind)
+        return self.cost
+
+    async def succeed(self) -> None:
+        """Log the call and make its ledger record durable before the caller sees OK."""
+        self.log("OK")
+        self.recorded = True
+        try:
+            await self.ledger.record(self._record("OK"))
+        except (JournalError, LedgerClosed) as exc:
+            # Logged once by the ledger; the caller's answer does not depend on it.
+            log.error("usage record %s not journaled: %s", self.request_id, exc)
+
+    def cancelled(self, deadline_passed: bool = False) -> None:
+        """The caller went away, or its deadline passed: log it, and record the usage the upstream
+        may have billed. A call already answered or failed has its log line and record."""
+        if self.recorded:
+            return
+        status = "DEADLINE_EXCEEDED" if deadline_passed else "CANCELLED"
+        self.log(status)
+        if self.routed is not None and self.routed.reached_upstream:
+            attempts = self.routed.attempts
+            if deadline_passed and attempts and attempts[-1].code == grpc.StatusCode.CANCELLED.value[0]:
+                # The router saw its attempt cancelled; what cancelled it was the deadline.
+                attempts[-1].code = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+                attempts[-1].message = "the caller's deadline passed"
+            if self.usage is None:
+                self._estimate_abandoned_usage()
+            self._record_nowait(status)
+
+    async def fail(self, context: grpc.aio.ServicerContext, err: GatewayError):
+        # Whatever an adapter quoted from a provider, no configured key ever leaves.
+        secrets = self.state.registry.secrets
+        err.message = scrub(err.message, secrets)
+        if err.partial_summary is not None:
+            partial = err.partial_summary
+            self.settle(partial.provider or self._target_provider(), partial.model or self._target_model(),
+                        partial.usage, ())
+        self.attempts = list(self.routed.attempts) if self.routed else []
+        self.log(err.code.name, err.message)
+        if self.routed is not None and self.routed.reached_upstream:
+            self._record_nowait(err.code.name)
+        details = []
+        if self.routed is not None and (self.routed.attempts or self.usage is not None):
+            failure = pb.CallFailure(route=self.routed.route.name, attempts=self.routed.attempts)
+            for attempt in failure.attempts:
+                attempt.message = scrub(attempt.message, secrets)
+            if self.usage is not None:
+                failure.usage.CopyFrom(self.usage)
+            details.append(failure)
+        status = err.to_status(details)
+        await context.abort(status.code, status.details,
+                            tuple(status.trailing_metadata) + ((REQUEST_ID_KEY, self.request_id),))
+
+    async def crash(self, context: grpc.aio.ServicerContext):
+        # A bug of ours: the caller gets a request id to report, never a traceback.
+        log.exception("unexpected error in %s (request_id=%s)", self.rpc, self.request_id)
+        self.log("INTERNAL", "unexpected error")
+        if self.routed is not None and self.routed.reached_upstream:
+            self._record_nowait("INTERNAL")
+        await context.abort(grpc.StatusCode.INTERNAL,
+                            f"internal error in the gateway (request id {self.request_id})",
+                            ((REQUEST_ID_KEY, self.request_id),))
+
+    def log(self, status: str, error: str | None = None) -> None:
+        usage = self.usage
+        log_request(
+            request_id=self.request_id,
+            rpc=self.rpc,
+            caller=self.caller.name if self.caller else None,
+            model=self.request.model,
+            provider=self.provider or self._target_provider() or None,
+            upstream_model=self.upstream_model or self._target_model() or None,
+            status=status,
+            latency_ms=round((time.perf_counter() - self.started) * 1000, 2),
+            attempts=len(self.routed.attempts) if self.routed else 0,
+            input_tokens=usage.input.total if usage is not None else None,
+            output_tokens=usage.output.total if usage is not None else None,
+            error=error,
+        )
+
+    # -- the ledger record ---------------------------------------------------------------
+
+    def _record(self, status: str) -> LedgerRecord:
+        return LedgerRecord.from_protos(
+            request_id=self.request_id,
+            time=self.at,
+            caller=self.caller.name if self.caller else "",
+            labels=self.labels,
+            route=self.routed.route.name if self.routed else self.request.model,
+            provider=self.provider or self._target_provider(),
+            model=self.upstream_model or self._target_model(),
+            status=status,
+            attempts=self.attempts or (self.routed.attempts if self.routed else ()),
+            latency_ms=(time.perf_counter() - self.started) * 1000,
+            ttft_ms=self.ttft_ms,
+            usage=self.usage,
+            cost=self.cost,
+        )
+
+    def _record_nowait(self, status: str) -> None:
+        """For calls that answer no OK: the record is written before this returns."""
+        if self.recorded:
+            return
+        self.recorded = True
+        try:
+            self.ledger.record_nowait(self._record(status))
+        except (JournalError, LedgerClosed) as exc:
+            log.error("usage record %s not journaled: %s", self.request_id, exc)
+
+    def _estimate_abandoned_usage(self) -> None:
+        """A stream the caller abandoned: the provider's final figures never came, so estimate
+        from the request's text and the text forwarded so far."""
+        usage = estimated_usage(self.request, self.streamed_bytes)
+        provider, model = self._target_provider(), self._target_model()
+        if provider:
+            self.settle(provider, model, usage, self.routed.attempts)
+
+    def _target_provider(self) -> str:
+        target = self.routed.target if self.routed else None
+        return target.provider if target else ""
+
+    def _target_model(self) -> str:
+        target = self.routed.target if self.routed else None
+        return target.model if target else ""
+
+
+def _check_route_accepts(registry: Registry, route: Route, request: AnyRequest) -> None:
+    """Refuse media that any usable target of the route cannot take, before any network call."""
+    caps = registry.route_capabilities(route)
+    if caps is None:
+        return  # nothing usable: the router says why
+    if len(route.targets) == 1 and "/" in route.name:
+        subject = f'provider "{route.targets[0].provider}"'
+    else:
+        subject = f'route "{route.name}"'
+    check_capabilities(subject, caps, request)

@@ -1,0 +1,164 @@
+"""The grpc.aio server: Completion, health, reflection, graceful stop on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tollway.v1 import completion_pb2 as pb
+from tollway.v1 import completion_pb2_grpc as pb_grpc
+
+from tollway.service.plugins.adapter import ProviderKind
+from tollway.service.routing.health import HealthBoard
+from tollway.service.config.loader import Config, ConfigError, load_config
+from tollway.service.upstream.engine import Engine
+from tollway.service.media.fetch import MediaFetcher
+from tollway.service.ledger import Ledger
+from tollway.service.plugins.loader import PluginError, load_provider_kinds
+from tollway.service.plugins.registry import build_registry
+from tollway.service.routing.router import Router
+from tollway.service.gateway.servicer import CompletionServicer, Runtime, ServingState
+
+log = logging.getLogger("tollway.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Completion"].full_name
+
+
+@dataclass
+class Gateway:
+    """A started server and what it needs to stop cleanly."""
+
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    runtime: Runtime
+    port: int
+    grace_period_s: float
+    environ: Mapping[str, str]
+    extra_plugins: tuple[object, ...] = ()
+    config_path: str | None = None
+
+    def reload(self) -> bool:
+        """Re-read the config file and swap in a new registry atomically.
+
+        A bad file is refused with a log line and the old config stays. Calls in flight
+        finish on the state they started with. Listen address and media limits of the
+        server itself take effect only on restart."""
+        try:
+            config = load_config(self.config_path, self.environ)
+            state = build_state(config, self.environ, self.extra_plugins)
+        except (ConfigError, PluginError, OSError) as exc:
+            log.error("config reload refused, keeping the running config: %s", exc)
+            return False
+        except Exception as exc:
+            # Whatever else a bad file trips over, a reload must not take the running config
+            # (or, under SIGHUP, the event loop's callback) down with it.
+            log.error("config reload refused, keeping the running config: %s: %s", type(exc).__name__, exc)
+            return False
+        if config.ledger != self.runtime.state.config.ledger:
+            log.warning("[ledger] changed: the new settings take effect at the next restart")
+        router = self.runtime.router
+        router.board = router.board.with_policy(config.routing.breaker)
+        self.runtime.media.policy = config.media
+        self.runtime.state = state
+        log.info("config reloaded from %s; providers: %s; routes: %s", config.source,
+                 ", ".join(p.name for p in state.registry.usable()) or "none",
+                 ", ".join(sorted(state.registry.routes)) or "none")
+        return True
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health turns NOT_SERVING, new calls are refused, in-flight calls get the grace period."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.grace_period_s if grace is None else grace)
+        # In-flight calls have recorded their usage by now: flush it before the process ends.
+        await self.runtime.ledger.aclose()
+        await self.runtime.engine.aclose()
+        await self.runtime.media.aclose()
+
+
+def load_kinds(config: Config, extra_plugins: Iterable[object] = ()) -> Mapping[str, ProviderKind]:
+    return load_provider_kinds(allow=config.plugins.allow, deny=config.plugins.deny, extra_plugins=extra_plugins)
+
+
+def build_state(config: Config, environ: Mapping[str, str], extra_plugins: Iterable[object] = ()) -> ServingState:
+    """Plugins' hooks run here, at start-up and on reload, never per request."""
+    kinds = load_kinds(config, extra_plugins)
+    return ServingState(config=config, registry=build_registry(config, kinds, environ))
+
+
+async def start_gateway(
+    config: Config,
+    *,
+    environ: Mapping[str, str] | None = None,
+    extra_plugins: Iterable[object] = (),
+    listen: str | None = None,
+    config_path: str | None = None,
+) -> Gateway:
+    """Load plugins, build the registry, bind and start. listen overrides config (tests use port 0)."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    extra_plugins = tuple(extra_plugins)
+    state = build_state(config, environ, extra_plugins)
+    registry = state.registry
+    engine = Engine(max_connections=config.server.max_upstream_connections,
+                    merge_deltas=config.server.merge_stream_deltas)
+    await engine.start()
+    media = MediaFetcher(config.media)
+    await media.start()
+    router = Router(engine, media, HealthBoard(config.routing.breaker))
+    ledger = await Ledger.open(config.ledger)
+    log.info("usage ledger: %s", config.ledger.describe())
+    runtime = Runtime(state=state, engine=engine, media=media, router=router, ledger=ledger)
+
+    # The receive limit matches the inline media limit, plus room for the text around it.
+    max_bytes = config.media.max_request_bytes + 4 * 1024 * 1024
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    pb_grpc.add_CompletionServicer_to_server(CompletionServicer(runtime), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    address = listen or config.server.listen
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    await server.start()
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    if config.callers.anonymous:
+        log.warning("no callers configured: calls are anonymous and every caller may use every model")
+    else:
+        log.info("%d callers configured: calls need 'authorization: Bearer <key>'", len(config.callers.entries))
+    usable = ", ".join(p.name for p in registry.usable()) or "none (set a provider's API key)"
+    log.info("serving on %s (config: %s); providers: %s", address.rsplit(":", 1)[0] + f":{port}", config.source,
+             usable)
+    return Gateway(server, health_servicer, runtime, port, config.server.grace_period_s, environ, extra_plugins,
+                   config_path)
+
+
+async def serve_forever(config: Config, config_path: str | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain and return (the process exits 0). SIGHUP reloads."""
+    gateway = await start_gateway(config, config_path=config_path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, gateway.reload)
+    await stop.wait()
+    log.info("stopping: draining in-flight calls for up to %.3gs", gateway.grace_period_s)
+    await gateway.stop()
+    log.info("stopped")

@@ -1,0 +1,160 @@
+"""The Completion servicer: each RPC as a Call that the router serves."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import aclosing
+from dataclasses import dataclass, replace
+
+import grpc
+
+from tollway.v1 import completion_pb2 as pb
+from tollway.v1 import completion_pb2_grpc as pb_grpc
+
+from tollway.service.gateway.call import REQUEST_ID_KEY, Call, ServingState
+from tollway.service.upstream.engine import Engine
+from tollway.service.media.fetch import MediaFetcher
+from tollway.service.errors import GatewayError
+from tollway.service.ledger import Ledger, StoreUnavailable, from_proto
+from tollway.service.routing.router import Router
+
+__all__ = ["CompletionServicer", "REQUEST_ID_KEY", "Runtime", "ServingState"]
+
+
+@dataclass
+class Runtime:
+    """What outlives a config reload; `state` is the part a reload replaces."""
+
+    state: ServingState
+    engine: Engine
+    media: MediaFetcher
+    router: Router
+    ledger: Ledger
+
+
+class CompletionServicer(pb_grpc.CompletionServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def _call(self, rpc: str, request) -> Call:
+        """A Call, counted by the ledger until it has finished (see Ledger.call_started)."""
+        ledger = self._runtime.ledger
+        ledger.call_started()
+        return Call(rpc, request, self._runtime.state, ledger)
+
+    async def Complete(self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:
+        call = self._call("Complete", request)
+        try:
+            routed = call.prepare(context)
+            response = await self._runtime.router.complete(call.state.registry, call.state.config.routing, routed)
+            response.cost.CopyFrom(call.settle(response.provider, response.model, response.usage, response.attempts))
+            await call.succeed()
+        except GatewayError as err:
+            await call.fail(context, err)
+        except asyncio.CancelledError:
+            call.cancelled(_deadline_passed(context))
+            raise
+        except Exception:
+            await call.crash(context)
+        finally:
+            call.ledger.call_ended()
+        context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
+        return response
+
+    async def StreamComplete(self, request: pb.StreamCompleteRequest, context: grpc.aio.ServicerContext):
+        call = self._call("StreamComplete", request)
+        try:
+            routed = call.prepare(context)
+            stream = self._runtime.router.stream(call.state.registry, call.state.config.routing, routed)
+            async with aclosing(stream) as messages:
+                async for message in messages:
+                    if message.HasField("delta"):
+                        call.first_delta()
+                        call.streamed_bytes += len(message.delta.text.encode())
+                    else:
+                        summary = message.summary
+                        summary.cost.CopyFrom(call.settle(summary.provider, summary.model, summary.usage,
+                                                          summary.attempts))
+                        await call.succeed()
+                    yield message
+        except GatewayError as err:
+            await call.fail(context, err)
+        except (asyncio.CancelledError, GeneratorExit):
+            # GeneratorExit: the caller went away while gRPC was sending it a message; the
+            # stream is then closed where it stood, and that is a cancel too.
+            call.cancelled(_deadline_passed(context))
+            raise
+        except Exception:
+            await call.crash(context)
+        finally:
+            call.ledger.call_ended()
+        context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
+
+    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        state = self._runtime.state
+        try:
+            caller = state.config.callers.authenticate(context.invocation_metadata())
+        except GatewayError as err:
+            await context.abort(err.code, err.message)
+        registry = state.registry
+        response = pb.ListModelsResponse()
+        for provider in sorted(registry.usable(), key=lambda p: p.name):
+            if not caller.may_use_provider(provider.name):
+                continue
+            caps = provider.adapter.capabilities
+            response.providers.append(
+                pb.ProviderInfo(
+                    name=provider.name,
+                    kind=provider.kind,
+                    input_modalities=sorted(caps.modalities),
+                    mime_types=_mime_list(caps),
+                )
+            )
+        for route in sorted(registry.routes.values(), key=lambda r: r.name):
+            if not caller.may_use(route.name):
+                continue
+            caps = registry.route_capabilities(route)
+            info = pb.RouteInfo(name=route.name)
+            for t in route.targets:
+                info.targets.append(pb.RouteTarget(provider=t.provider, model=t.model, weight=t.weight,
+                                                   priority=t.priority, usable=bool(registry.providers[t.provider].keys)))
+            if caps is not None:
+                info.input_modalities.extend(sorted(caps.modalities))
+                info.mime_types.extend(_mime_list(caps))
+            response.routes.append(info)
+        return response
+
+    async def GetUsageSummary(
+        self, request: pb.GetUsageSummaryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetUsageSummaryResponse:
+        state = self._runtime.state
+        try:
+            caller = state.config.callers.authenticate(context.invocation_metadata())
+            try:
+                filters, group_by = from_proto(request)
+            except ValueError as exc:
+                raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+            if not caller.is_admin:
+                # A caller sees its own usage only, whatever it asks for.
+                if filters.caller not in (None, caller.name):
+                    raise GatewayError(grpc.StatusCode.PERMISSION_DENIED,
+                                       f'caller: "{caller.name}" may read only its own usage')
+                filters = replace(filters, caller=caller.name)
+            try:
+                rows = await self._runtime.ledger.summary(filters, group_by)
+            except StoreUnavailable as exc:
+                raise GatewayError(grpc.StatusCode.UNAVAILABLE, f"usage ledger unavailable: {exc}") from None
+        except GatewayError as err:
+            await context.abort(err.code, err.message)
+        return pb.GetUsageSummaryResponse(rows=rows)
+
+
+def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the caller's own deadline ended the call (the caller then sees DEADLINE_EXCEEDED)
+    rather than the caller cancelling it."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
+
+
+def _mime_list(caps) -> list[str]:
+    return sorted({m for types in caps.mime_types.values() for m in types})

@@ -1,0 +1,184 @@
+"""Fetching caller media for providers that need bytes: the SSRF guard, redirects, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+
+import aiohttp
+from aiohttp.abc import AbstractResolver
+from aiohttp.resolver import ThreadedResolver
+import grpc
+import httpx
+from httpx_aiohttp import AiohttpTransport
+
+from tollway.v1 import completion_pb2 as pb
+
+from tollway.service.errors import GatewayError, invalid_argument
+from tollway.service.plugins.adapter import AnyRequest, Capabilities
+
+from .policy import (
+    MediaPolicy,
+    blocked_address,
+    check_inline_sizes,
+    decode_data_url,
+    parts_to_fetch,
+    settle_mime_type,
+)
+
+Code = grpc.StatusCode
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+def _set_socket_timeouts(request: httpx.Request, timeout: float) -> None:
+    request.extensions["timeout"] = {"connect": min(CONNECT_TIMEOUT_S, timeout), "read": timeout, "pool": timeout}
+
+
+class AddressBlocked(OSError):
+    """Raised inside the resolver: the host resolves to an address media may not come from."""
+
+
+class _GuardedResolver(AbstractResolver):
+    """Checks every address a media host resolves to before aiohttp connects to it.
+
+    The connection uses exactly the addresses checked here, so a DNS answer that changes
+    between check and connect (rebinding) cannot slip through; every redirect hop
+    connects anew and is checked again.
+    """
+
+    def __init__(self, fetcher: "MediaFetcher", inner: AbstractResolver | None = None) -> None:
+        self._fetcher = fetcher  # its policy may be replaced by a config reload
+        self._inner = inner or ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET):
+        infos = await self._inner.resolve(host, port, family)
+        policy = self._fetcher.policy
+        if not policy.host_is_trusted(host) and not all(policy.address_allowed(info["host"]) for info in infos):
+            raise AddressBlocked(f"{host} resolves to a non-public address")
+        return infos
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class MediaFetcher:
+    """Fetches caller URLs for providers that need bytes, under the SSRF guard and limits."""
+
+    def __init__(self, policy: MediaPolicy, resolver: AbstractResolver | None = None) -> None:
+        self.policy = policy
+        self._resolver = resolver
+        self._client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=100, use_dns_cache=False, resolver=_GuardedResolver(self, self._resolver)
+        )
+        session = aiohttp.ClientSession(connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar())
+        self._client = httpx.AsyncClient(transport=AiohttpTransport(client=session), timeout=None)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def inline(self, request: AnyRequest, capabilities: Capabilities, time_left: float) -> AnyRequest:
+        """A copy of request with every URL the provider cannot take replaced by the fetched bytes."""
+        todo = list(parts_to_fetch(request, capabilities.takes_url))
+        if not todo:
+            return request
+        budget = min(self.policy.fetch_timeout_s, time_left)
+        copy = type(request)()
+        copy.CopyFrom(request)
+        fetched = await asyncio.gather(
+            *(
+                self.fetch(f"messages[{i}].parts[{j}].{kind}.url", modality, getattr(request.messages[i].parts[j], kind),
+                           budget)
+                for i, j, kind, modality in todo
+            )
+        )
+        for (i, j, kind, _), (data, mime) in zip(todo, fetched):
+            media = getattr(copy.messages[i].parts[j], kind)
+            media.data = data
+            media.mime_type = mime
+        check_inline_sizes(copy, self.policy)
+        return copy
+
+    async def fetch(self, part_path: str, modality: int, media: pb.Media, budget: float) -> tuple[bytes, str]:
+        if self._client is None:
+            raise GatewayError(Code.UNAVAILABLE, "gateway is not started")
+        url = media.url
+        if url.startswith("data:"):
+            return decode_data_url(part_path, modality, url)
+        try:
+            async with asyncio.timeout(budget):
+                for _ in range(self.policy.max_redirects + 1):
+                    self._check_target(part_path, url)
+                    request = httpx.Request("GET", url, headers={"accept": "*/*", "user-agent": "tollway-media/0.1"})
+                    _set_socket_timeouts(request, budget)
+                    response = await self._client.send(request, stream=True)
+                    try:
+                        if response.status_code in (301, 302, 303, 307, 308):
+                            location = response.headers.get("location")
+                            if not location:
+                                raise invalid_argument(part_path, "the URL redirected without a Location")
+                            url = str(response.url.join(location))
+                            continue
+                        if response.status_code >= 400:
+                            raise invalid_argument(part_path, f"fetching the URL failed with HTTP {response.status_code}")
+                        data = await self._read_limited(part_path, response)
+                        mime = settle_mime_type(part_path, modality, data, media.mime_type,
+                                                response.headers.get("content-type", ""))
+                        return data, mime
+                    finally:
+                        await response.aclose()
+                raise invalid_argument(part_path, f"the URL redirected more than {self.policy.max_redirects} times")
+        except TimeoutError:
+            raise GatewayError(Code.DEADLINE_EXCEEDED, f"{part_path}: fetching the URL timed out") from None
+        except httpx.HTTPError as exc:
+            if _caused_by(exc, AddressBlocked):
+                raise blocked_address(part_path) from None
+            raise invalid_argument(part_path, "could not fetch the URL") from None
+
+    def _check_target(self, part_path: str, url: str) -> None:
+        parts = httpx.URL(url)
+        if parts.scheme not in ("http", "https") or not parts.host:
+            raise invalid_argument(part_path, "only http and https URLs can be fetched")
+        host = parts.host
+        # aiohttp does not resolve IP literals, so the resolver never sees them: check here.
+        if _is_ip_literal(host) and not self.policy.host_is_trusted(host) and not self.policy.address_allowed(host):
+            raise blocked_address(part_path)
+
+    async def _read_limited(self, part_path: str, response: httpx.Response) -> bytes:
+        limit = self.policy.max_fetch_bytes
+        declared = response.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise invalid_argument(part_path, f"the media is larger than the {limit}-byte limit")
+        chunks = []
+        size = 0
+        async for chunk in response.aiter_bytes():  # decoded: the limit holds for compressed bodies too
+            size += len(chunk)
+            if size > limit:  # stop reading at once: never buffer more than the limit
+                raise invalid_argument(part_path, f"the media is larger than the {limit}-byte limit")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 10:
+        if isinstance(current, kind) or isinstance(getattr(current, "os_error", None), kind):
+            return True
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return False

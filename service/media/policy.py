@@ -1,0 +1,196 @@
+"""Media policy: which addresses the gateway may fetch from, size limits, and type sniffing.
+
+The gateway fetches user-supplied URLs for providers that need bytes, which makes it an
+SSRF surface. This module holds the decisions (pure); engine.MediaFetcher does the IO.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+from collections.abc import Iterable
+from urllib.parse import unquote_to_bytes
+from dataclasses import dataclass
+
+import filetype
+import grpc
+
+from tollway.v1 import completion_pb2 as pb
+
+from tollway.service.plugins.adapter import (
+    AUDIO,
+    DOCUMENT,
+    IMAGE,
+    PART_MODALITY,
+    VIDEO,
+    AnyRequest,
+    modality_name,
+)
+from tollway.service.errors import GatewayError, invalid_argument
+
+Code = grpc.StatusCode
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+MIB = 1024 * 1024
+
+# Sniffers and servers name some types differently from what providers document.
+MIME_ALIASES = {
+    "audio/x-wav": "audio/wav",
+    "audio/wave": "audio/wav",
+    "audio/vnd.wave": "audio/wav",
+    "audio/x-flac": "audio/flac",
+    "audio/mp3": "audio/mpeg",
+    "image/jpg": "image/jpeg",
+}
+
+# What a part of each kind may contain, by top-level type (documents are listed).
+_KIND_PREFIX = {IMAGE: "image/", AUDIO: "audio/", VIDEO: "video/"}
+_DOCUMENT_TYPES = ("application/pdf", "text/")
+
+
+@dataclass(frozen=True)
+class MediaPolicy:
+    """The `[media]` config table."""
+
+    # Host names the operator trusts even when they resolve to non-public addresses.
+    allow_hosts: frozenset[str] = frozenset()
+    # Networks (CIDR) the operator trusts, e.g. an internal object store.
+    allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    max_redirects: int = 3
+    max_fetch_bytes: int = 20 * MIB
+    fetch_timeout_s: float = 20.0
+    # Inline data limits; the gRPC receive limit is derived from max_request_bytes.
+    max_part_bytes: int = 20 * MIB
+    max_request_bytes: int = 48 * MIB
+
+    @classmethod
+    def from_table(cls, table: dict) -> "MediaPolicy":
+        allowed = {"allow_hosts", "allow_networks", "max_redirects", "max_fetch_bytes", "fetch_timeout_s",
+                   "max_part_bytes", "max_request_bytes"}
+        unknown = set(table) - allowed
+        if unknown:
+            raise ValueError(f"unknown key(s) in [media]: {', '.join(sorted(unknown))}")
+        try:
+            networks = tuple(ipaddress.ip_network(n, strict=False) for n in table.get("allow_networks", ()))
+        except ValueError as exc:
+            raise ValueError(f"media.allow_networks: {exc}") from None
+        policy = cls(
+            allow_hosts=frozenset(h.lower() for h in table.get("allow_hosts", ())),
+            allow_networks=networks,
+            max_redirects=int(table.get("max_redirects", cls.max_redirects)),
+            max_fetch_bytes=int(table.get("max_fetch_bytes", cls.max_fetch_bytes)),
+            fetch_timeout_s=float(table.get("fetch_timeout_s", cls.fetch_timeout_s)),
+            max_part_bytes=int(table.get("max_part_bytes", cls.max_part_bytes)),
+            max_request_bytes=int(table.get("max_request_bytes", cls.max_request_bytes)),
+        )
+        for name in ("max_redirects", "max_fetch_bytes", "fetch_timeout_s", "max_part_bytes", "max_request_bytes"):
+            if getattr(policy, name) < 0:
+                raise ValueError(f"media.{name} must be >= 0")
+        return policy
+
+    def host_is_trusted(self, host: str) -> bool:
+        return host.lower().rstrip(".") in self.allow_hosts
+
+    def address_allowed(self, address: str) -> bool:
+        """A public unicast address, or one inside a network the operator allowed."""
+        try:
+            ip: IPAddress = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if any(ip in net for net in self.allow_networks):
+            return True
+        return is_public_unicast(ip)
+
+
+def is_public_unicast(ip: IPAddress) -> bool:
+    # is_global alone lets multicast through; name every class that must never be fetched.
+    return ip.is_global and not (
+        ip.is_multicast or ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+def blocked_address(part_path: str) -> GatewayError:
+    # Never say which address: the caller must not learn the gateway's network.
+    return GatewayError(Code.PERMISSION_DENIED, f"{part_path}: the URL's host is not allowed for media fetching")
+
+
+def normalize_mime(mime: str) -> str:
+    mime = mime.split(";", 1)[0].strip().lower()
+    return MIME_ALIASES.get(mime, mime)
+
+
+def fits_kind(modality: int, mime: str) -> bool:
+    if modality == DOCUMENT:
+        return mime.startswith(_DOCUMENT_TYPES)
+    return mime.startswith(_KIND_PREFIX[modality])
+
+
+def settle_mime_type(part_path: str, modality: int, data: bytes, declared: str, served: str) -> str:
+    """The media type of fetched bytes: sniffed from the content, checked against the part's kind.
+
+    A declared or served type is used only where the bytes cannot be sniffed (plain text).
+    """
+    sniffed = filetype.guess_mime(data[:8192])
+    kind = modality_name(modality)
+    if sniffed:
+        sniffed = normalize_mime(sniffed)
+        if not fits_kind(modality, sniffed):
+            raise invalid_argument(part_path, f"fetched content is {sniffed}, not {kind}")
+        return sniffed
+    for candidate in (normalize_mime(declared), normalize_mime(served)):
+        if candidate.startswith("text/") and modality == DOCUMENT:
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise invalid_argument(part_path, "fetched content is not UTF-8 text") from None
+            return candidate
+    raise invalid_argument(part_path, f"fetched content is not a recognizable {kind}")
+
+
+def decode_data_url(part_path: str, modality: int, url: str) -> tuple[bytes, str]:
+    """The bytes and media type of a data: URL (RFC 2397), checked against the part's kind."""
+    header, _, payload = url[5:].partition(",")
+    mime, *params = header.split(";")
+    try:
+        data = base64.b64decode(payload, validate=True) if "base64" in params else unquote_to_bytes(payload)
+    except (binascii.Error, ValueError):
+        raise invalid_argument(part_path, "the data: URL is not valid base64") from None
+    mime = normalize_mime(mime or "text/plain")
+    if not fits_kind(modality, mime):
+        raise invalid_argument(part_path, f"the data: URL holds {mime}, not {modality_name(modality)}")
+    return data, mime
+
+
+def check_inline_sizes(request: AnyRequest, policy: MediaPolicy) -> None:
+    """Per-part and per-request limits on inline bytes, with the field named."""
+    total = 0
+    for i, message in enumerate(request.messages):
+        for j, part in enumerate(message.parts):
+            kind = part.WhichOneof("content")
+            if kind in (None, "text"):
+                continue
+            media: pb.Media = getattr(part, kind)
+            size = len(media.data) if media.WhichOneof("source") == "data" else len(media.url) * 3 // 4
+            if size > policy.max_part_bytes:
+                raise invalid_argument(f"messages[{i}].parts[{j}].{kind}",
+                                       f"inline media is {size} bytes; the limit per part is {policy.max_part_bytes}")
+            total += size
+    if total > policy.max_request_bytes:
+        raise invalid_argument("messages",
+                               f"inline media totals {total} bytes; the limit per request is {policy.max_request_bytes}")
+
+
+def parts_to_fetch(request: AnyRequest, takes_url) -> Iterable[tuple[int, int, str, int]]:
+    """(message index, part index, oneof name, modality) of URL parts the provider cannot take."""
+    for i, message in enumerate(request.messages):
+        for j, part in enumerate(message.parts):
+            kind = part.WhichOneof("content")
+            if kind in (None, "text"):
+                continue
+            media = getattr(part, kind)
+            if media.WhichOneof("source") == "url" and not takes_url(PART_MODALITY[kind], media.url):
+                yield i, j, kind, PART_MODALITY[kind]

@@ -1,0 +1,290 @@
+"""The engine: the only module that touches the network.
+
+One shared httpx.AsyncClient over an aiohttp transport (httpx's own pool was measured at
+about a third of aiohttp's throughput here, see bench/RESULTS.md); adapters still see only
+httpx Request/Response objects. The engine knows no provider's JSON.
+
+Cancellation and deadlines: every upstream call runs inside the caller's task, so when
+the caller cancels or its deadline passes, gRPC cancels the task and the upstream
+connection is closed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+import aiohttp
+import grpc
+import httpx
+from httpx_aiohttp import AiohttpTransport
+from httpx_sse import ServerSentEvent
+
+from tollway.v1 import completion_pb2 as pb
+
+from tollway.service.errors import GatewayError, bad_upstream_body
+from tollway.service.plugins.adapter import Adapter, AnyRequest, StreamDecoder
+from tollway.service.usage.estimate import answer_bytes, estimated_usage
+
+from .sse import SSEDecoder
+
+Code = grpc.StatusCode
+
+
+
+@dataclass(frozen=True)
+class AttemptTimeouts:
+    """Limits for one upstream attempt, already cut to the caller's remaining deadline."""
+
+    connect: float
+    # Unary: the whole attempt.
+    total: float
+    # Streams: until the first event, then between events.
+    first_byte: float
+    idle: float
+
+
+class Engine:
+    def __init__(self, *, max_connections: int = 1000, merge_deltas: bool = False) -> None:
+        self._max_connections = max_connections
+        # Send the consecutive deltas of one choice that one read brought as one message.
+        # Off by default: callers then see each upstream event as its own delta, as before.
+        self._merge_deltas = merge_deltas
+        self._transport: AiohttpTransport | None = None
+
+    async def start(self) -> None:
+        """Create the shared transport; must run inside the serving event loop."""
+        connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
+        # One session serves every caller: a cookie one upstream answer sets must never ride
+        # along on another caller's request.
+        session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+        self._transport = AiohttpTransport(client=session)
+
+    async def aclose(self) -> None:
+        if self._transport is not None:
+            await self._transport.aclose()
+            self._transport = None
+
+    async def complete(
+        self, adapter: Adapter, request: AnyRequest, model: str, timeouts: AttemptTimeouts
+    ) -> pb.CompleteResponse:
+        """One unary attempt; timeouts.total bounds the whole exchange."""
+        http_request = adapter.build_request(request, model, stream=False)
+        http_request.extensions["timeout"] = {"connect": timeouts.connect, "read": None, "pool": timeouts.total}
+        name = adapter.settings.name
+        try:
+            async with asyncio.timeout(timeouts.total):
+                response = await self._send(http_request, stream=False)
+        except TimeoutError:
+            raise _timeout(name, f"did not answer within {timeouts.total:.3g}s") from None
+        except httpx.HTTPError as exc:
+            raise _transport_error(name, exc, connect_s=timeouts.connect) from None
+        if response.status_code >= 400:
+            raise adapter.parse_error(response)
+        parsed = adapter.parse_response(response, request, model)
+        if not parsed.HasField("usage"):
+            parsed.usage.CopyFrom(estimated_usage(request, answer_bytes(parsed.choices)))
+        return parsed
+
+    async def stream(
+        self, adapter: Adapter, request: AnyRequest, model: str, timeouts: AttemptTimeouts
+    ) -> AsyncIterator[pb.StreamCompleteResponse]:
+        """Text deltas as they arrive, then the summary; a stream cut off raises UNAVAILABLE.
+
+        Time limits: connecting, the first event, and each gap between events; never the
+        whole stream, so a healthy long stream is not killed. An error after the first
+        message carries the usage seen so far (estimated) as err.partial_summary.
+
+        The body is read in raw chunks. With merge_deltas, once the first delta is out, the
+        consecutive deltas of one choice that the same read brought go out as one message
+        (grpc.aio spends 65-170 microseconds per message, bench/RESULTS.md); nothing waits
+        for more data to merge with, so no delta is held back, and the first one never waits
+        for the rest.
+        """
+        http_request = adapter.build_request(request, model, stream=True)
+        http_request.extensions["timeout"] = {"connect": timeouts.connect, "read": None, "pool": timeouts.first_byte}
+        name = adapter.settings.name
+        decoder = adapter.stream_decoder(request, model)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeouts.first_byte
+        waiting_for = f"sent nothing within {timeouts.first_byte:.3g}s"
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await self._send(http_request, stream=True)
+        except TimeoutError:
+            raise _timeout(name, waiting_for) from None
+        except httpx.HTTPError as exc:
+            raise _transport_error(name, exc, connect_s=timeouts.connect) from None
+        chunks: AsyncIterator[bytes] | None = None
+        delivered = False
+        started = False
+        try:
+            if response.status_code >= 400:
+                async with asyncio.timeout_at(deadline):
+                    await _read_body(name, response)
+                raise adapter.parse_error(response)
+            if "text/event-stream" not in response.headers.get("content-type", "").partition(";")[0]:
+                raise bad_upstream_body(name, "a body that is not an event stream")
+            # Raw bytes unless the upstream compressed them (aiohttp offers gzip and deflate).
+            chunks = response.aiter_bytes() if "content-encoding" in response.headers else response.aiter_raw()
+            sse = SSEDecoder()
+            # One timer for the whole read, armed only while waiting for the upstream: armed
+            # while this generator is suspended at `yield`, it would cancel the caller's task
+            # wherever that task is.
+            async with asyncio.timeout(None) as timer:
+                while True:
+                    if timer.when() != deadline:
+                        timer.reschedule(deadline)
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                    events = sse.feed(chunk)
+                    if not events:
+                        continue  # part of an event: the clock runs on
+                    timer.reschedule(None)
+                    if not started:
+                        started = True
+                        waiting_for = f"stalled for {timeouts.idle:.3g}s mid-stream"
+                    # Read to the end even after the terminal event: a provider may send usage
+                    # after it (and Gemini has no terminal event at all).
+                    pending = iter(events)
+                    if not (delivered and self._merge_deltas):
+                        # One event at a time: the first delta never waits for the rest of the
+                        # read to be decoded. Without merging, every event goes this way.
+                        for event in pending:
+                            for message in decoder.feed(event):
+                                delivered = True
+                                yield message
+                            if delivered and self._merge_deltas:
+                                break
+                    if self._merge_deltas:
+                        messages, error = _decode_merged(decoder, pending)
+                        for message in messages:
+                            yield message
+                        if error is not None:
+                            raise error
+                    # From now: time spent with the caller (a slow reader) is not the upstream's.
+                    deadline = loop.time() + timeouts.idle
+            if not decoder.finished:
+                raise GatewayError(Code.UNAVAILABLE, f"{name}: upstream stream ended before its final event (truncated)")
+            yield pb.StreamCompleteResponse(summary=_summary(decoder, request))
+        except TimeoutError:
+            raise _with_partial(_timeout(name, waiting_for), decoder, delivered, request) from None
+        except httpx.HTTPError as exc:
+            raise _with_partial(_transport_error(name, exc, mid_stream=True), decoder, delivered, request) from None
+        except GatewayError as err:
+            raise _with_partial(err, decoder, delivered, request) from None
+        finally:
+            if chunks is not None:
+                await chunks.aclose()
+            # Closing before the body is read drops the connection: the upstream sees the cancel.
+            await response.aclose()
+
+    async def _send(self, request: httpx.Request, *, stream: bool) -> httpx.Response:
+        """Straight to the transport: adapters build complete requests, and httpx.AsyncClient's
+        layers (cookies, auth, redirects, hooks) would only cost time here (bench/RESULTS.md)."""
+        if self._transport is None:
+            raise GatewayError(Code.UNAVAILABLE, "gateway is not started")
+        response = await self._transport.handle_async_request(request)
+        if not stream:
+            try:
+                await response.aread()
+            except BaseException:
+                # A cancel or timeout mid-body: drop the connection so the upstream sees it.
+                await response.aclose()
+                raise
+        return response
+
+
+async def _read_body(name: str, response: httpx.Response) -> None:
+    try:
+        await response.aread()
+    except httpx.HTTPError as exc:
+        raise _transport_error(name, exc) from None
+
+
+def _decode_merged(decoder: StreamDecoder, events: Iterable[ServerSentEvent]) -> tuple[
+        list[pb.StreamCompleteResponse], GatewayError | None]:
+    """The messages of events read together, merged, and the error that ended them if one did.
+
+    The messages before an error event still reach the caller, then the error, as when
+    each event is handled on its own."""
+    messages: list[pb.StreamCompleteResponse] = []
+    error = None
+    try:
+        for event in events:
+            messages.extend(decoder.feed(event))
+    except GatewayError as err:
+        error = err
+    return merge_deltas(messages), error
+
+
+def merge_deltas(messages: list[pb.StreamCompleteResponse]) -> list[pb.StreamCompleteResponse]:
+    """Consecutive text deltas of the same choice as one delta: the same text in the same
+    order, in fewer messages."""
+    if len(messages) < 2:
+        return messages
+    merged: list[pb.StreamCompleteResponse] = []
+    head: pb.TextDelta | None = None  # the delta that absorbs the ones after it
+    texts: list[str] = []
+    for message in messages:
+        if message.WhichOneof("event") == "delta":
+            delta = message.delta
+            if head is not None and delta.choice_index == head.choice_index:
+                texts.append(delta.text)
+                continue
+            _join_into(head, texts)
+            head, texts = delta, [delta.text]
+        else:
+            _join_into(head, texts)
+            head, texts = None, []
+        merged.append(message)
+    _join_into(head, texts)
+    return merged
+
+
+def _join_into(head: pb.TextDelta | None, texts: list[str]) -> None:
+    if head is not None and len(texts) > 1:
+        head.text = "".join(texts)
+
+
+def _timeout(name: str, what: str) -> GatewayError:
+    return GatewayError(Code.DEADLINE_EXCEEDED, f"{name}: upstream {what}", attempt_timeout=True)
+
+
+def _summary(decoder: StreamDecoder, request: AnyRequest) -> pb.StreamSummary:
+    """The decoder's summary, with usage estimated where the provider sent none."""
+    summary = decoder.summary()
+    if not summary.HasField("usage"):
+        summary.usage.CopyFrom(estimated_usage(request, decoder.output_bytes))
+    return summary
+
+
+def _with_partial(err: GatewayError, decoder: StreamDecoder, delivered: bool, request: AnyRequest) -> GatewayError:
+    """Attach the usage seen so far to an error that ends a stream the caller already saw."""
+    if delivered and err.partial_summary is None:
+        summary = _summary(decoder, request)
+        summary.usage.estimated = True
+        err.partial_summary = summary
+    return err
+
+
+def _transport_error(name: str, exc: httpx.HTTPError, *, mid_stream: bool = False,
+                     connect_s: float | None = None) -> GatewayError:
+    """Classify by the underlying aiohttp error: the transport maps every connection error to ConnectTimeout."""
+    cause = exc.__cause__ or exc
+    if isinstance(cause, aiohttp.ConnectionTimeoutError) and connect_s is not None:
+        # The connect limit, not the upstream's speed: say which, so an operator tunes the right one.
+        return GatewayError(Code.DEADLINE_EXCEEDED, f"{name}: upstream did not accept a connection within "
+                            f"{connect_s:.3g}s", attempt_timeout=True)
+    if isinstance(cause, (asyncio.TimeoutError, TimeoutError)) or (
+        isinstance(exc, httpx.TimeoutException) and exc.__cause__ is None
+    ):
+        return GatewayError(Code.DEADLINE_EXCEEDED, f"{name}: upstream timed out", attempt_timeout=True)
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        return GatewayError(Code.UNAVAILABLE, f"{name}: cannot connect to upstream")
+    if mid_stream or isinstance(cause, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)):
+        return GatewayError(Code.UNAVAILABLE, f"{name}: upstream closed the connection")
+    return GatewayError(Code.UNAVAILABLE, f"{name}: upstream connection failed")

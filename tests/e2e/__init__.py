@@ -1,0 +1,1 @@
+"""An in-process gateway over a real gRPC channel, loopback upstreams behind it."""

@@ -1,0 +1,1 @@
+"""Provider adapters: one conformance suite over every built-in kind, then each one's own payloads."""

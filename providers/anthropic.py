@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -94,9 +94,6 @@ class AnthropicOptions:
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any]) -> AnthropicOptions:
-        unknown = set(options) - {"default_max_tokens"}
-        if unknown:
-            raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))} (anthropic knows default_max_tokens)")
         value = options.get("default_max_tokens", DEFAULT_MAX_TOKENS)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**31:
             raise ValueError(f"default_max_tokens must be a positive integer, got {value!r}")
@@ -131,11 +128,11 @@ def build_body(
     return body
 
 
-def _conversation(request: AnyRequest, provider: str) -> tuple[list[dict], list[dict]]:
+def _conversation(request: AnyRequest, provider: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """System text goes to the top-level `system`; other turns to `messages`, with
     consecutive same-role turns merged into one, as the API would merge them anyway."""
-    system: list[dict] = []
-    turns: list[dict] = []
+    system: list[dict[str, Any]] = []
+    turns: list[dict[str, Any]] = []
     for i, message in enumerate(request.messages):
         if message.role == pb.ROLE_SYSTEM:
             system.extend(_text_block(i, j, part, "system", provider) for j, part in enumerate(message.parts))
@@ -217,7 +214,7 @@ def build_http_request(settings: ProviderSettings, body: Mapping[str, Any], *, s
 # -- response ----------------------------------------------------------------------------
 
 
-def finish_reason(raw: str) -> int:
+def finish_reason(raw: str) -> pb.FinishReason:
     if not raw:
         return pb.FINISH_REASON_UNSPECIFIED
     return STOP_REASONS.get(raw, pb.FINISH_REASON_OTHER)
@@ -485,12 +482,13 @@ def create(settings: ProviderSettings) -> AnthropicAdapter:
 
 
 @hookimpl
-def tollway_register_providers(register):
+def tollway_register_providers(register: Callable[[ProviderKind], None]) -> None:
     register(
         ProviderKind(
             name=KIND,
             create=create,
             default_base_url=DEFAULT_BASE_URL,
             default_api_key_env=API_KEY_ENV,
+            options=frozenset({"default_max_tokens"}),
         )
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -219,7 +219,7 @@ def build_http_request(settings: ProviderSettings, model: str, body: Mapping[str
 # -- response ----------------------------------------------------------------------------
 
 
-def finish_reason(raw: str | None) -> int:
+def finish_reason(raw: str | None) -> pb.FinishReason:
     if not raw:
         return pb.FINISH_REASON_UNSPECIFIED
     # A value added to the enum after this table was written is still a stop.
@@ -519,7 +519,7 @@ def create(settings: ProviderSettings) -> GeminiAdapter:
 
 
 @hookimpl
-def tollway_register_providers(register):
+def tollway_register_providers(register: Callable[[ProviderKind], None]) -> None:
     register(
         ProviderKind(
             name="gemini",

@@ -6,6 +6,8 @@ bytes as data: URLs, and reports usage with the relay quirks of USAGE.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tollway.plugin import (
     AUDIO,
     DOCUMENT,
@@ -38,7 +40,7 @@ def create(settings: ProviderSettings) -> OpenAIChatAdapter:
 
 
 @hookimpl
-def tollway_register_providers(register):
+def tollway_register_providers(register: Callable[[ProviderKind], None]) -> None:
     register(
         ProviderKind(
             name="mixrouter",

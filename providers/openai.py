@@ -10,6 +10,8 @@ the bytes. PDFs go as `file` parts with a data: URL. No video input.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tollway.plugin import (
     AUDIO,
     DOCUMENT,
@@ -36,14 +38,11 @@ DIALECT = ChatDialect(audio_style="input_audio", max_tokens_field="max_completio
 
 
 def create(settings: ProviderSettings) -> OpenAIChatAdapter:
-    if settings.options:
-        # Options are typed per kind; one this kind does not know is a typo, not a no-op.
-        raise ValueError(f"unknown option(s) for kind openai: {', '.join(sorted(settings.options))}")
     return OpenAIChatAdapter(settings, CAPABILITIES, DIALECT)
 
 
 @hookimpl
-def tollway_register_providers(register):
+def tollway_register_providers(register: Callable[[ProviderKind], None]) -> None:
     register(
         ProviderKind(
             name="openai",

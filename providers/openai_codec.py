@@ -10,7 +10,7 @@ import base64
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeGuard
 
 import grpc
 import httpx
@@ -165,7 +165,7 @@ def build_http_request(
 # -- response ----------------------------------------------------------------------------
 
 
-def finish_reason(raw: str | None) -> int:
+def finish_reason(raw: str | None) -> pb.FinishReason:
     if not raw:
         return pb.FINISH_REASON_UNSPECIFIED
     return FINISH_REASONS.get(raw, pb.FINISH_REASON_OTHER)
@@ -260,7 +260,7 @@ def _int(mapping: Mapping[str, Any] | None, key: str) -> int:
     return int(value) if _is_number(value) and value > 0 else 0
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

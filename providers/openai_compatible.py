@@ -17,9 +17,9 @@ zeros for unset details) are handled by the shared codec per USAGE.md.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from tollway.plugin import (
     AUDIO,
@@ -31,6 +31,7 @@ from tollway.plugin import (
     ProviderSettings,
     hookimpl,
 )
+from tollway.v1 import completion_pb2 as pb
 
 from .openai_codec import ChatDialect, OpenAIChatAdapter
 
@@ -63,11 +64,6 @@ class CompatibleOptions:
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> "CompatibleOptions":
-        known = {"max_tokens_field", "modalities", "audio_style"}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"unknown option(s) for kind {KIND}: {', '.join(unknown)} "
-                             f"(known: {', '.join(sorted(known))})")
         parsed = cls(
             max_tokens_field=_one_of(options, "max_tokens_field", MAX_TOKENS_FIELDS, cls.max_tokens_field),
             modalities=_modalities(options),
@@ -84,7 +80,9 @@ class CompatibleOptions:
         # Images and videos go as URLs (data: URLs for bytes); input_audio and documents
         # take bytes only, so the gateway fetches those URLs.
         by_url = {IMAGE, VIDEO} | ({AUDIO} if self.audio_style == "audio_url" else set())
-        return Capabilities(mime_types=mime_types, url_modalities=frozenset(by_url & set(mime_types)))
+        # Audio, the one modality MIME_TYPES lacks (None above), has its types set just above.
+        return Capabilities(mime_types=cast(Mapping[pb.Modality, frozenset[str]], mime_types),
+                            url_modalities=frozenset(by_url & set(mime_types)))
 
     def dialect(self) -> ChatDialect:
         return ChatDialect(audio_style=self.audio_style, max_tokens_field=self.max_tokens_field)
@@ -95,7 +93,7 @@ def _one_of(options: Mapping[str, Any], key: str, allowed: tuple[str, ...], defa
     if value not in allowed:
         choices = " or ".join(f'"{a}"' for a in allowed)
         raise ValueError(f"option {key} must be {choices}, not {value!r}")
-    return value
+    return cast(str, value)  # one of allowed
 
 
 def _modalities(options: Mapping[str, Any]) -> tuple[str, ...]:
@@ -115,7 +113,7 @@ def create(settings: ProviderSettings) -> OpenAIChatAdapter:
 
 
 @hookimpl
-def tollway_register_providers(register):
+def tollway_register_providers(register: Callable[[ProviderKind], None]) -> None:
     register(
         ProviderKind(
             name=KIND,
@@ -124,5 +122,6 @@ def tollway_register_providers(register):
             default_base_url=None,
             default_api_key_env=None,
             requires_api_key=False,
+            options=frozenset({"max_tokens_field", "modalities", "audio_style"}),
         )
     )

@@ -12,12 +12,12 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-
+from tollway.service.config.keys import reject_unknown
 from tollway.service.errors import GatewayError
 
 Code = grpc.StatusCode
@@ -66,7 +66,7 @@ class Callers:
     def anonymous(self) -> bool:
         return not self.entries
 
-    def authenticate(self, metadata: Sequence[tuple[str, Any]] | None) -> Caller:
+    def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Caller:
         """The caller a request's metadata proves, or UNAUTHENTICATED."""
         if self.anonymous:
             return ANONYMOUS_CALLER
@@ -89,7 +89,7 @@ def authorize_model(caller: Caller, model: str) -> None:
         raise GatewayError(Code.PERMISSION_DENIED, f'model: caller "{caller.name}" may not use "{model}"')
 
 
-def _bearer(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
+def _bearer(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
     for key, value in metadata or ():
         if key == "authorization":
             if isinstance(value, bytes):
@@ -110,9 +110,7 @@ def parse_callers(table: Mapping[str, Any]) -> Callers:
             raise ValueError(f"{where}: a caller name takes letters, digits, '.', '_' and '-'")
         if not isinstance(raw, Mapping):
             raise ValueError(f"{where} must be a table")
-        unknown = set(raw) - {"key_sha256", "allowed_models", "labels", "role"}
-        if unknown:
-            raise ValueError(f"unknown key(s) in [{where}]: {', '.join(sorted(unknown))}")
+        reject_unknown(raw, {"key_sha256", "allowed_models", "labels", "role"}, f"in [{where}]")
         key_hash = raw.get("key_sha256")
         if not isinstance(key_hash, str) or not _HEX64.match(key_hash.lower()):
             raise ValueError(f"{where}.key_sha256 must be 64 hex digits (tollway keys new {name})")

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from tollway.v1 import completion_pb2 as pb
-
-from tollway.service.plugins.adapter import AnyRequest, Capabilities, modality_name, PART_MODALITY
 from tollway.service.errors import invalid_argument
 from tollway.service.media.policy import normalize_mime
+from tollway.service.plugins.adapter import (
+    PART_MODALITY,
+    AnyRequest,
+    Capabilities,
+    modality_name,
+)
+from tollway.v1 import completion_pb2 as pb
 
 
 def validate_request(request: AnyRequest) -> None:

@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time, timezone
 from importlib import resources
-from typing import Any
+from typing import Any, TypeGuard
 
 from tollway.v1 import completion_pb2 as pb
 
@@ -84,7 +84,7 @@ _DEFAULTS: dict[int, tuple[int, ...]] = {
 }
 
 # The usage bucket behind each token class, in line-item order (the enum's order).
-_BUCKETS: tuple[tuple[int, Callable[[pb.Usage], int]], ...] = (
+_BUCKETS: tuple[tuple[pb.TokenClass, Callable[[pb.Usage], int]], ...] = (
     (TC.TOKEN_CLASS_INPUT_TEXT, lambda u: u.input.text),
     (TC.TOKEN_CLASS_INPUT_IMAGE, lambda u: u.input.image),
     (TC.TOKEN_CLASS_INPUT_AUDIO, lambda u: u.input.audio),
@@ -363,7 +363,7 @@ def _unit_prices(table: Mapping[str, Any], where: str) -> UnitPrices:
     return UnitPrices.resolve(listed)
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     # bool is an int subclass; `true` is no price.
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -419,7 +419,7 @@ def _in_effect(versions: tuple[PriceVersion, ...], moment: datetime) -> PriceVer
     return versions[position - 1] if position else None
 
 
-def _check_breakdown(usage: pb.Usage, counts: list[tuple[int, int]], model: str) -> None:
+def _check_breakdown(usage: pb.Usage, counts: list[tuple[pb.TokenClass, int]], model: str) -> None:
     """Prices apply to buckets; buckets that do not make up their totals would bill wrongly."""
     for token_class, tokens in counts:
         if tokens < 0:

@@ -7,9 +7,16 @@ import asyncio
 import mimetypes
 import os
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tollway.service.config.loader import DEFAULT_LISTEN, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from tollway.v1 import completion_pb2 as pb
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,13 +73,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _usage(args: argparse.Namespace) -> int:
     import grpc
-
+    from tollway.service.ledger import UsageFilter
+    from tollway.service.ledger.summary import to_proto
     from tollway.v1 import completion_pb2_grpc as pb_grpc
 
-    from tollway.service.ledger import UsageFilter
-
     from .render import render, row_dict
-    from tollway.service.ledger.summary import to_proto
 
     try:
         filters = UsageFilter(
@@ -90,7 +95,9 @@ def _usage(args: argparse.Namespace) -> int:
     metadata = (("authorization", f"Bearer {key}"),) if key else ()
     with grpc.insecure_channel(args.target) as channel:
         try:
-            response = pb_grpc.CompletionStub(channel).GetUsageSummary(request, timeout=args.timeout, metadata=metadata)
+            # completion_pb2_grpc is generated without annotations.
+            stub = pb_grpc.CompletionStub(channel)  # type: ignore[no-untyped-call]
+            response = stub.GetUsageSummary(request, timeout=args.timeout, metadata=metadata)
         except grpc.RpcError as err:
             print(f"tollway: {err.code().name}: {err.details()}", file=sys.stderr)
             return 1
@@ -102,7 +109,7 @@ def _usage(args: argparse.Namespace) -> int:
     return 0
 
 
-def _moment(text: str, flag: str):
+def _moment(text: str, flag: str) -> datetime:
     """An ISO date/time (UTC when it names no zone), or a span back from now: 24h, 7d, 30m."""
     from datetime import datetime, timedelta, timezone
 
@@ -138,10 +145,10 @@ def _keys_new(name: str) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from tollway.service.ledger import JournalError, SchemaTooNew
     from tollway.service.gateway.logs import configure_logging
-    from tollway.service.plugins.loader import PluginError
     from tollway.service.gateway.server import serve_forever
+    from tollway.service.ledger import JournalError, SchemaTooNew
+    from tollway.service.plugins.loader import PluginError
 
     config_path = args.config or os.environ.get("TOLLWAY_CONFIG")
     try:
@@ -157,7 +164,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         import uvloop
 
-        runner = uvloop.run
+        runner: Callable[[Coroutine[Any, Any, None]], None] = uvloop.run
     except ImportError:  # uvloop is optional off Linux/macOS
         runner = asyncio.run
     try:
@@ -170,7 +177,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _complete(args: argparse.Namespace) -> int:
     import grpc
-
     from tollway.v1 import completion_pb2 as pb
     from tollway.v1 import completion_pb2_grpc as pb_grpc
 
@@ -181,7 +187,8 @@ def _complete(args: argparse.Namespace) -> int:
     for kind in ("image", "audio", "video", "document"):
         for ref in getattr(args, kind):
             try:
-                parts.append(pb.Part(**{kind: _media(ref)}))
+                media: dict[str, Any] = {kind: _media(ref)}  # one of Part's Media fields
+                parts.append(pb.Part(**media))
             except OSError as exc:
                 print(f"tollway: --{kind} {ref}: {exc.strerror or exc}", file=sys.stderr)
                 return 2
@@ -195,7 +202,7 @@ def _complete(args: argparse.Namespace) -> int:
     key = os.environ.get(args.key_env)
     metadata = (("authorization", f"Bearer {key}"),) if key else ()
     with grpc.insecure_channel(args.target) as channel:
-        stub = pb_grpc.CompletionStub(channel)
+        stub = pb_grpc.CompletionStub(channel)  # type: ignore[no-untyped-call]  # generated without annotations
         try:
             if args.stream:
                 usage = None
@@ -220,7 +227,7 @@ def _complete(args: argparse.Namespace) -> int:
     return 0
 
 
-def _media(ref: str):
+def _media(ref: str) -> pb.Media:
     from tollway.v1 import completion_pb2 as pb
 
     if ref.startswith(("http://", "https://", "data:")):
@@ -230,7 +237,7 @@ def _media(ref: str):
     return pb.Media(data=path.read_bytes(), mime_type=mime)
 
 
-def _print_usage(usage) -> None:
+def _print_usage(usage: pb.Usage | None) -> None:
     if usage is None:
         return
     from google.protobuf import json_format

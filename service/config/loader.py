@@ -15,6 +15,7 @@ from typing import Any
 
 from tollway.service.admission.auth import Callers, parse_callers
 from tollway.service.billing.catalog import PriceCatalog
+from tollway.service.config.keys import reject_unknown
 from tollway.service.ledger import LedgerConfig
 from tollway.service.media.policy import MediaPolicy
 from tollway.service.routing.routes import (
@@ -116,9 +117,8 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] 
 
 
 def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
-    unknown = set(raw) - {"server", "plugins", "providers", "media", "routes", "routing", "prices", "callers", "ledger"}
-    if unknown:
-        raise ConfigError(f"unknown top-level config table(s): {', '.join(sorted(unknown))}")
+    reject_unknown(raw, {"server", "plugins", "providers", "media", "routes", "routing", "prices", "callers", "ledger"},
+                   "", noun="top-level config table(s)", error=ConfigError)
     server = _parse_server(_table(raw, "server"))
     plugins_raw = _table(raw, "plugins")
     plugins = PluginsConfig(
@@ -212,9 +212,7 @@ def _str_list(table: Mapping[str, Any], key: str, where: str) -> list[str]:
 
 
 def _no_unknown(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = set(table) - allowed
-    if unknown:
-        raise ConfigError(f"unknown key(s) in [{where}]: {', '.join(sorted(unknown))}")
+    reject_unknown(table, allowed, f"in [{where}]", error=ConfigError)
 
 
 def _replace_server(config: Config, **changes: Any) -> Config:

@@ -7,25 +7,25 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any, cast
 
 import grpc
-
-from tollway.v1 import completion_pb2 as pb
-
-from tollway.service.plugins.adapter import AnyRequest
 from tollway.service.admission.auth import Caller, authorize_model
+from tollway.service.admission.validation import check_capabilities, validate_request
 from tollway.service.config.loader import Config
 from tollway.service.errors import GatewayError, scrub
-from tollway.service.ledger import JournalError, Ledger, LedgerClosed, LedgerRecord
 from tollway.service.gateway.logs import log_request
+from tollway.service.ledger import JournalError, Ledger, LedgerClosed, LedgerRecord
 from tollway.service.media.policy import check_inline_sizes
+from tollway.service.plugins.adapter import AnyRequest
 from tollway.service.plugins.registry import Registry
 from tollway.service.routing.router import RoutedCall
 from tollway.service.routing.routes import Route
 from tollway.service.usage.estimate import estimated_usage
-from tollway.service.admission.validation import check_capabilities, validate_request
+from tollway.v1 import completion_pb2 as pb
 
 log = logging.getLogger("tollway.servicer")
 
@@ -68,7 +68,7 @@ class Call:
         # One ledger record per call, whatever happens after it was written.
         self.recorded = False
 
-    def prepare(self, context: grpc.aio.ServicerContext) -> RoutedCall:
+    def prepare(self, context: grpc.aio.ServicerContext[Any, Any]) -> RoutedCall:
         """Who is calling, every check that needs no network, then the call's deadline budget."""
         config, registry = self.state.config, self.state.registry
         self.caller = config.callers.authenticate(context.invocation_metadata())
@@ -88,7 +88,7 @@ class Call:
         if self.ttft_ms is None:
             self.ttft_ms = (time.perf_counter() - self.started) * 1000
 
-    def settle(self, provider: str, model: str, usage: pb.Usage, attempts) -> pb.Cost:
+    def settle(self, provider: str, model: str, usage: pb.Usage, attempts: Iterable[pb.Attempt]) -> pb.Cost:
         """The answer is in: price it and keep what the log line and ledger record need."""
         self.provider, self.upstream_model, self.usage = provider, model, usage
         self.attempts = list(attempts)
@@ -123,7 +123,7 @@ class Call:
                 self._estimate_abandoned_usage()
             self._record_nowait(status)
 
-    async def fail(self, context: grpc.aio.ServicerContext, err: GatewayError):
+    async def fail(self, context: grpc.aio.ServicerContext[Any, Any], err: GatewayError) -> None:
         # Whatever an adapter quoted from a provider, no configured key ever leaves.
         secrets = self.state.registry.secrets
         err.message = scrub(err.message, secrets)
@@ -147,7 +147,7 @@ class Call:
         await context.abort(status.code, status.details,
                             tuple(status.trailing_metadata) + ((REQUEST_ID_KEY, self.request_id),))
 
-    async def crash(self, context: grpc.aio.ServicerContext):
+    async def crash(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         # A bug of ours: the caller gets a request id to report, never a traceback.
         log.exception("unexpected error in %s (request_id=%s)", self.rpc, self.request_id)
         self.log("INTERNAL", "unexpected error")
@@ -209,7 +209,8 @@ class Call:
         usage = estimated_usage(self.request, self.streamed_bytes)
         provider, model = self._target_provider(), self._target_model()
         if provider:
-            self.settle(provider, model, usage, self.routed.attempts)
+            # A target provider comes from the routed call.
+            self.settle(provider, model, usage, cast(RoutedCall, self.routed).attempts)
 
     def _target_provider(self) -> str:
         target = self.routed.target if self.routed else None

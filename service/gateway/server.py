@@ -11,20 +11,18 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
-from tollway.v1 import completion_pb2 as pb
-from tollway.v1 import completion_pb2_grpc as pb_grpc
-
-from tollway.service.plugins.adapter import ProviderKind
-from tollway.service.routing.health import HealthBoard
 from tollway.service.config.loader import Config, ConfigError, load_config
-from tollway.service.upstream.engine import Engine
-from tollway.service.media.fetch import MediaFetcher
+from tollway.service.gateway.servicer import CompletionServicer, Runtime, ServingState
 from tollway.service.ledger import Ledger
+from tollway.service.media.fetch import MediaFetcher
+from tollway.service.plugins.adapter import ProviderKind
 from tollway.service.plugins.loader import PluginError, load_provider_kinds
 from tollway.service.plugins.registry import build_registry
+from tollway.service.routing.health import HealthBoard
 from tollway.service.routing.router import Router
-from tollway.service.gateway.servicer import CompletionServicer, Runtime, ServingState
+from tollway.service.upstream.engine import Engine
+from tollway.v1 import completion_pb2 as pb
+from tollway.v1 import completion_pb2_grpc as pb_grpc
 
 log = logging.getLogger("tollway.server")
 
@@ -126,7 +124,8 @@ async def start_gateway(
             ("grpc.so_reuseport", 0),
         ]
     )
-    pb_grpc.add_CompletionServicer_to_server(CompletionServicer(runtime), server)
+    # completion_pb2_grpc is generated without annotations.
+    pb_grpc.add_CompletionServicer_to_server(CompletionServicer(runtime), server)  # type: ignore[no-untyped-call]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

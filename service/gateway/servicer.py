@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, replace
+from typing import Any, cast
 
 import grpc
-
+from tollway.service.errors import GatewayError
+from tollway.service.gateway.call import REQUEST_ID_KEY, Call, ServingState
+from tollway.service.ledger import Ledger, StoreUnavailable, from_proto
+from tollway.service.media.fetch import MediaFetcher
+from tollway.service.plugins.adapter import Adapter, AnyRequest, Capabilities
+from tollway.service.routing.router import Router
+from tollway.service.upstream.engine import Engine
 from tollway.v1 import completion_pb2 as pb
 from tollway.v1 import completion_pb2_grpc as pb_grpc
-
-from tollway.service.gateway.call import REQUEST_ID_KEY, Call, ServingState
-from tollway.service.upstream.engine import Engine
-from tollway.service.media.fetch import MediaFetcher
-from tollway.service.errors import GatewayError
-from tollway.service.ledger import Ledger, StoreUnavailable, from_proto
-from tollway.service.routing.router import Router
 
 __all__ = ["CompletionServicer", "REQUEST_ID_KEY", "Runtime", "ServingState"]
 
@@ -36,13 +37,15 @@ class CompletionServicer(pb_grpc.CompletionServicer):
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
 
-    def _call(self, rpc: str, request) -> Call:
+    def _call(self, rpc: str, request: AnyRequest) -> Call:
         """A Call, counted by the ledger until it has finished (see Ledger.call_started)."""
         ledger = self._runtime.ledger
         ledger.call_started()
         return Call(rpc, request, self._runtime.state, ledger)
 
-    async def Complete(self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:
+    async def Complete(
+        self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext[pb.CompleteRequest, pb.CompleteResponse]
+    ) -> pb.CompleteResponse:
         call = self._call("Complete", request)
         try:
             routed = call.prepare(context)
@@ -61,7 +64,11 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
         return response
 
-    async def StreamComplete(self, request: pb.StreamCompleteRequest, context: grpc.aio.ServicerContext):
+    async def StreamComplete(
+        self,
+        request: pb.StreamCompleteRequest,
+        context: grpc.aio.ServicerContext[pb.StreamCompleteRequest, pb.StreamCompleteResponse],
+    ) -> AsyncGenerator[pb.StreamCompleteResponse, None]:
         call = self._call("StreamComplete", request)
         try:
             routed = call.prepare(context)
@@ -90,7 +97,11 @@ class CompletionServicer(pb_grpc.CompletionServicer):
             call.ledger.call_ended()
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
 
-    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+    async def ListModels(
+        self,
+        request: pb.ListModelsRequest,
+        context: grpc.aio.ServicerContext[pb.ListModelsRequest, pb.ListModelsResponse],
+    ) -> pb.ListModelsResponse:
         state = self._runtime.state
         try:
             caller = state.config.callers.authenticate(context.invocation_metadata())
@@ -98,10 +109,11 @@ class CompletionServicer(pb_grpc.CompletionServicer):
             await context.abort(err.code, err.message)
         registry = state.registry
         response = pb.ListModelsResponse()
+        caps: Capabilities | None  # a provider's below, then a route's (None when none is usable)
         for provider in sorted(registry.usable(), key=lambda p: p.name):
             if not caller.may_use_provider(provider.name):
                 continue
-            caps = provider.adapter.capabilities
+            caps = cast(Adapter, provider.adapter).capabilities  # usable: it has keys, so an adapter
             response.providers.append(
                 pb.ProviderInfo(
                     name=provider.name,
@@ -125,7 +137,9 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         return response
 
     async def GetUsageSummary(
-        self, request: pb.GetUsageSummaryRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetUsageSummaryRequest,
+        context: grpc.aio.ServicerContext[pb.GetUsageSummaryRequest, pb.GetUsageSummaryResponse],
     ) -> pb.GetUsageSummaryResponse:
         state = self._runtime.state
         try:
@@ -149,12 +163,12 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         return pb.GetUsageSummaryResponse(rows=rows)
 
 
-def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+def _deadline_passed(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
     """Whether the caller's own deadline ended the call (the caller then sees DEADLINE_EXCEEDED)
     rather than the caller cancelling it."""
     remaining = context.time_remaining()
     return remaining is not None and remaining <= 0
 
 
-def _mime_list(caps) -> list[str]:
+def _mime_list(caps: Capabilities) -> list[str]:
     return sorted({m for types in caps.mime_types.values() for m in types})

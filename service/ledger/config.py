@@ -15,6 +15,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from tollway.service.config.keys import reject_unknown
+
 
 def default_sqlite_path(environ: Mapping[str, str] = os.environ) -> Path:
     """$XDG_STATE_HOME/tollway/ledger.sqlite3 (~/.local/state/...): state that must outlive a restart."""
@@ -75,10 +77,7 @@ class LedgerConfig:
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> LedgerConfig:
         """Parse a `[ledger]` table; ValueError names the bad key."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(table) - known
-        if unknown:
-            raise ValueError(f"unknown key(s) in [ledger]: {', '.join(sorted(unknown))}")
+        reject_unknown(table, {f.name for f in fields(cls)}, "in [ledger]")
         values: dict[str, Any] = {}
         for key, value in table.items():
             default = getattr(cls, key)

@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 from .records import LedgerRecord
 
@@ -112,7 +113,7 @@ class Journal:
 
     def _lock_directory(self) -> None:
         if fcntl is None:
-            return
+            return  # type: ignore[unreachable]  # mypy assumes fcntl imports; it does not on Windows
         fd = os.open(self.directory / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -172,7 +173,7 @@ class Journal:
         segment.size += len(data)
         segment.appended += 1
         segment.unconfirmed += 1
-        self._unsynced.add(segment.fd)
+        self._unsynced.add(cast(int, segment.fd))  # _write_all refused a sealed segment (fd None)
         self._sync_wanted.set()
         self._on_written(segment, record)
         if segment.size >= self._segment_bytes:

@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import psycopg
-
 from tollway.v1 import completion_pb2 as pb
 
 from .records import LedgerRecord
@@ -68,7 +67,8 @@ class PostgresStore:
             await conn.execute(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} "
                                "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
             cur = await conn.execute(f"SELECT COALESCE(MAX(version), 0) FROM {VERSION_TABLE}")
-            current = (await cur.fetchone())[0]
+            # An aggregate with no GROUP BY always returns one row.
+            current = cast(tuple[Any, ...], await cur.fetchone())[0]
             for version, statements in pending(POSTGRES_MIGRATIONS, current):
                 for statement in statements:
                     await conn.execute(statement)
@@ -98,7 +98,7 @@ class PostgresStore:
         return row_to_record(rows[0]) if rows else None
 
     async def schema_version(self) -> int:
-        return (await self._read(f"SELECT COALESCE(MAX(version), 0) FROM {VERSION_TABLE}", []))[0][0]
+        return cast(int, (await self._read(f"SELECT COALESCE(MAX(version), 0) FROM {VERSION_TABLE}", []))[0][0])
 
     async def _read(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         try:

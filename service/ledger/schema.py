@@ -129,7 +129,8 @@ class Dialect:
         """A condition that the record's labels include every pair."""
         if self.name == "postgresql":
             return "labels @> %s::jsonb", [orjson.dumps(labels).decode()]
-        conditions, params = [], []
+        conditions: list[str] = []
+        params: list[Any] = []
         for key, value in labels.items():
             conditions.append(f"EXISTS (SELECT 1 FROM json_each({TABLE}.labels) WHERE key = ? AND value = ?)")
             params.extend((key, value))

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from tollway.v1 import completion_pb2 as pb
 
@@ -105,8 +105,8 @@ class SqliteStore:
         return row_to_record(rows[0]) if rows else None
 
     async def schema_version(self) -> int:
-        return (await self._run(self._read, f"SELECT COALESCE(MAX(version), 0) FROM {VERSION_TABLE}", [],
-                                writer=False))[0][0]
+        return cast(int, (await self._run(self._read, f"SELECT COALESCE(MAX(version), 0) FROM {VERSION_TABLE}", [],
+                                          writer=False))[0][0])
 
     def _read(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         # A connection of its own: WAL lets it read while the writer's thread inserts.

@@ -5,18 +5,18 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from typing import cast
 
 import aiohttp
-from aiohttp.abc import AbstractResolver
-from aiohttp.resolver import ThreadedResolver
 import grpc
 import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
+from google.protobuf.message import Message
 from httpx_aiohttp import AiohttpTransport
-
-from tollway.v1 import completion_pb2 as pb
-
 from tollway.service.errors import GatewayError, invalid_argument
 from tollway.service.plugins.adapter import AnyRequest, Capabilities
+from tollway.v1 import completion_pb2 as pb
 
 from .policy import (
     MediaPolicy,
@@ -52,7 +52,8 @@ class _GuardedResolver(AbstractResolver):
         self._fetcher = fetcher  # its policy may be replaced by a config reload
         self._inner = inner or ThreadedResolver()
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET):
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         infos = await self._inner.resolve(host, port, family)
         policy = self._fetcher.policy
         if not policy.host_is_trusted(host) and not all(policy.address_allowed(info["host"]) for info in infos):
@@ -90,7 +91,8 @@ class MediaFetcher:
             return request
         budget = min(self.policy.fetch_timeout_s, time_left)
         copy = type(request)()
-        copy.CopyFrom(request)
+        # The same type as request, which mypy cannot pair across the union; Message takes either.
+        cast(Message, copy).CopyFrom(request)
         fetched = await asyncio.gather(
             *(
                 self.fetch(f"messages[{i}].parts[{j}].{kind}.url", modality, getattr(request.messages[i].parts[j], kind),
@@ -105,7 +107,7 @@ class MediaFetcher:
         check_inline_sizes(copy, self.policy)
         return copy
 
-    async def fetch(self, part_path: str, modality: int, media: pb.Media, budget: float) -> tuple[bytes, str]:
+    async def fetch(self, part_path: str, modality: pb.Modality, media: pb.Media, budget: float) -> tuple[bytes, str]:
         if self._client is None:
             raise GatewayError(Code.UNAVAILABLE, "gateway is not started")
         url = media.url

@@ -9,15 +9,15 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
-from collections.abc import Iterable
-from urllib.parse import unquote_to_bytes
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import filetype
 import grpc
-
-from tollway.v1 import completion_pb2 as pb
-
+from tollway.service.config.keys import reject_unknown
+from tollway.service.errors import GatewayError, invalid_argument
 from tollway.service.plugins.adapter import (
     AUDIO,
     DOCUMENT,
@@ -27,7 +27,7 @@ from tollway.service.plugins.adapter import (
     AnyRequest,
     modality_name,
 )
-from tollway.service.errors import GatewayError, invalid_argument
+from tollway.v1 import completion_pb2 as pb
 
 Code = grpc.StatusCode
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -65,12 +65,10 @@ class MediaPolicy:
     max_request_bytes: int = 48 * MIB
 
     @classmethod
-    def from_table(cls, table: dict) -> "MediaPolicy":
+    def from_table(cls, table: Mapping[str, Any]) -> "MediaPolicy":
         allowed = {"allow_hosts", "allow_networks", "max_redirects", "max_fetch_bytes", "fetch_timeout_s",
                    "max_part_bytes", "max_request_bytes"}
-        unknown = set(table) - allowed
-        if unknown:
-            raise ValueError(f"unknown key(s) in [media]: {', '.join(sorted(unknown))}")
+        reject_unknown(table, allowed, "in [media]")
         try:
             networks = tuple(ipaddress.ip_network(n, strict=False) for n in table.get("allow_networks", ()))
         except ValueError as exc:
@@ -123,13 +121,13 @@ def normalize_mime(mime: str) -> str:
     return MIME_ALIASES.get(mime, mime)
 
 
-def fits_kind(modality: int, mime: str) -> bool:
+def fits_kind(modality: pb.Modality, mime: str) -> bool:
     if modality == DOCUMENT:
         return mime.startswith(_DOCUMENT_TYPES)
     return mime.startswith(_KIND_PREFIX[modality])
 
 
-def settle_mime_type(part_path: str, modality: int, data: bytes, declared: str, served: str) -> str:
+def settle_mime_type(part_path: str, modality: pb.Modality, data: bytes, declared: str, served: str) -> str:
     """The media type of fetched bytes: sniffed from the content, checked against the part's kind.
 
     A declared or served type is used only where the bytes cannot be sniffed (plain text).
@@ -151,7 +149,7 @@ def settle_mime_type(part_path: str, modality: int, data: bytes, declared: str, 
     raise invalid_argument(part_path, f"fetched content is not a recognizable {kind}")
 
 
-def decode_data_url(part_path: str, modality: int, url: str) -> tuple[bytes, str]:
+def decode_data_url(part_path: str, modality: pb.Modality, url: str) -> tuple[bytes, str]:
     """The bytes and media type of a data: URL (RFC 2397), checked against the part's kind."""
     header, _, payload = url[5:].partition(",")
     mime, *params = header.split(";")
@@ -184,7 +182,8 @@ def check_inline_sizes(request: AnyRequest, policy: MediaPolicy) -> None:
                                f"inline media totals {total} bytes; the limit per request is {policy.max_request_bytes}")
 
 
-def parts_to_fetch(request: AnyRequest, takes_url) -> Iterable[tuple[int, int, str, int]]:
+def parts_to_fetch(request: AnyRequest,
+                   takes_url: Callable[[pb.Modality, str], bool]) -> Iterable[tuple[int, int, str, pb.Modality]]:
     """(message index, part index, oneof name, modality) of URL parts the provider cannot take."""
     for i, message in enumerate(request.messages):
         for j, part in enumerate(message.parts):

@@ -13,10 +13,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import httpx
 from httpx_sse import ServerSentEvent
-
-from tollway.v1 import completion_pb2 as pb
-
 from tollway.service.errors import GatewayError
+from tollway.v1 import completion_pb2 as pb
 
 # A request as either RPC carries it: both message types have the same fields.
 AnyRequest = pb.CompleteRequest | pb.StreamCompleteRequest
@@ -28,7 +26,7 @@ VIDEO = pb.MODALITY_VIDEO
 DOCUMENT = pb.MODALITY_DOCUMENT
 
 # Part oneof field name -> Modality.
-PART_MODALITY: Mapping[str, int] = {
+PART_MODALITY: Mapping[str, pb.Modality] = {
     "text": TEXT,
     "image": IMAGE,
     "audio": AUDIO,
@@ -47,15 +45,15 @@ class Capabilities:
     """What an adapter accepts, checked centrally before any network call."""
 
     # Media types accepted per modality (TEXT needs none).
-    mime_types: Mapping[int, frozenset[str]]
+    mime_types: Mapping[pb.Modality, frozenset[str]]
     # Modalities the provider can take by URL; media of other modalities sent by URL
     # must be fetched by the gateway and inlined, or is refused.
-    url_modalities: frozenset[int] = frozenset()
+    url_modalities: frozenset[pb.Modality] = frozenset()
     # URLs the provider takes by reference even for modalities outside url_modalities
     # (e.g. Gemini's own Files API URIs), as prefixes per modality.
-    url_prefixes: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    url_prefixes: Mapping[pb.Modality, tuple[str, ...]] = field(default_factory=dict)
 
-    def takes_url(self, modality: int, url: str) -> bool:
+    def takes_url(self, modality: pb.Modality, url: str) -> bool:
         """True when the provider takes this URL as it is; otherwise the gateway inlines it
         (fetching http(s), decoding data: URLs), so adapters see only URLs they can pass on."""
         if modality in self.url_modalities:
@@ -63,7 +61,7 @@ class Capabilities:
         return url.startswith(self.url_prefixes.get(modality, ()))
 
     @property
-    def modalities(self) -> frozenset[int]:
+    def modalities(self) -> frozenset[pb.Modality]:
         return frozenset({TEXT, *self.mime_types})
 
 
@@ -144,7 +142,8 @@ class Adapter(Protocol):
         ...
 
 
-def choice_finishes(raw_by_index: Mapping[int, str], classify: Callable[[str], int]) -> list[pb.ChoiceFinish]:
+def choice_finishes(raw_by_index: Mapping[int, str],
+                    classify: Callable[[str], pb.FinishReason]) -> list[pb.ChoiceFinish]:
     """How each streamed choice ended, in index order, with the provider's raw reason kept."""
     return [pb.ChoiceFinish(index=i, finish_reason=classify(raw_by_index[i]), raw_finish_reason=raw_by_index[i])
             for i in sorted(raw_by_index)]
@@ -161,3 +160,6 @@ class ProviderKind:
     default_api_key_env: str | None
     # A kind whose servers run without keys (a local vLLM) sets this False.
     requires_api_key: bool = True
+    # The kind-specific keys its `[providers.<name>]` tables may hold (ProviderSettings.options);
+    # the host refuses any other key by name before create() runs.
+    options: frozenset[str] = frozenset()

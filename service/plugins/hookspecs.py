@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pluggy
-
 from tollway.service.plugins.adapter import ProviderKind
 
 PROJECT = "tollway"

@@ -6,11 +6,14 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import pluggy
-
 from tollway.service.plugins import hookspecs
 from tollway.service.plugins.adapter import ProviderKind
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoints
 
 log = logging.getLogger("tollway.plugins")
 
@@ -92,7 +95,7 @@ def _invalid(name: str | None, exc: pluggy.PluginValidationError) -> PluginError
     return PluginError(f"plugin {name!r} is invalid: {exc}" if name else f"invalid plugin: {exc}")
 
 
-def _entry_points():
+def _entry_points() -> EntryPoints:
     from importlib.metadata import entry_points
 
     return entry_points(group=hookspecs.ENTRY_POINT_GROUP)

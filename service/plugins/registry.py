@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import grpc
-
+from tollway.service.config.keys import reject_unknown
+from tollway.service.config.loader import Config, ConfigError, ProviderConfig
+from tollway.service.errors import GatewayError
 from tollway.service.plugins.adapter import (
     Adapter,
     Capabilities,
@@ -21,8 +23,6 @@ from tollway.service.plugins.adapter import (
     ProviderSettings,
     intersect_capabilities,
 )
-from tollway.service.config.loader import Config, ConfigError, ProviderConfig
-from tollway.service.errors import GatewayError
 from tollway.service.routing.routes import Route, direct_route
 
 log = logging.getLogger("tollway.registry")
@@ -110,7 +110,7 @@ class Registry:
 
 def _intersect_route(registry: Registry, route: Route) -> Capabilities | None:
     providers = [registry.providers[t.provider] for t in route.targets]
-    adapters = [p.adapter for p in providers if p.keys]
+    adapters = [p.adapter for p in providers if p.adapter is not None]
     if not adapters:
         return None
     return intersect_capabilities([a.capabilities for a in adapters])
@@ -149,11 +149,13 @@ def _build_provider(cfg: ProviderConfig, kinds: Mapping[str, ProviderKind], envi
         raise ConfigError(
             f"providers.{cfg.name}: unknown kind {cfg.kind!r} (installed: {', '.join(sorted(kinds)) or 'none'})"
         )
+    reject_unknown(cfg.options, kind.options, f"for kind {kind.name}", noun="option(s)", show_known=True,
+                   error=lambda message: ConfigError(f"providers.{cfg.name}: {message}"))
     base_url = environ.get(f"TOLLWAY_{cfg.name.upper()}_BASE_URL") or cfg.base_url or kind.default_base_url
     if not base_url:
         raise ConfigError(f"providers.{cfg.name}.base_url is required for kind {kind.name!r}")
     key_envs = cfg.api_key_envs or ((kind.default_api_key_env,) if kind.default_api_key_env else ())
-    present = [(env, environ[env]) for env in key_envs if environ.get(env)]
+    present: list[tuple[str, str | None]] = [(env, environ[env]) for env in key_envs if environ.get(env)]
     missing = [env for env in key_envs if not environ.get(env)]
     if missing and present:
         log.warning("%s: no key in %s; serving with the others", cfg.name, ", ".join(missing))

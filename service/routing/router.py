@@ -10,22 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import cast
 
 import grpc
-
-from tollway.v1 import completion_pb2 as pb
-
-from tollway.service.plugins.adapter import AnyRequest
-from tollway.service.routing.health import HealthBoard
-from tollway.service.upstream.engine import AttemptTimeouts, Engine
-from tollway.service.media.fetch import MediaFetcher
-from tollway.service.errors import GatewayError
-from tollway.service.plugins.registry import Provider, ProviderKey, Registry
-from tollway.service.routing.routes import Route, RoutingPolicy, Target
 from tollway.service.admission.validation import check_capabilities
+from tollway.service.errors import GatewayError
+from tollway.service.media.fetch import MediaFetcher
+from tollway.service.plugins.adapter import Adapter, AnyRequest
+from tollway.service.plugins.registry import Provider, ProviderKey, Registry
+from tollway.service.routing.health import HealthBoard
+from tollway.service.routing.routes import Route, RoutingPolicy, Target
+from tollway.service.upstream.engine import AttemptTimeouts, Engine
+from tollway.v1 import completion_pb2 as pb
 
 Code = grpc.StatusCode
 
@@ -100,7 +99,7 @@ class Router:
 
     async def stream(
         self, registry: Registry, policy: RoutingPolicy, call: RoutedCall
-    ) -> AsyncIterator[pb.StreamCompleteResponse]:
+    ) -> AsyncGenerator[pb.StreamCompleteResponse, None]:
         last_error: GatewayError | None = None
         for target, provider in self._targets(registry, call):
             for retry in range(policy.max_retries + 1):
@@ -150,7 +149,7 @@ class Router:
 
     # -- the steps -------------------------------------------------------------------
 
-    def _targets(self, registry: Registry, call: RoutedCall):
+    def _targets(self, registry: Registry, call: RoutedCall) -> Iterator[tuple[Target, Provider]]:
         """Usable targets in attempt order; unusable ones are recorded, not tried."""
         for target in call.route.attempt_order(self._rng):
             provider = registry.providers[target.provider]
@@ -194,7 +193,8 @@ class Router:
         )
 
     async def _inline(self, call: RoutedCall, provider: Provider, time_left: float) -> AnyRequest:
-        capabilities = provider.adapter.capabilities
+        # _targets yields only providers with keys, so with an adapter.
+        capabilities = cast(Adapter, provider.adapter).capabilities
         cached = call.inlined.get(id(capabilities))
         if cached is None:
             cached = await self.media.inline(call.request, capabilities, time_left)
@@ -242,7 +242,8 @@ class Router:
             return None  # the wait would not fit: go straight to the next target
         return wait
 
-    def _record(self, call: RoutedCall, target: Target, code: Code, message: str, started: float | None = None):
+    def _record(self, call: RoutedCall, target: Target, code: Code, message: str,
+                started: float | None = None) -> None:
         attempt = pb.Attempt(provider=target.provider, model=target.model, code=code.value[0], message=message)
         if started is not None:
             attempt.duration.FromNanoseconds(int((asyncio.get_running_loop().time() - started) * 1e9))

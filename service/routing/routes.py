@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tollway.service.config.keys import reject_unknown
 from tollway.service.routing.health import BreakerPolicy
 
 _ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
@@ -149,6 +150,4 @@ def _parse_target(where: str, raw: Any) -> Target:
 
 
 def _no_unknown(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = set(table) - allowed
-    if unknown:
-        raise RoutingConfigError(f"unknown key(s) in {where}: {', '.join(sorted(unknown))}")
+    reject_unknown(table, allowed, f"in {where}", error=RoutingConfigError)

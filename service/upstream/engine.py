@@ -12,7 +12,7 @@ connection is closed at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass
 
 import aiohttp
@@ -20,12 +20,10 @@ import grpc
 import httpx
 from httpx_aiohttp import AiohttpTransport
 from httpx_sse import ServerSentEvent
-
-from tollway.v1 import completion_pb2 as pb
-
 from tollway.service.errors import GatewayError, bad_upstream_body
 from tollway.service.plugins.adapter import Adapter, AnyRequest, StreamDecoder
 from tollway.service.usage.estimate import answer_bytes, estimated_usage
+from tollway.v1 import completion_pb2 as pb
 
 from .sse import SSEDecoder
 
@@ -89,7 +87,7 @@ class Engine:
 
     async def stream(
         self, adapter: Adapter, request: AnyRequest, model: str, timeouts: AttemptTimeouts
-    ) -> AsyncIterator[pb.StreamCompleteResponse]:
+    ) -> AsyncGenerator[pb.StreamCompleteResponse, None]:
         """Text deltas as they arrive, then the summary; a stream cut off raises UNAVAILABLE.
 
         Time limits: connecting, the first event, and each gap between events; never the
@@ -178,7 +176,8 @@ class Engine:
             raise _with_partial(err, decoder, delivered, request) from None
         finally:
             if chunks is not None:
-                await chunks.aclose()
+                # httpx types aiter_bytes/aiter_raw as AsyncIterator; both are async generators.
+                await chunks.aclose()  # type: ignore[attr-defined]
             # Closing before the body is read drops the connection: the upstream sees the cancel.
             await response.aclose()
 

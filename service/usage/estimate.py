@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from tollway.v1 import completion_pb2 as pb
 
-from .normalize import W, ReportedUsage, normalize
+from .normalize import ReportedUsage, W, normalize
 
 # About four bytes of UTF-8 a token: a tokenizer-free figure that is honest about being one.
 BYTES_PER_TOKEN = 4

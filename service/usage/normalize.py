@@ -52,7 +52,7 @@ class ReportedUsage:
     rejected_prediction_tokens: int | None = None
     cost_nano_usd: int | None = None
     # Provider-specific findings (REASONING_EXCLUDED_FROM_COMPLETION, ...).
-    warnings: set[int] = field(default_factory=set)
+    warnings: set[pb.UsageWarning] = field(default_factory=set)
     estimated: bool = False
 
 
@@ -71,7 +71,7 @@ def normalize(reported: ReportedUsage) -> pb.Usage:
     return usage
 
 
-def _fill_input(bucket: pb.InputUsage, r: ReportedUsage, warnings: set[int]) -> None:
+def _fill_input(bucket: pb.InputUsage, r: ReportedUsage, warnings: set[pb.UsageWarning]) -> None:
     total = max(r.input_total, 0)
     # Cache figures are taken from the total first; what remains is fresh input.
     cache = _clamp_in_order(
@@ -110,7 +110,7 @@ def _fill_input(bucket: pb.InputUsage, r: ReportedUsage, warnings: set[int]) -> 
     bucket.unattributed = unattributed
 
 
-def _fill_output(bucket: pb.OutputUsage, r: ReportedUsage, warnings: set[int]) -> None:
+def _fill_output(bucket: pb.OutputUsage, r: ReportedUsage, warnings: set[pb.UsageWarning]) -> None:
     total = max(r.output_total, 0)
     parts = _clamp_in_order(
         total,
@@ -126,7 +126,7 @@ def _fill_output(bucket: pb.OutputUsage, r: ReportedUsage, warnings: set[int]) -
     bucket.unattributed = unattributed
 
 
-def _clamp_in_order(total: int, figures: list[tuple[str, int]], warnings: set[int]) -> dict[str, int]:
+def _clamp_in_order(total: int, figures: list[tuple[str, int]], warnings: set[pb.UsageWarning]) -> dict[str, int]:
     """Give each figure what it asks for, in order, until total runs out (then warn)."""
     out: dict[str, int] = {}
     left = total

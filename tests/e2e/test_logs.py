@@ -1,6 +1,6 @@
 """Request logs: one line per request, plain or JSON, and never a key.
 
-Logging is configured the way `tollway serve` configures it (service.logs.configure_logging),
+Logging is configured the way `tollway serve` configures it (tollway.service.gateway.logs.configure_logging),
 with the handler's stream pointed at a buffer the test reads.
 """
 

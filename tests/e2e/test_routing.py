@@ -778,7 +778,7 @@ async def test_a_stream_whose_every_target_fails_before_output_reports_the_last_
 
 
 def breaker_routing(consecutive: int = 3, cooldown_s: float = 60.0) -> dict[str, Any]:
-    # The error-rate rule is out of the way here (tests/test_breaker.py covers it).
+    # The error-rate rule is out of the way here (tests/unit/test_breaker.py covers it).
     return {"breaker": {"consecutive_failures": consecutive, "cooldown_s": cooldown_s, "min_calls": 1000}}
 
 

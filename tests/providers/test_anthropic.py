@@ -13,10 +13,11 @@ import json
 import grpc
 import httpx
 import pytest
-
-from tollway.service.usage.estimate import answer_bytes, estimated_usage
 from google.rpc import error_details_pb2, status_pb2
 from httpx_sse import ServerSentEvent
+
+from tests.support.gateway import FIXTURES, fixture_json
+from tests.support.upstream import Reply
 from tollway.providers import anthropic
 from tollway.service.admission.validation import check_capabilities
 from tollway.service.config.loader import ConfigError, parse_config
@@ -24,10 +25,8 @@ from tollway.service.errors import GatewayError
 from tollway.service.plugins.adapter import ProviderSettings
 from tollway.service.plugins.loader import load_provider_kinds
 from tollway.service.plugins.registry import build_registry
+from tollway.service.usage.estimate import answer_bytes, estimated_usage
 from tollway.v1 import completion_pb2 as pb
-
-from tests.support.gateway import FIXTURES, fixture_json
-from tests.support.upstream import Reply
 
 W = pb.UsageWarning
 Code = grpc.StatusCode
@@ -212,7 +211,7 @@ def test_missing_max_tokens_gets_the_configured_default():
         ({"default_max_tokens": "4096"}, "default_max_tokens must be a positive integer, got '4096'"),
         ({"default_max_tokens": True}, "default_max_tokens must be a positive integer, got True"),
         ({"default_max_tokens": 2**31}, "default_max_tokens must be a positive integer, got 2147483648"),
-        ({"max_tokens": 100}, "unknown option(s) max_tokens (anthropic knows default_max_tokens)"),
+        ({"max_tokens": 100}, "unknown option(s) for kind anthropic: max_tokens (known: default_max_tokens)"),
     ],
 )
 def test_bad_options_are_refused_at_start_up_naming_the_key(options, message):

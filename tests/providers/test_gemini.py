@@ -18,6 +18,9 @@ from grpc_status import rpc_status
 from httpx_sse import ServerSentEvent
 from hypothesis import given
 from hypothesis import strategies as st
+
+from tests.support.gateway import FIXTURES, fixture_bytes, fixture_json
+from tests.support.upstream import Reply
 from tollway.providers.gemini import (
     DEFAULT_BASE_URL,
     FINISH_REASONS,
@@ -34,9 +37,6 @@ from tollway.service.plugins.adapter import (
 )
 from tollway.service.usage.normalize import normalize
 from tollway.v1 import completion_pb2 as pb
-
-from tests.support.gateway import FIXTURES, fixture_bytes, fixture_json
-from tests.support.upstream import Reply
 
 Code = grpc.StatusCode
 W = pb.UsageWarning

@@ -13,11 +13,6 @@ import json
 import grpc
 import orjson
 import pytest
-from tollway.providers import openai as openai_provider
-from tollway.providers.openai_codec import reported_usage
-from tollway.service.errors import GatewayError
-from tollway.service.usage.normalize import normalize
-from tollway.v1 import completion_pb2 as pb
 
 from tests.support.adapters import (  # noqa: F401
     FIXTURES,
@@ -39,6 +34,14 @@ from tests.support.adapters import (  # noqa: F401
     user,
 )
 from tests.support.upstream import FakeUpstream, Reply
+from tollway.providers import openai as openai_provider
+from tollway.providers.openai_codec import reported_usage
+from tollway.service.config.loader import ConfigError, parse_config
+from tollway.service.errors import GatewayError
+from tollway.service.plugins.loader import load_provider_kinds
+from tollway.service.plugins.registry import build_registry
+from tollway.service.usage.normalize import normalize
+from tollway.v1 import completion_pb2 as pb
 
 Code = grpc.StatusCode
 
@@ -194,10 +197,12 @@ def test_capabilities_name_what_openai_takes():
 
 
 def test_unknown_option_is_refused_by_name():
-    with pytest.raises(ValueError) as caught:
-        openai_provider.create(settings(max_tokens_field="max_tokens"))
+    config = parse_config({"providers": {"openai": {"max_tokens_field": "max_tokens"}}})
 
-    assert str(caught.value) == "unknown option(s) for kind openai: max_tokens_field"
+    with pytest.raises(ConfigError) as caught:
+        build_registry(config, load_provider_kinds(), {"OPENAI_API_KEY": OPENAI_TEST_KEY})
+
+    assert str(caught.value) == "providers.openai: unknown option(s) for kind openai: max_tokens_field (known: none)"
 
 
 # -- response translation ----------------------------------------------------------------

@@ -9,6 +9,8 @@ from __future__ import annotations
 import orjson
 import pytest
 from httpx_sse import ServerSentEvent
+
+from tests.support.gateway import fixture_bytes, fixture_json
 from tollway.providers.mixrouter import DIALECT as MIXROUTER
 from tollway.providers.openai_codec import (
     ChatDialect,
@@ -19,8 +21,6 @@ from tollway.providers.openai_codec import (
 )
 from tollway.service.usage.normalize import normalize
 from tollway.v1 import completion_pb2 as pb
-
-from tests.support.gateway import fixture_bytes, fixture_json
 
 W = pb.UsageWarning
 # A plain OpenAI-format server (xAI, OpenRouter, vLLM): no relay quirks.

@@ -14,15 +14,6 @@ import json
 import grpc
 import pytest
 
-from tollway.service.usage.estimate import answer_bytes, estimated_usage
-from tollway.providers import openai_compatible
-from tollway.providers.openai_codec import reported_usage
-from tollway.providers.openai_compatible import CompatibleOptions
-from tollway.service.config.loader import ConfigError
-from tollway.service.errors import GatewayError
-from tollway.service.usage.normalize import normalize
-from tollway.v1 import completion_pb2 as pb
-
 from tests.support.adapters import (
     FIXTURES,
     INCOMPLETE,
@@ -40,6 +31,16 @@ from tests.support.adapters import (
     user,
 )
 from tests.support.upstream import Reply
+from tollway.providers import openai_compatible
+from tollway.providers.openai_codec import reported_usage
+from tollway.providers.openai_compatible import CompatibleOptions
+from tollway.service.config.loader import ConfigError, parse_config
+from tollway.service.errors import GatewayError
+from tollway.service.plugins.loader import load_provider_kinds
+from tollway.service.plugins.registry import build_registry
+from tollway.service.usage.estimate import answer_bytes, estimated_usage
+from tollway.service.usage.normalize import normalize
+from tollway.v1 import completion_pb2 as pb
 
 W = pb.UsageWarning
 Code = grpc.StatusCode
@@ -82,10 +83,18 @@ def test_input_audio_takes_wav_and_mp3_as_bytes():
     assert caps.url_modalities == set()
 
 
+def test_an_unknown_option_is_refused_by_name_before_the_kind_sees_it():
+    config = parse_config({"providers": {"local": {"kind": "openai_compatible", "base_url": "http://127.0.0.1:9",
+                                                   "max_token_field": "max_tokens"}}})
+
+    with pytest.raises(ConfigError) as caught:
+        build_registry(config, load_provider_kinds(), {})
+
+    assert str(caught.value) == ("providers.local: unknown option(s) for kind openai_compatible: max_token_field "
+                                 "(known: audio_style, max_tokens_field, modalities)")
+
+
 @pytest.mark.parametrize(("options", "message"), [
-    ({"max_token_field": "max_tokens"},
-     "unknown option(s) for kind openai_compatible: max_token_field "
-     "(known: audio_style, max_tokens_field, modalities)"),
     ({"max_tokens_field": "maxTokens"}, "option max_tokens_field must be \"max_tokens\" or \"max_completion_tokens\", "
                                         "not 'maxTokens'"),
     ({"modalities": "image"}, "option modalities must be a list of strings"),

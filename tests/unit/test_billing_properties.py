@@ -143,7 +143,7 @@ def test_a_later_version_never_changes_an_earlier_requests_cost(table, u):
 
 
 def test_the_money_path_has_no_float_and_no_true_division():
-    """A static check of service/billing.py: no float literal, float() call, `/` or `/=`."""
+    """A static check of service/billing/catalog.py: no float literal, float() call, `/` or `/=`."""
     tree = ast.parse(inspect.getsource(billing))
     offences = []
     for node in ast.walk(tree):

@@ -40,8 +40,21 @@ from tollway.service.plugins.adapter import (
     ProviderSettings,
     StreamDecoder,
     choice_finishes,
+    finish_with_tools,
 )
 from tollway.service.plugins.hookspecs import hookimpl
+from tollway.service.plugins.tools import (
+    ReasoningAssembler,
+    ToolCallAssembler,
+    arguments_text,
+    calls_in,
+    is_minted,
+    mint_tool_call_id,
+    parsed_arguments,
+    result_text,
+    struct_to_dict,
+    tool_call,
+)
 from tollway.service.usage.normalize import ReportedUsage, normalize, stream_usage
 
 __all__ = [
@@ -74,4 +87,16 @@ __all__ = [
     "json_object",
     "ServerSentEvent",
     "choice_finishes",
+    "finish_with_tools",
+    # tool calls and reasoning: ids, arguments, results, stream assembly
+    "tool_call",
+    "mint_tool_call_id",
+    "is_minted",
+    "parsed_arguments",
+    "arguments_text",
+    "struct_to_dict",
+    "result_text",
+    "calls_in",
+    "ToolCallAssembler",
+    "ReasoningAssembler",
 ]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from tollway.service.errors import invalid_argument
 from tollway.service.media.policy import normalize_mime
 from tollway.service.plugins.adapter import (
+    MEDIA_PARTS,
     PART_MODALITY,
     AnyRequest,
     Capabilities,
@@ -21,15 +24,20 @@ def validate_request(request: AnyRequest) -> None:
         raise invalid_argument("model", 'is required ("provider/model" or a route name)')
     if not request.messages:
         raise invalid_argument("messages", "at least one message is required")
+    call_ids: set[str] = set()  # tool calls of the assistant turns so far
     for i, message in enumerate(request.messages):
         if message.role == pb.ROLE_UNSPECIFIED:
-            raise invalid_argument(f"messages[{i}].role", "is required (ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT)")
-        if message.role not in (pb.ROLE_SYSTEM, pb.ROLE_USER, pb.ROLE_ASSISTANT):
+            raise invalid_argument(f"messages[{i}].role",
+                                   "is required (ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT or ROLE_TOOL)")
+        if message.role not in (pb.ROLE_SYSTEM, pb.ROLE_USER, pb.ROLE_ASSISTANT, pb.ROLE_TOOL):
             raise invalid_argument(f"messages[{i}].role", f"unknown role {message.role}")
         if not message.parts:
             raise invalid_argument(f"messages[{i}].parts", "at least one part is required")
         for j, part in enumerate(message.parts):
-            _validate_part(f"messages[{i}].parts[{j}]", part)
+            path = f"messages[{i}].parts[{j}]"
+            _validate_part(path, part)
+            _check_part_role(path, part, message.role, call_ids)
+    _validate_tools(request)
     if request.HasField("max_tokens") and request.max_tokens <= 0:
         raise invalid_argument("max_tokens", "must be > 0")
     if request.HasField("temperature") and not (0.0 <= request.temperature <= 2.0):
@@ -44,8 +52,9 @@ def validate_request(request: AnyRequest) -> None:
 def _validate_part(path: str, part: pb.Part) -> None:
     kind = part.WhichOneof("content")
     if kind is None:
-        raise invalid_argument(path, "part is empty (set text, image, audio, video or document)")
-    if kind == "text":
+        raise invalid_argument(path, "part is empty (set text, image, audio, video, document, tool_call, "
+                                     "tool_result or reasoning)")
+    if kind not in MEDIA_PARTS:
         return
     media = getattr(part, kind)
     source = media.WhichOneof("source")
@@ -59,6 +68,83 @@ def _validate_part(path: str, part: pb.Part) -> None:
         return
     if not _is_valid_media_url(media.url):
         raise invalid_argument(f"{path}.{kind}.url", "is not a valid http(s) or data: URL")
+
+
+# OpenAI's rule for function names, the strictest of the providers (Anthropic allows 128
+# characters, Gemini also dots and colons): a name valid here is valid everywhere.
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TOOL_NAME_RULE = "1 to 64 letters, digits, underscores or dashes"
+# Where each part kind may stand.
+_PART_ROLES = {
+    "tool_call": (pb.ROLE_ASSISTANT, "an assistant"),
+    "reasoning": (pb.ROLE_ASSISTANT, "an assistant"),
+    "tool_result": (pb.ROLE_TOOL, "a ROLE_TOOL"),
+}
+
+
+def _check_part_role(path: str, part: pb.Part, role: pb.Role, call_ids: set[str]) -> None:
+    """Tool calls and reasoning come from the model (assistant turns); results come from the
+    caller in ROLE_TOOL messages, each answering a call made earlier in the conversation."""
+    kind = part.WhichOneof("content")
+    if role == pb.ROLE_TOOL and kind != "tool_result":
+        raise invalid_argument(path, "ROLE_TOOL messages take tool_result parts only")
+    if kind in _PART_ROLES and role != _PART_ROLES[kind][0]:
+        raise invalid_argument(f"{path}.{kind}", f"belongs in {_PART_ROLES[kind][1]} message")
+    if kind == "tool_call":
+        call = part.tool_call
+        if not call.id:
+            raise invalid_argument(f"{path}.tool_call.id", "is required (echo the id the answer carried)")
+        if not call.name:
+            raise invalid_argument(f"{path}.tool_call.name", "is required")
+        call_ids.add(call.id)
+    elif kind == "tool_result":
+        result = part.tool_result
+        if not result.tool_call_id:
+            raise invalid_argument(f"{path}.tool_result.tool_call_id", "is required")
+        if result.tool_call_id not in call_ids:
+            raise invalid_argument(f"{path}.tool_result.tool_call_id",
+                                   f'"{result.tool_call_id}" answers no tool_call of an earlier assistant message')
+        for k, inner in enumerate(result.parts):
+            if inner.WhichOneof("content") != "text":
+                raise invalid_argument(f"{path}.tool_result.parts[{k}]", "tool results take text parts only")
+
+
+def _validate_tools(request: AnyRequest) -> None:
+    names: set[str] = set()
+    for k, tool in enumerate(request.tools):
+        if not TOOL_NAME.match(tool.name):
+            raise invalid_argument(f"tools[{k}].name", f"{tool.name!r} is not a valid tool name ({TOOL_NAME_RULE})")
+        if tool.name in names:
+            raise invalid_argument(f"tools[{k}].name", f'"{tool.name}" is declared twice')
+        names.add(tool.name)
+        schema_type = tool.parameters.fields.get("type")
+        if tool.HasField("parameters") and schema_type is not None and schema_type.string_value != "object":
+            raise invalid_argument(f"tools[{k}].parameters", 'must be a JSON Schema of "type": "object"')
+    choice = request.tool_choice.WhichOneof("choice") if request.HasField("tool_choice") else None
+    if choice == "function_name" and request.tool_choice.function_name not in names:
+        raise invalid_argument("tool_choice.function_name",
+                               f'"{request.tool_choice.function_name}" is not one of the request\'s tools')
+    if choice == "mode" and request.tool_choice.mode == pb.TOOL_CHOICE_MODE_UNSPECIFIED:
+        raise invalid_argument("tool_choice.mode", "is required when tool_choice is set")
+    if not names:
+        if choice == "mode" and request.tool_choice.mode != pb.TOOL_CHOICE_MODE_NONE:
+            raise invalid_argument("tool_choice.mode", "asks for tools but the request declares none")
+        if request.HasField("parallel_tool_calls"):
+            raise invalid_argument("parallel_tool_calls", "is set but the request declares no tools")
+    if request.HasField("response_format"):
+        fmt = request.response_format
+        kind = fmt.WhichOneof("format")
+        if kind is None:
+            raise invalid_argument("response_format", "set json_schema or json_object")
+        if kind == "json_schema":
+            if not fmt.json_schema.HasField("schema"):
+                raise invalid_argument("response_format.json_schema.schema", "is required")
+            if fmt.json_schema.name and not TOOL_NAME.match(fmt.json_schema.name):
+                raise invalid_argument("response_format.json_schema.name",
+                                       f"{fmt.json_schema.name!r} is not a valid name ({TOOL_NAME_RULE})")
+    if request.HasField("reasoning") and request.reasoning.HasField("budget_tokens") \
+            and request.reasoning.budget_tokens < 0:
+        raise invalid_argument("reasoning.budget_tokens", "must be >= 0")
 
 
 def _is_valid_media_url(url: str) -> bool:
@@ -82,13 +168,29 @@ def media_mime_type(media: pb.Media) -> str:
     return ""
 
 
+def _features_used(request: AnyRequest) -> list[tuple[str, str, Callable[[Capabilities], bool]]]:
+    """The request's settings that need a feature: (field, feature, whether capabilities grant it)."""
+    used: list[tuple[str, str, Callable[[Capabilities], bool]]] = []
+    if request.tools or any(p.WhichOneof("content") in ("tool_call", "tool_result")
+                            for m in request.messages for p in m.parts):
+        used.append(("tools", "tool calling", lambda c: c.tools))
+    if request.HasField("response_format"):
+        used.append(("response_format", "structured output", lambda c: c.structured_output))
+    if request.HasField("reasoning"):
+        used.append(("reasoning", "reasoning settings", lambda c: c.reasoning))
+    return used
+
+
 def check_capabilities(subject: str, capabilities: Capabilities, request: AnyRequest) -> None:
     """Refuse what the provider (or every target of a route) cannot take; nothing is ever
     silently dropped. subject names it for the message: 'provider "openai"', 'route "fast"'."""
+    for setting, feature, granted in _features_used(request):
+        if not granted(capabilities):
+            raise invalid_argument(setting, f"{subject} does not support {feature}")
     for i, message in enumerate(request.messages):
         for j, part in enumerate(message.parts):
             kind = part.WhichOneof("content")
-            if kind == "text":
+            if kind not in MEDIA_PARTS:
                 continue
             modality = PART_MODALITY[kind]
             path = f"messages[{i}].parts[{j}].{kind}"

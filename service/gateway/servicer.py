@@ -75,9 +75,10 @@ class CompletionServicer(pb_grpc.CompletionServicer):
             stream = self._runtime.router.stream(call.state.registry, call.state.config.routing, routed)
             async with aclosing(stream) as messages:
                 async for message in messages:
-                    if message.HasField("delta"):
+                    event = message.WhichOneof("event")
+                    if event != "summary":
                         call.first_delta()
-                        call.streamed_bytes += len(message.delta.text.encode())
+                        call.streamed_bytes += _output_bytes(message, event)
                     else:
                         summary = message.summary
                         summary.cost.CopyFrom(call.settle(summary.provider, summary.model, summary.usage,
@@ -120,6 +121,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
                     kind=provider.kind,
                     input_modalities=sorted(caps.modalities),
                     mime_types=_mime_list(caps),
+                    features=_features(caps),
                 )
             )
         for route in sorted(registry.routes.values(), key=lambda r: r.name):
@@ -133,6 +135,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
             if caps is not None:
                 info.input_modalities.extend(sorted(caps.modalities))
                 info.mime_types.extend(_mime_list(caps))
+                info.features.CopyFrom(_features(caps))
             response.routes.append(info)
         return response
 
@@ -172,3 +175,18 @@ def _deadline_passed(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
 
 def _mime_list(caps: Capabilities) -> list[str]:
     return sorted({m for types in caps.mime_types.values() for m in types})
+
+
+def _features(caps: Capabilities) -> pb.Features:
+    return pb.Features(tools=caps.tools, structured_output=caps.structured_output, reasoning=caps.reasoning)
+
+
+def _output_bytes(message: pb.StreamCompleteResponse, event: str | None) -> int:
+    """Bytes of billed output a stream message carries: what a cancelled stream's estimate counts."""
+    if event == "delta":
+        return len(message.delta.text.encode())
+    if event == "tool_call_delta":
+        return len(message.tool_call_delta.arguments_fragment.encode())
+    if event == "reasoning_delta":
+        return len(message.reasoning_delta.text.encode())
+    return 0

@@ -22,6 +22,7 @@ from tollway.service.plugins.adapter import (
     AUDIO,
     DOCUMENT,
     IMAGE,
+    MEDIA_PARTS,
     PART_MODALITY,
     VIDEO,
     AnyRequest,
@@ -169,7 +170,7 @@ def check_inline_sizes(request: AnyRequest, policy: MediaPolicy) -> None:
     for i, message in enumerate(request.messages):
         for j, part in enumerate(message.parts):
             kind = part.WhichOneof("content")
-            if kind in (None, "text"):
+            if kind not in MEDIA_PARTS:
                 continue
             media: pb.Media = getattr(part, kind)
             size = len(media.data) if media.WhichOneof("source") == "data" else len(media.url) * 3 // 4
@@ -188,7 +189,7 @@ def parts_to_fetch(request: AnyRequest,
     for i, message in enumerate(request.messages):
         for j, part in enumerate(message.parts):
             kind = part.WhichOneof("content")
-            if kind in (None, "text"):
+            if kind not in MEDIA_PARTS:
                 continue
             media = getattr(part, kind)
             if media.WhichOneof("source") == "url" and not takes_url(PART_MODALITY[kind], media.url):

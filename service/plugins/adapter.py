@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 import httpx
 from httpx_sse import ServerSentEvent
 from tollway.service.errors import GatewayError
+from tollway.service.plugins.tools import ReasoningAssembler, ToolCallAssembler
 from tollway.v1 import completion_pb2 as pb
 
 # A request as either RPC carries it: both message types have the same fields.
@@ -35,6 +36,10 @@ PART_MODALITY: Mapping[str, pb.Modality] = {
 }
 
 
+# Part oneof names that carry media (the others: text, tool calls, tool results, reasoning).
+MEDIA_PARTS = frozenset({"image", "audio", "video", "document"})
+
+
 def modality_name(modality: int) -> str:
     """"MODALITY_AUDIO" -> "audio", for messages a person reads."""
     return pb.Modality.Name(modality).removeprefix("MODALITY_").lower()
@@ -52,6 +57,12 @@ class Capabilities:
     # URLs the provider takes by reference even for modalities outside url_modalities
     # (e.g. Gemini's own Files API URIs), as prefixes per modality.
     url_prefixes: Mapping[pb.Modality, tuple[str, ...]] = field(default_factory=dict)
+    # Request features the adapter translates; a request using one it lacks is refused
+    # centrally, naming the setting (never dropped). Settings within a feature that a
+    # provider cannot honour (a named tool choice, parallel calls off) the adapter refuses.
+    tools: bool = False
+    structured_output: bool = False
+    reasoning: bool = False
 
     def takes_url(self, modality: pb.Modality, url: str) -> bool:
         """True when the provider takes this URL as it is; otherwise the gateway inlines it
@@ -76,7 +87,10 @@ def intersect_capabilities(all_caps: list[Capabilities]) -> Capabilities:
     for caps in rest:
         mime_types = {m: types & caps.mime_types[m] for m, types in mime_types.items() if m in caps.mime_types}
         url_modalities &= caps.url_modalities
-    return Capabilities(mime_types=mime_types, url_modalities=frozenset(url_modalities))
+    return Capabilities(mime_types=mime_types, url_modalities=frozenset(url_modalities),
+                        tools=all(c.tools for c in all_caps),
+                        structured_output=all(c.structured_output for c in all_caps),
+                        reasoning=all(c.reasoning for c in all_caps))
 
 
 @dataclass(frozen=True)
@@ -142,11 +156,28 @@ class Adapter(Protocol):
         ...
 
 
-def choice_finishes(raw_by_index: Mapping[int, str],
-                    classify: Callable[[str], pb.FinishReason]) -> list[pb.ChoiceFinish]:
-    """How each streamed choice ended, in index order, with the provider's raw reason kept."""
-    return [pb.ChoiceFinish(index=i, finish_reason=classify(raw_by_index[i]), raw_finish_reason=raw_by_index[i])
-            for i in sorted(raw_by_index)]
+def finish_with_tools(reason: pb.FinishReason, has_tool_calls: bool) -> pb.FinishReason:
+    """FINISH_REASON_TOOL_CALLS whenever a choice ended by calling tools, whatever the provider's
+    own word for it (Gemini says STOP); a choice cut off by length or a filter keeps that."""
+    if has_tool_calls and reason not in (pb.FINISH_REASON_LENGTH, pb.FINISH_REASON_CONTENT_FILTER):
+        return pb.FINISH_REASON_TOOL_CALLS
+    return reason
+
+
+def choice_finishes(raw_by_index: Mapping[int, str], classify: Callable[[str], pb.FinishReason],
+                    tools: ToolCallAssembler | None = None,
+                    reasoning: ReasoningAssembler | None = None) -> list[pb.ChoiceFinish]:
+    """How each streamed choice ended, in index order, with the provider's raw reason kept and
+    its tool calls and reasoning assembled whole."""
+    indices = set(raw_by_index) | set(tools.choices() if tools else ()) | set(reasoning.choices() if reasoning else ())
+    finishes = []
+    for i in sorted(indices):
+        raw = raw_by_index.get(i, "")
+        calls = tools.calls(i) if tools else []
+        finishes.append(pb.ChoiceFinish(
+            index=i, finish_reason=finish_with_tools(classify(raw), bool(calls)), raw_finish_reason=raw,
+            tool_calls=calls, reasoning=reasoning.blocks(i) if reasoning else []))
+    return finishes
 
 
 @dataclass(frozen=True)

@@ -159,6 +159,12 @@ async def test_buf_breaking_runs_offline_and_finds_a_removed_field(tmp_path: Pat
     assert 'Previously present field "6" with name "seed" on message "CompleteRequest" was deleted.' in out + err
 
 
+async def test_the_contract_only_adds_to_the_last_release():
+    released = support.FIXTURES / "contract" / "v0.1"
+    code, out, err = await run(buf_path(), "breaking", PROTOS, "--against", released)
+    assert (code, out, err) == (0, "", "")
+
+
 # -- buf curl over server reflection ---------------------------------------------------------
 
 
@@ -263,7 +269,8 @@ async def test_node_grpc_js_client(client, upstream: FakeUpstream):
     assert {d["choice_index"] for d in stream["deltas"]} == {0}
     summary = stream["summary"]
     assert (summary["id"], summary["provider"]) == ("chatcmpl-interop", "mixrouter")
-    assert summary["finishes"] == [{"index": 0, "finish_reason": "FINISH_REASON_STOP", "raw_finish_reason": "stop"}]
+    assert summary["finishes"] == [{"index": 0, "finish_reason": "FINISH_REASON_STOP", "raw_finish_reason": "stop",
+                                    "tool_calls": [], "reasoning": []}]
     assert (summary["usage"]["input"]["total"], summary["usage"]["output"]["total"]) == ("1986", "83")
     assert summary["usage"]["total_tokens"] == "2069"
     assert summary["usage"]["estimated"] is False

@@ -155,6 +155,33 @@ async def test_host_refuses_media_the_plugin_did_not_declare(installed_echo, sta
     assert upstream.received == []
 
 
+@pytest.mark.parametrize(("fields", "message"), [
+    (dict(tools=[pb.Tool(name="get_weather")]), 'tools: provider "echo" does not support tool calling'),
+    (dict(response_format=pb.ResponseFormat(json_object=pb.JsonObjectFormat())),
+     'response_format: provider "echo" does not support structured output'),
+    (dict(reasoning=pb.ReasoningConfig(effort=pb.REASONING_EFFORT_LOW)),
+     'reasoning: provider "echo" does not support reasoning settings'),
+])
+async def test_host_refuses_features_the_plugin_did_not_declare(installed_echo, start_client, upstream: FakeUpstream,
+                                                                fields, message):
+    client = await start_client(echo_config(upstream), {})
+    hello = pb.Message(role=pb.ROLE_USER, parts=[pb.Part(text="hi")])
+
+    for call in (client.stub.Complete(pb.CompleteRequest(model="echo/echo-1", messages=[hello], **fields), timeout=10),
+                 _drain(client.stub.StreamComplete(pb.StreamCompleteRequest(model="echo/echo-1", messages=[hello],
+                                                                            **fields), timeout=10))):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.details() == message
+    assert upstream.received == []
+
+
+async def _drain(stream) -> None:
+    async for _ in stream:
+        pass
+
+
 # -- allow / deny ------------------------------------------------------------------------------
 
 

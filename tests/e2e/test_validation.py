@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import grpc
+from google.protobuf import struct_pb2
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -49,6 +50,12 @@ def user(*parts: pb.Part) -> pb.Message:
     return pb.Message(role=pb.ROLE_USER, parts=list(parts))
 
 
+def schema(**fields: object) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    out.update(fields)
+    return out
+
+
 def hello() -> list[pb.Message]:
     return [user(pb.Part(text="hello"))]
 
@@ -82,7 +89,7 @@ INVALID_REQUESTS = [
         "role-unspecified",
         dict(model=MODEL, messages=[pb.Message(parts=[pb.Part(text="hi")])]),
         "messages[0].role",
-        "messages[0].role: is required (ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT)",
+        "messages[0].role: is required (ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT or ROLE_TOOL)",
     ),
     (
         "empty-parts",
@@ -95,7 +102,8 @@ INVALID_REQUESTS = [
         "part-with-no-content",
         dict(model=MODEL, messages=[user(pb.Part(text="a"), pb.Part())]),
         "messages[0].parts[1]",
-        "messages[0].parts[1]: part is empty (set text, image, audio, video or document)",
+        "messages[0].parts[1]: part is empty (set text, image, audio, video, document, tool_call, tool_result "
+        "or reasoning)",
     ),
     (
         "media-with-neither-url-nor-data",
@@ -128,6 +136,46 @@ INVALID_REQUESTS = [
     ("top-p-zero", dict(model=MODEL, messages=hello(), top_p=0.0), "top_p", "top_p: must be > 0 and <= 1"),
     ("top-p-too-high", dict(model=MODEL, messages=hello(), top_p=1.5), "top_p", "top_p: must be > 0 and <= 1"),
     ("empty-stop", dict(model=MODEL, messages=hello(), stop=["END", ""]), "stop[1]", "stop[1]: must not be empty"),
+    # -- tools, structured output, reasoning
+    ("tool-name-with-spaces", dict(model=MODEL, messages=hello(), tools=[pb.Tool(name="get weather")]), "tools[0].name",
+     "tools[0].name: 'get weather' is not a valid tool name (1 to 64 letters, digits, underscores or dashes)"),
+    ("tool-declared-twice", dict(model=MODEL, messages=hello(), tools=[pb.Tool(name="f"), pb.Tool(name="f")]),
+     "tools[1].name", 'tools[1].name: "f" is declared twice'),
+    ("tool-parameters-not-an-object", dict(model=MODEL, messages=hello(), tools=[pb.Tool(name="f", parameters=schema(
+        type="string"))]), "tools[0].parameters", 'tools[0].parameters: must be a JSON Schema of "type": "object"'),
+    ("tool-choice-names-an-undeclared-tool", dict(model=MODEL, messages=hello(), tools=[pb.Tool(name="f")],
+                                                  tool_choice=pb.ToolChoice(function_name="g")),
+     "tool_choice.function_name", 'tool_choice.function_name: "g" is not one of the request\'s tools'),
+    ("tool-choice-required-without-tools", dict(model=MODEL, messages=hello(),
+                                                tool_choice=pb.ToolChoice(mode=pb.TOOL_CHOICE_MODE_REQUIRED)),
+     "tool_choice.mode", "tool_choice.mode: asks for tools but the request declares none"),
+    ("parallel-calls-without-tools", dict(model=MODEL, messages=hello(), parallel_tool_calls=False),
+     "parallel_tool_calls", "parallel_tool_calls: is set but the request declares no tools"),
+    ("tool-call-in-a-user-message", dict(model=MODEL, messages=[user(pb.Part(tool_call=pb.ToolCall(id="c", name="f")))]),
+     "messages[0].parts[0].tool_call", "messages[0].parts[0].tool_call: belongs in an assistant message"),
+    ("text-in-a-tool-message", dict(model=MODEL, messages=[*hello(), pb.Message(role=pb.ROLE_TOOL,
+                                                                                parts=[pb.Part(text="42")])]),
+     "messages[1].parts[0]", "messages[1].parts[0]: ROLE_TOOL messages take tool_result parts only"),
+    ("result-for-no-call", dict(model=MODEL, messages=[*hello(), pb.Message(role=pb.ROLE_TOOL, parts=[pb.Part(
+        tool_result=pb.ToolResult(tool_call_id="call_x", parts=[pb.Part(text="42")]))])]),
+     "messages[1].parts[0].tool_result.tool_call_id",
+     'messages[1].parts[0].tool_result.tool_call_id: "call_x" answers no tool_call of an earlier assistant message'),
+    ("echoed-call-without-id", dict(model=MODEL, messages=[*hello(), pb.Message(role=pb.ROLE_ASSISTANT, parts=[
+        pb.Part(tool_call=pb.ToolCall(name="f"))])]),
+     "messages[1].parts[0].tool_call.id", "messages[1].parts[0].tool_call.id: is required (echo the id the answer "
+                                          "carried)"),
+    ("image-in-a-tool-result", dict(model=MODEL, messages=[*hello(), pb.Message(role=pb.ROLE_ASSISTANT, parts=[
+        pb.Part(tool_call=pb.ToolCall(id="c", name="f"))]), pb.Message(role=pb.ROLE_TOOL, parts=[pb.Part(
+            tool_result=pb.ToolResult(tool_call_id="c", parts=[pb.Part(image=pb.Media(url="https://a.example/x.png"))]))])]),
+     "messages[2].parts[0].tool_result.parts[0]", "messages[2].parts[0].tool_result.parts[0]: tool results take text "
+                                                  "parts only"),
+    ("response-format-empty", dict(model=MODEL, messages=hello(), response_format=pb.ResponseFormat()),
+     "response_format", "response_format: set json_schema or json_object"),
+    ("json-schema-without-schema", dict(model=MODEL, messages=hello(), response_format=pb.ResponseFormat(
+        json_schema=pb.JsonSchemaFormat(name="answer"))), "response_format.json_schema.schema",
+     "response_format.json_schema.schema: is required"),
+    ("negative-thinking-budget", dict(model=MODEL, messages=hello(), reasoning=pb.ReasoningConfig(budget_tokens=-1)),
+     "reasoning.budget_tokens", "reasoning.budget_tokens: must be >= 0"),
 ]
 
 

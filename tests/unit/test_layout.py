@@ -37,6 +37,17 @@ PLUGIN_SEAM = [
     "json_object",
     "ServerSentEvent",
     "choice_finishes",
+    "finish_with_tools",
+    "tool_call",
+    "mint_tool_call_id",
+    "is_minted",
+    "parsed_arguments",
+    "arguments_text",
+    "struct_to_dict",
+    "result_text",
+    "calls_in",
+    "ToolCallAssembler",
+    "ReasoningAssembler",
 ]
 
 

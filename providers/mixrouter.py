@@ -1,7 +1,8 @@
 """MixRouter: an OpenAI-compatible aggregator (new-api family) in front of many vendors' models.
 
 It takes media by URL in every modality (`image_url`, `audio_url`, `video_url`), inline
-bytes as data: URLs, and reports usage with the relay quirks of USAGE.md.
+bytes as data: URLs, and reports usage with the relay quirks of USAGE.md. Tools,
+`response_format` and `reasoning_effort` pass through in OpenAI's shape (openai_codec).
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ CAPABILITIES = Capabilities(
         DOCUMENT: frozenset({"application/pdf"}),
     },
     url_modalities=frozenset({IMAGE, AUDIO, VIDEO}),
+    # tools, response_format and reasoning_effort: see openai_codec.build_body.
+    tools=True,
+    structured_output=True,
+    reasoning=True,
 )
 
 DIALECT = ChatDialect(audio_style="audio_url", max_tokens_field="max_tokens", relay_usage=True)

@@ -5,7 +5,8 @@ Images go as `image_url` (the URL itself, or a data: URL for bytes). Audio goes 
 declared outside url_modalities and the gateway fetches URL audio and hands this adapter
 the bytes. PDFs go as `file` parts with a data: URL. No video input.
 `max_completion_tokens` replaces the deprecated `max_tokens`; streams ask for usage with
-`stream_options.include_usage`.
+`stream_options.include_usage`. Tools, `response_format` and `reasoning_effort` go as OpenAI
+defines them (openai_codec); a reasoning budget or include_thoughts has no field and is refused.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ CAPABILITIES = Capabilities(
         DOCUMENT: frozenset({"application/pdf"}),
     },
     url_modalities=frozenset({IMAGE}),
+    # tools, response_format and reasoning_effort: see openai_codec.build_body.
+    tools=True,
+    structured_output=True,
+    reasoning=True,
 )
 
 DIALECT = ChatDialect(audio_style="input_audio", max_tokens_field="max_completion_tokens")

@@ -15,20 +15,27 @@ from typing import Any, TypeGuard
 import grpc
 import httpx
 import orjson
+
 from tollway.plugin import (
     AnyRequest,
     Capabilities,
     GatewayError,
     ProviderSettings,
+    ReasoningAssembler,
     ReportedUsage,
     ServerSentEvent,
+    ToolCallAssembler,
     bad_upstream_body,
     choice_finishes,
+    finish_with_tools,
     invalid_argument,
     json_object,
     normalize,
+    result_text,
     scrub,
     stream_usage,
+    struct_to_dict,
+    tool_call,
     upstream_http_error,
 )
 from tollway.v1 import completion_pb2 as pb
@@ -59,6 +66,10 @@ class ChatDialect:
     max_tokens_field: str = "max_tokens"
     # Relays that front Claude report prompt_tokens without cache reads and writes.
     relay_usage: bool = False
+    # The assistant-message field that takes the model's earlier reasoning back, or None where
+    # the server has none (OpenAI: the Chat format has no input field for reasoning). DeepSeek's
+    # thinking mode documents "reasoning_content" as one, and requires it back after tool calls.
+    reasoning_input_field: str | None = None
 
 
 def data_url(mime_type: str, data: bytes) -> str:
@@ -72,11 +83,13 @@ def media_url(media: pb.Media) -> str:
 # -- request -----------------------------------------------------------------------------
 
 
-def build_body(request: AnyRequest, model: str, *, stream: bool, dialect: ChatDialect) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": [_message(i, m, dialect) for i, m in enumerate(request.messages)],
-    }
+def build_body(request: AnyRequest, model: str, *, stream: bool, dialect: ChatDialect,
+               provider: str = "") -> dict[str, Any]:
+    """provider: the configured name, for the message of a setting this format cannot carry."""
+    messages: list[dict[str, Any]] = []
+    for i, m in enumerate(request.messages):
+        messages.extend(_messages(i, m, dialect))
+    body: dict[str, Any] = {"model": model, "messages": messages}
     if request.HasField("max_tokens"):
         body[dialect.max_tokens_field] = request.max_tokens
     if request.HasField("temperature"):
@@ -87,6 +100,11 @@ def build_body(request: AnyRequest, model: str, *, stream: bool, dialect: ChatDi
         body["seed"] = request.seed
     if request.stop:
         body["stop"] = list(request.stop)
+    _tool_fields(request, body)
+    if request.HasField("response_format"):
+        body["response_format"] = _response_format(request.response_format)
+    if request.HasField("reasoning"):
+        _reasoning_fields(request.reasoning, body, provider)
     if stream:
         body["stream"] = True
         # Without this the usage never arrives on a stream.
@@ -96,18 +114,115 @@ def build_body(request: AnyRequest, model: str, *, stream: bool, dialect: ChatDi
     return body
 
 
-def _message(index: int, message: pb.Message, dialect: ChatDialect) -> dict[str, Any]:
+TOOL_CHOICE_MODES = {pb.TOOL_CHOICE_MODE_AUTO: "auto", pb.TOOL_CHOICE_MODE_NONE: "none",
+                     pb.TOOL_CHOICE_MODE_REQUIRED: "required"}
+
+REASONING_EFFORTS = {pb.REASONING_EFFORT_NONE: "none", pb.REASONING_EFFORT_MINIMAL: "minimal",
+                     pb.REASONING_EFFORT_LOW: "low", pb.REASONING_EFFORT_MEDIUM: "medium",
+                     pb.REASONING_EFFORT_HIGH: "high"}
+
+
+def _tool_fields(request: AnyRequest, body: dict[str, Any]) -> None:
+    if request.tools:
+        body["tools"] = [_tool(t) for t in request.tools]
+    if request.HasField("tool_choice"):
+        choice = request.tool_choice
+        if choice.WhichOneof("choice") == "function_name":
+            body["tool_choice"] = {"type": "function", "function": {"name": choice.function_name}}
+        else:  # the gateway refused an unset mode already
+            body["tool_choice"] = TOOL_CHOICE_MODES[choice.mode]
+    if request.HasField("parallel_tool_calls"):
+        body["parallel_tool_calls"] = request.parallel_tool_calls
+
+
+def _tool(tool: pb.Tool) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name}
+    if tool.description:
+        function["description"] = tool.description
+    if tool.HasField("parameters"):
+        function["parameters"] = struct_to_dict(tool.parameters)
+    if tool.HasField("strict"):
+        function["strict"] = tool.strict
+    return {"type": "function", "function": function}
+
+
+def _response_format(fmt: pb.ResponseFormat) -> dict[str, Any]:
+    if fmt.WhichOneof("format") == "json_object":
+        return {"type": "json_object"}
+    spec = fmt.json_schema
+    # OpenAI requires a name; the contract lets callers leave it empty.
+    schema: dict[str, Any] = {"name": spec.name or "response", "schema": struct_to_dict(spec.schema)}
+    if spec.HasField("strict"):
+        schema["strict"] = spec.strict
+    if spec.description:
+        schema["description"] = spec.description
+    return {"type": "json_schema", "json_schema": schema}
+
+
+def _reasoning_fields(config: pb.ReasoningConfig, body: dict[str, Any], provider: str) -> None:
+    # The Chat format has an effort only: a budget or a thoughts switch would be dropped.
+    if config.HasField("budget_tokens"):
+        raise invalid_argument("reasoning.budget_tokens", f'provider "{provider}" takes a reasoning effort only '
+                                                          "(reasoning_effort), not a token budget")
+    if config.HasField("include_thoughts"):
+        raise invalid_argument("reasoning.include_thoughts", f'provider "{provider}" has no switch for returning '
+                                                             "thoughts (the server decides whether it returns them)")
+    if config.effort != pb.REASONING_EFFORT_UNSPECIFIED:
+        body["reasoning_effort"] = REASONING_EFFORTS[config.effort]
+
+
+def _messages(index: int, message: pb.Message, dialect: ChatDialect) -> list[dict[str, Any]]:
+    """One message, or for ROLE_TOOL one "tool" message per result, in order."""
+    if message.role == pb.ROLE_TOOL:
+        # is_error has no field in this format: the result's text, which describes the
+        # failure, goes as it is (the model reads the error from it).
+        return [{"role": "tool", "tool_call_id": p.tool_result.tool_call_id, "content": result_text(p.tool_result)}
+                for p in message.parts]
+    if message.role == pb.ROLE_ASSISTANT:
+        return [_assistant(index, message, dialect)]
     role = ROLE_NAMES[message.role]
     parts = message.parts
     if role != "user":
-        # System and assistant turns take text only in the Chat format.
+        # System turns take text only in the Chat format.
         for j, part in enumerate(parts):
             if part.WhichOneof("content") != "text":
                 raise invalid_argument(
                     f"messages[{index}].parts[{j}]", f"{role} messages take text parts only in the OpenAI format"
                 )
-        return {"role": role, "content": "".join(p.text for p in parts)}
-    return {"role": role, "content": [_part(index, j, p, dialect) for j, p in enumerate(parts)]}
+        return [{"role": role, "content": "".join(p.text for p in parts)}]
+    return [{"role": role, "content": [_part(index, j, p, dialect) for j, p in enumerate(parts)]}]
+
+
+def _assistant(index: int, message: pb.Message, dialect: ChatDialect) -> dict[str, Any]:
+    """An echoed assistant turn: its text as `content`, its calls as `tool_calls` in order.
+
+    Reasoning parts have no input field in the Chat format and are left out, unless the
+    dialect names the server's field: OpenAI has none, and DeepSeek's old deepseek-reasoner
+    answered 400 to reasoning_content sent back, while its thinking mode requires it.
+    """
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    thoughts: list[str] = []
+    for j, part in enumerate(message.parts):
+        kind = part.WhichOneof("content")
+        if kind == "text":
+            texts.append(part.text)
+        elif kind == "tool_call":
+            call = part.tool_call
+            calls.append({"id": call.id, "type": "function",
+                          "function": {"name": call.name, "arguments": call.arguments_json}})
+        elif kind == "reasoning":
+            thoughts.append(part.reasoning.text)
+        else:
+            raise invalid_argument(f"messages[{index}].parts[{j}]", "assistant messages take text, tool_call and "
+                                                                   "reasoning parts only in the OpenAI format")
+    # With calls and no text the format's own answer has content null.
+    out: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
+    if calls:
+        out["tool_calls"] = calls
+    if dialect.reasoning_input_field and any(thoughts):
+        out[dialect.reasoning_input_field] = "".join(thoughts)
+    return out
 
 
 def _part(i: int, j: int, part: pb.Part, dialect: ChatDialect) -> dict[str, Any]:
@@ -181,19 +296,24 @@ def parse_completion(provider: str, body: bytes, requested_model: str, dialect: 
         raise bad_upstream_body(provider, "JSON without choices")
     out = pb.CompleteResponse(id=str(data.get("id") or ""), model=str(data.get("model") or requested_model),
                               provider=provider)
-    created = data.get("created")
-    if isinstance(created, (int, float)) and created > 0:
-        out.created.FromSeconds(int(created))
+    created = _created_seconds(data.get("created"))
+    if created:
+        out.created.FromSeconds(created)
     for position, choice in enumerate(choices):
         if not isinstance(choice, dict):
             raise bad_upstream_body(provider, "a choice that is not a JSON object")
         message = _mapping(choice.get("message"))
-        raw_reason = choice.get("finish_reason") or ""
+        raw_reason = str(choice.get("finish_reason") or "")
+        parts = _message_parts(message)
+        calls = any(p.WhichOneof("content") == "tool_call" for p in parts)
+        reason = finish_with_tools(finish_reason(raw_reason), calls)
+        if _refusal(message):
+            reason = pb.FINISH_REASON_CONTENT_FILTER
         out.choices.append(
             pb.Choice(
                 index=_index(choice, position),
-                message=pb.Message(role=pb.ROLE_ASSISTANT, parts=_content_parts(message.get("content"))),
-                finish_reason=finish_reason(raw_reason),
+                message=pb.Message(role=pb.ROLE_ASSISTANT, parts=parts),
+                finish_reason=reason,
                 raw_finish_reason=raw_reason,
             )
         )
@@ -203,9 +323,52 @@ def parse_completion(provider: str, body: bytes, requested_model: str, dialect: 
     return out
 
 
-def _content_parts(content: Any) -> list[pb.Part]:
-    text = content_text(content)
-    return [pb.Part(text=text)] if text else []
+def _message_parts(message: Mapping[str, Any]) -> list[pb.Part]:
+    """Reasoning first (the model thought before it answered), then the text, then the calls."""
+    parts = []
+    reasoning = _reasoning_text(message)
+    if reasoning:
+        parts.append(pb.Part(reasoning=pb.Reasoning(text=reasoning)))
+    text = content_text(message.get("content")) + _refusal(message)
+    if text:
+        parts.append(pb.Part(text=text))
+    for call in message.get("tool_calls") or ():
+        if isinstance(call, dict):
+            function = _mapping(call.get("function"))
+            # An empty or missing id (some fine-tuned and local servers) is minted by tool_call().
+            parts.append(pb.Part(tool_call=tool_call(_str(call.get("id")), _str(function.get("name")),
+                                                     _str(function.get("arguments")))))
+    return parts
+
+
+def _reasoning_text(message: Mapping[str, Any]) -> str:
+    """DeepSeek and xAI name the thinking `reasoning_content`; vLLM (new) and Ollama `reasoning`."""
+    return _str(message.get("reasoning_content")) or _str(message.get("reasoning"))
+
+
+def _refusal(message: Mapping[str, Any]) -> str:
+    """The text of a structured-output refusal (`refusal`, with content null). Kept as text, so
+    the caller reads why, and the choice ends as FINISH_REASON_CONTENT_FILTER (raw "stop" kept):
+    the answer is not the JSON the schema asked for."""
+    return _str(message.get("refusal"))
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+# Seconds past this are year 5138: a `created` this large is in milliseconds (OpenPipe sends those).
+_MILLISECONDS_FROM = 10**11
+# The last second a protobuf Timestamp holds (9999-12-31T23:59:59Z).
+_TIMESTAMP_MAX = 253402300799
+
+
+def _created_seconds(value: Any) -> int:
+    """`created` as Unix seconds, or 0 (unset) for a missing, negative or impossible one."""
+    if not _is_number(value) or value <= 0:
+        return 0
+    seconds = int(value // 1000 if value >= _MILLISECONDS_FROM else value)
+    return seconds if seconds <= _TIMESTAMP_MAX else 0
 
 
 def _index(choice: Mapping[str, Any], default: int) -> int:
@@ -373,7 +536,7 @@ def _outside_the_counts(prompt: int, completion: int, total: int | None, reasoni
 
 
 class ChatStreamDecoder:
-    """OpenAI chat.completion.chunk events -> text deltas and a final summary.
+    """OpenAI chat.completion.chunk events -> text, reasoning and tool-call deltas, and a summary.
 
     The terminal event is `data: [DONE]`; a stream that ends without it was cut off.
     Usage arrives on the one chunk with a non-null `usage` (stream_options.include_usage).
@@ -382,12 +545,19 @@ class ChatStreamDecoder:
     def __init__(self, provider: str, requested_model: str, dialect: ChatDialect) -> None:
         self._provider = provider
         self._dialect = dialect
-        self._output_bytes = 0
+        self._text_bytes = 0
         self._id = ""
         self._model = requested_model
         self._created = 0
         self._finishes: dict[int, str] = {}
+        self._refused: set[int] = set()
         self._usage: Mapping[str, Any] | None = None
+        self._tools = ToolCallAssembler()
+        self._reasoning = ReasoningAssembler()
+        # Per choice and list position: the key of the call last begun there, for servers that
+        # send tool-call pieces without an `index`.
+        self._unindexed: dict[tuple[int, int], object] = {}
+        self._unindexed_calls = 0
         self.finished = False
 
     def feed(self, event: ServerSentEvent) -> Iterable[pb.StreamCompleteResponse]:
@@ -403,39 +573,70 @@ class ChatStreamDecoder:
         if not self._id and chunk.get("id"):
             self._id = str(chunk["id"])
             self._model = str(chunk.get("model") or self._model)
-            created = chunk.get("created")
-            if isinstance(created, (int, float)):
-                self._created = int(created)
+            self._created = _created_seconds(chunk.get("created"))
         usage = chunk.get("usage")
         if isinstance(usage, dict) and usage:
             # Servers that send usage on every chunk (vLLM continuous_usage_stats) send
             # running totals, so the last one wins.
             self._usage = usage
-        out = []
+        out: list[pb.StreamCompleteResponse] = []
         for choice in chunk.get("choices") or ():
             if not isinstance(choice, dict):
                 continue
             index = _index(choice, 0)
             delta = _mapping(choice.get("delta"))
-            # Reasoning text is not shown (the contract streams visible text) but it is billed
-            # output: it counts toward the estimate when the server sends no usage.
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(reasoning, str):
-                self._output_bytes += len(reasoning.encode())
-            text = content_text(delta.get("content"))
+            thought = self._reasoning.text(index, _reasoning_text(delta))
+            if thought is not None:
+                out.append(thought)
+            refusal = _refusal(delta)
+            if refusal:
+                # See _refusal: shown as text, and the choice ends as a content filter.
+                self._refused.add(index)
+            text = content_text(delta.get("content")) + refusal
             if text:
-                self._output_bytes += len(text.encode())
+                self._text_bytes += len(text.encode())
                 out.append(pb.StreamCompleteResponse(delta=pb.TextDelta(choice_index=index, text=text)))
+            for position, piece in enumerate(delta.get("tool_calls") or ()):
+                if isinstance(piece, dict):
+                    message = self._tool_piece(index, position, piece)
+                    if message is not None:
+                        out.append(message)
             reason = choice.get("finish_reason")
             if reason:
-                self._finishes[index] = reason
+                self._finishes[index] = str(reason)
         return out
+
+    def _tool_piece(self, choice: int, position: int, piece: Mapping[str, Any]) -> pb.StreamCompleteResponse | None:
+        """A call's first piece carries id and name (and maybe arguments); later ones arguments.
+
+        Pieces are keyed by `index`; a server that sends none is keyed by the piece's position
+        in the delta's list, and a piece there that names a function begins a new call."""
+        function = _mapping(piece.get("function"))
+        name = _str(function.get("name"))
+        arguments = _str(function.get("arguments"))
+        raw_index = piece.get("index")
+        key: object
+        if _is_number(raw_index):
+            key = int(raw_index)
+        else:
+            key = self._unindexed.get((choice, position))
+            if key is None or (name and self._tools.has(choice, key)):
+                self._unindexed_calls += 1
+                key = ("unindexed", self._unindexed_calls)
+                self._unindexed[(choice, position)] = key
+        if not self._tools.has(choice, key):
+            return self._tools.start(choice, key, _str(piece.get("id")), name, arguments)
+        return self._tools.append(choice, key, arguments)
 
     def summary(self) -> pb.StreamSummary:
         summary = pb.StreamSummary(id=self._id, model=self._model, provider=self._provider)
         if self._created:
             summary.created.FromSeconds(self._created)
-        summary.finishes.extend(choice_finishes(self._finishes, finish_reason))
+        finishes = choice_finishes(self._finishes, finish_reason, tools=self._tools, reasoning=self._reasoning)
+        for finish in finishes:
+            if finish.index in self._refused:
+                finish.finish_reason = pb.FINISH_REASON_CONTENT_FILTER
+        summary.finishes.extend(finishes)
         reported = reported_usage(self._usage, self._model, self._dialect) if self._usage is not None else None
         usage = stream_usage(reported, finished=self.finished)
         if usage is not None:
@@ -444,8 +645,9 @@ class ChatStreamDecoder:
 
     @property
     def output_bytes(self) -> int:
-        """Billed output seen so far (thinking included), for an estimate when usage never comes."""
-        return self._output_bytes
+        """Billed output seen so far (text, thinking and tool arguments), for an estimate when
+        usage never comes."""
+        return self._text_bytes + self._reasoning.output_bytes + self._tools.output_bytes
 
 
 # -- the adapter -------------------------------------------------------------------------
@@ -467,7 +669,7 @@ class OpenAIChatAdapter:
             raise ValueError(f"base_url is not a usable URL ({exc})") from None
 
     def build_request(self, request: AnyRequest, model: str, *, stream: bool) -> httpx.Request:
-        body = build_body(request, model, stream=stream, dialect=self.dialect)
+        body = build_body(request, model, stream=stream, dialect=self.dialect, provider=self.settings.name)
         return build_http_request(self.settings, body, stream=stream, headers=self._extra_headers, url=self._url)
 
     def parse_response(self, response: httpx.Response, request: AnyRequest, model: str) -> pb.CompleteResponse:

@@ -91,7 +91,7 @@ def test_an_unknown_option_is_refused_by_name_before_the_kind_sees_it():
         build_registry(config, load_provider_kinds(), {})
 
     assert str(caught.value) == ("providers.local: unknown option(s) for kind openai_compatible: max_token_field "
-                                 "(known: audio_style, max_tokens_field, modalities)")
+                                 "(known: audio_style, features, max_tokens_field, modalities, reasoning_echo)")
 
 
 @pytest.mark.parametrize(("options", "message"), [
@@ -181,8 +181,9 @@ def test_xai_reasoning_outside_completion_tokens():
     response = parse("openai_compatible/xai_grok3mini_tool_call.json")
 
     assert (response.model, response.choices[0].raw_finish_reason) == ("grok-3-mini", "tool_calls")
-    # reasoning_content is not visible output; content "" gives no part.
-    assert list(response.choices[0].message.parts) == []
+    # reasoning_content is a reasoning part, content "" gives no part, then the call
+    # (tests/providers/test_openai_tools.py has the parts in detail).
+    assert [p.WhichOneof("content") for p in response.choices[0].message.parts] == ["reasoning", "tool_call"]
     usage = response.usage
     # prompt 291 = text 291, of which 244 were cache reads: 47 fresh text tokens.
     assert usage.input == pb.InputUsage(total=291, text=47, cache_read=244)
@@ -297,9 +298,11 @@ def test_ollama_stream_without_usage_is_estimated():
     texts, summary = decode_stream(a, fixture_text("openai_compatible/ollama_qwen3_no_usage.sse"),
                                    STREAM_REQUEST, "qwen3:32b", decoder=decoder)
 
-    # Only reasoning ("Okay") came before the length cut-off: no visible text, but the
-    # reasoning is billed output, so it is what the output estimate counts.
-    assert texts == {}
+    # Only reasoning ("Okay") came before the length cut-off: no visible text (decode_stream
+    # counts the reasoning delta as empty text of choice 0), but the reasoning is billed
+    # output, so it is what the output estimate counts.
+    assert "".join(texts.values()) == ""
+    assert [r.text for r in summary.finishes[0].reasoning] == ["Okay"]
     assert summary.finishes[0].finish_reason == pb.FINISH_REASON_LENGTH
     assert not summary.HasField("usage")
     assert decoder.output_bytes == len(b"Okay")
@@ -441,7 +444,7 @@ async def test_an_unknown_option_is_a_config_error_naming_it(start_client, upstr
                                                     "modalitys": ["image"]}}})
 
     assert str(caught.value) == ("providers.local: unknown option(s) for kind openai_compatible: modalitys "
-                                 "(known: audio_style, max_tokens_field, modalities)")
+                                 "(known: audio_style, features, max_tokens_field, modalities, reasoning_echo)")
 
 
 async def test_without_config_no_instance_is_served(start_client):

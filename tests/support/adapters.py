@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 
 import httpx
 from httpx_sse import ServerSentEvent
@@ -53,7 +52,8 @@ def decode_stream(adapter, raw: str, request: pb.StreamCompleteRequest, model: s
     texts: dict[int, str] = {}
     for event in sse_events(raw):
         for message in decoder.feed(event):
-            texts[message.delta.choice_index] = texts.get(message.delta.choice_index, "") + message.delta.text
+            if message.HasField("delta"):
+                texts[message.delta.choice_index] = texts.get(message.delta.choice_index, "") + message.delta.text
     assert decoder.finished
     return texts, decoder.summary()
 

@@ -26,15 +26,23 @@ from tollway.plugin import (
     GatewayError,
     ProviderKind,
     ProviderSettings,
+    ReasoningAssembler,
     ReportedUsage,
     ServerSentEvent,
+    ToolCallAssembler,
+    arguments_text,
     bad_upstream_body,
+    choice_finishes,
+    finish_with_tools,
     grpc_code_for_http_status,
     hookimpl,
     invalid_argument,
     json_object,
     normalize,
+    result_text,
     scrub,
+    struct_to_dict,
+    tool_call,
     upstream_http_error,
 )
 from tollway.v1 import completion_pb2 as pb
@@ -56,9 +64,21 @@ CAPABILITIES = Capabilities(
     },
     # Both take a {"type": "url"} source, so the gateway never fetches for Anthropic.
     url_modalities=frozenset({IMAGE, DOCUMENT}),
+    tools=True,
+    structured_output=True,
+    reasoning=True,
 )
 
-ROLES = {pb.ROLE_USER: "user", pb.ROLE_ASSISTANT: "assistant"}
+# Tool results go back in a user turn (Anthropic has no tool role).
+ROLES = {pb.ROLE_USER: "user", pb.ROLE_ASSISTANT: "assistant", pb.ROLE_TOOL: "user"}
+
+# output_config.effort (GA with anthropic-version 2023-06-01, no beta header) takes low,
+# medium, high, xhigh and max; the contract's MINIMAL has no counterpart and is refused.
+EFFORTS = {pb.REASONING_EFFORT_LOW: "low", pb.REASONING_EFFORT_MEDIUM: "medium", pb.REASONING_EFFORT_HIGH: "high"}
+# ThinkingConfigEnabled.budget_tokens: "Must be >=1024 and less than max_tokens" (API reference).
+MIN_THINKING_BUDGET = 1024
+# While thinking, top_p is accepted only from 0.95 to 1 (extended thinking guide, sampling).
+MIN_TOP_P_THINKING = 0.95
 
 STOP_REASONS = {
     "end_turn": pb.FINISH_REASON_STOP,
@@ -110,10 +130,15 @@ def build_body(
         raise invalid_argument("seed", f'provider "{provider}" does not support seed')
     if request.HasField("temperature") and request.temperature > 1.0:
         raise invalid_argument("temperature", f'provider "{provider}" takes 0 to 1, got {request.temperature:g}')
+    max_tokens = request.max_tokens if request.HasField("max_tokens") else default_max_tokens
+    thinking, effort = _thinking(request, provider, max_tokens)
+    thinking_on = thinking is not None and thinking["type"] != "disabled"
+    if thinking_on:
+        _check_sampling_while_thinking(request, provider)
     system, messages = _conversation(request, provider)
     body: dict[str, Any] = {
         "model": model,
-        "max_tokens": request.max_tokens if request.HasField("max_tokens") else default_max_tokens,
+        "max_tokens": max_tokens,
         "messages": messages,
     }
     if system:
@@ -124,13 +149,154 @@ def build_body(
         body["top_p"] = request.top_p
     if request.stop:
         body["stop_sequences"] = list(request.stop)
+    if request.tools:
+        body["tools"] = [_tool(tool) for tool in request.tools]
+    choice = _tool_choice(request, provider, thinking_on=thinking_on)
+    if choice is not None:
+        body["tool_choice"] = choice
+    if thinking is not None:
+        body["thinking"] = thinking
+    output_config: dict[str, Any] = {}
+    if effort is not None:
+        output_config["effort"] = effort
+    output_format = _output_format(request, provider)
+    if output_format is not None:
+        output_config["format"] = output_format
+    if output_config:
+        body["output_config"] = output_config
     body["stream"] = stream
     return body
 
 
+# -- request: tools, structured output, thinking ------------------------------------------
+
+
+def _tool(tool: pb.Tool) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": tool.name}
+    if tool.description:
+        out["description"] = tool.description
+    # input_schema is required: a tool declared without parameters takes an empty object.
+    out["input_schema"] = (struct_to_dict(tool.parameters) if tool.HasField("parameters")
+                           else {"type": "object", "properties": {}})
+    if tool.HasField("strict"):
+        # Strict tool use (grammar-constrained inputs) is a documented tool field.
+        out["strict"] = tool.strict
+    return out
+
+
+def _tool_choice(request: AnyRequest, provider: str, *, thinking_on: bool) -> dict[str, Any] | None:
+    """tool_choice, with disable_parallel_tool_use on it for parallel_tool_calls=false."""
+    kind = request.tool_choice.WhichOneof("choice") if request.HasField("tool_choice") else None
+    choice: dict[str, Any] | None = None
+    if kind == "function_name":
+        if thinking_on:
+            raise invalid_argument("tool_choice.function_name",
+                                   f'provider "{provider}" cannot force a tool call while thinking is on '
+                                   "(use auto or none)")
+        choice = {"type": "tool", "name": request.tool_choice.function_name}
+    elif kind == "mode":
+        mode = request.tool_choice.mode
+        if mode == pb.TOOL_CHOICE_MODE_NONE:
+            # Without tools there is nothing to switch off; with them, "none" forbids calls,
+            # which also honours parallel_tool_calls=false ("none" takes no parallel switch).
+            return {"type": "none"} if request.tools else None
+        if mode == pb.TOOL_CHOICE_MODE_REQUIRED:
+            if thinking_on:
+                raise invalid_argument("tool_choice.mode",
+                                       f'provider "{provider}" cannot force a tool call while thinking is on '
+                                       "(use auto or none)")
+            choice = {"type": "any"}
+        else:
+            choice = {"type": "auto"}
+    if request.HasField("parallel_tool_calls") and not request.parallel_tool_calls:
+        choice = choice or {"type": "auto"}  # auto is Anthropic's default when tools are sent
+        choice["disable_parallel_tool_use"] = True
+    return choice
+
+
+def _output_format(request: AnyRequest, provider: str) -> dict[str, Any] | None:
+    """response_format -> output_config.format (structured outputs, GA, no beta header)."""
+    if not request.HasField("response_format"):
+        return None
+    kind = request.response_format.WhichOneof("format")
+    if kind == "json_object":
+        raise invalid_argument("response_format.json_object",
+                               f'provider "{provider}" has no JSON mode without a schema (use json_schema)')
+    if kind != "json_schema":
+        return None
+    fmt = request.response_format.json_schema
+    if fmt.description:
+        # The format takes only a schema; the description would steer the model, so it is
+        # not dropped: the caller can put it in the schema itself.
+        raise invalid_argument("response_format.json_schema.description",
+                               f'provider "{provider}" takes no description beside the schema '
+                               '(put it in the schema\'s "description")')
+    # name is only a label; strict is moot: Anthropic always constrains output to the schema.
+    return {"type": "json_schema", "schema": struct_to_dict(fmt.schema)}
+
+
+def _thinking(request: AnyRequest, provider: str, max_tokens: int) -> tuple[dict[str, Any] | None, str | None]:
+    """(thinking, output_config.effort) for reasoning settings.
+
+    A budget turns on `thinking: {"type": "enabled", budget_tokens}`; an effort without a
+    budget turns on adaptive thinking, where output_config.effort steers the depth; effort
+    NONE is `{"type": "disabled"}`. include_thoughts is `display`: summarized, or omitted
+    (thinking comes back empty, with its signature)."""
+    if not request.HasField("reasoning"):
+        return None, None
+    config = request.reasoning
+    effort = config.effort
+    if effort == pb.REASONING_EFFORT_MINIMAL:
+        raise invalid_argument("reasoning.effort",
+                               f'provider "{provider}" has no minimal effort (it takes low, medium or high)')
+    has_budget = config.HasField("budget_tokens")
+    if effort == pb.REASONING_EFFORT_NONE:
+        if has_budget:
+            raise invalid_argument("reasoning.budget_tokens",
+                                   f'provider "{provider}" takes no thinking budget with REASONING_EFFORT_NONE '
+                                   "(no thinking)")
+        thinking: dict[str, Any] | None = {"type": "disabled"}
+    elif has_budget:
+        budget = config.budget_tokens
+        if budget < MIN_THINKING_BUDGET:
+            raise invalid_argument("reasoning.budget_tokens",
+                                   f'provider "{provider}" needs at least {MIN_THINKING_BUDGET}, got {budget}')
+        if budget >= max_tokens:
+            raise invalid_argument("reasoning.budget_tokens",
+                                   f'provider "{provider}" needs it below max_tokens ({max_tokens}), got {budget}')
+        thinking = {"type": "enabled", "budget_tokens": budget}
+    elif effort in EFFORTS:
+        thinking = {"type": "adaptive"}
+    else:
+        thinking = None
+    if config.HasField("include_thoughts"):
+        if thinking is None or thinking["type"] == "disabled":
+            raise invalid_argument("reasoning.include_thoughts",
+                                   f'provider "{provider}" applies it only to thinking the request turns on '
+                                   "(set budget_tokens or an effort)")
+        thinking["display"] = "summarized" if config.include_thoughts else "omitted"
+    return thinking, EFFORTS.get(effort)
+
+
+def _check_sampling_while_thinking(request: AnyRequest, provider: str) -> None:
+    """Thinking is not compatible with temperature changes, and narrows top_p (extended
+    thinking guide); refused here rather than left to an upstream 400."""
+    if request.HasField("temperature"):
+        raise invalid_argument("temperature", f'provider "{provider}" takes no temperature while thinking is on')
+    if request.HasField("top_p") and request.top_p < MIN_TOP_P_THINKING:
+        raise invalid_argument("top_p", f'provider "{provider}" takes {MIN_TOP_P_THINKING:g} to 1 while thinking '
+                                        f"is on, got {request.top_p:g}")
+
+
+# -- request: the conversation ---------------------------------------------------------------
+
+
 def _conversation(request: AnyRequest, provider: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """System text goes to the top-level `system`; other turns to `messages`, with
-    consecutive same-role turns merged into one, as the API would merge them anyway."""
+    consecutive same-role turns merged into one, as the API would merge them anyway.
+
+    ROLE_TOOL messages become tool_result blocks of a user turn: every result of a turn in
+    ONE user message, ahead of any other block there, as Anthropic requires."""
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
     for i, message in enumerate(request.messages):
@@ -140,9 +306,20 @@ def _conversation(request: AnyRequest, provider: str) -> tuple[list[dict[str, An
         role = ROLES.get(message.role)
         if role is None:
             raise invalid_argument(f"messages[{i}].role", f"unknown role {message.role}")
-        blocks = [_block(i, j, part, role, provider) for j, part in enumerate(message.parts)]
+        if message.role == pb.ROLE_ASSISTANT:
+            blocks = [_assistant_block(i, j, part, provider) for j, part in enumerate(message.parts)]
+        elif message.role == pb.ROLE_TOOL:
+            blocks = [_tool_result_block(i, j, part) for j, part in enumerate(message.parts)]
+        else:
+            blocks = [_block(i, j, part, role, provider) for j, part in enumerate(message.parts)]
         if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
+            content = turns[-1]["content"]
+            if message.role == pb.ROLE_TOOL:
+                # Results go after the results already there, before a user's own blocks.
+                at = next((k for k, b in enumerate(content) if b["type"] != "tool_result"), len(content))
+                content[at:at] = blocks
+            else:
+                content.extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
     if not turns:
@@ -168,6 +345,73 @@ def _block(i: int, j: int, part: pb.Part, role: str, provider: str) -> dict[str,
         # The central capability check refuses this first; never drop it if it gets here.
         raise invalid_argument(path, f'provider "{provider}" does not accept {kind} input')
     return {"type": kind, "source": _source(path, getattr(part, kind))}
+
+
+def _assistant_block(i: int, j: int, part: pb.Part, provider: str) -> dict[str, Any]:
+    """An echoed assistant part, in its place: thinking goes back exactly as it came (the
+    API checks its signature), tool calls as tool_use with their parsed input."""
+    kind = part.WhichOneof("content")
+    path = f"messages[{i}].parts[{j}]"
+    if kind == "text":
+        return {"type": "text", "text": part.text}
+    if kind == "tool_call":
+        call = part.tool_call
+        return {"type": "tool_use", "id": call.id, "name": call.name,
+                "input": _call_input(f"{path}.tool_call", call, provider)}
+    if kind == "reasoning":
+        return _thinking_block(f"{path}.reasoning", part.reasoning, provider)
+    raise invalid_argument(path, f'provider "{provider}" takes text, tool calls and reasoning only in '
+                                 "assistant messages")
+
+
+def _call_input(path: str, call: pb.ToolCall, provider: str) -> dict[str, Any]:
+    """tool_use.input is an object: the call's arguments_json parsed (its parsed `arguments`
+    when only those were set; no arguments at all is the empty object)."""
+    if not call.arguments_json:
+        return struct_to_dict(call.arguments) if call.HasField("arguments") else {}
+    try:
+        value = orjson.loads(call.arguments_json)
+    except orjson.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise invalid_argument(f"{path}.arguments_json",
+                               f'provider "{provider}" takes tool call arguments as a JSON object only')
+    return value
+
+
+def _thinking_block(path: str, reasoning: pb.Reasoning, provider: str) -> dict[str, Any]:
+    if reasoning.redacted:
+        return {"type": "redacted_thinking", "data": _opaque(f"{path}.redacted", reasoning.redacted)}
+    if not reasoning.signature:
+        # Anthropic takes back only thinking it signed (a thinking block without a valid
+        # signature is a 400), so unsigned reasoning from elsewhere cannot be sent.
+        raise invalid_argument(f"{path}.signature",
+                               f'provider "{provider}" takes back only signed thinking (signature or redacted '
+                               "is required)")
+    return {"type": "thinking", "thinking": reasoning.text,
+            "signature": _opaque(f"{path}.signature", reasoning.signature)}
+
+
+def _opaque(path: str, value: bytes) -> str:
+    """A signature or redacted data: Anthropic's string, kept as its UTF-8 bytes."""
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        raise invalid_argument(path, "is not the text Anthropic returned (not UTF-8)") from None
+
+
+def _tool_result_block(i: int, j: int, part: pb.Part) -> dict[str, Any]:
+    if part.WhichOneof("content") != "tool_result":
+        # Central validation refuses this first; never drop it if it gets here.
+        raise invalid_argument(f"messages[{i}].parts[{j}]", "ROLE_TOOL messages take tool_result parts only")
+    result = part.tool_result
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": result.tool_call_id}
+    text = result_text(result)
+    if text:  # content is optional; an empty result is sent without it
+        block["content"] = text
+    if result.is_error:
+        block["is_error"] = True
+    return block
 
 
 def _source(path: str, media: pb.Media) -> dict[str, Any]:
@@ -223,22 +467,23 @@ def finish_reason(raw: str) -> pb.FinishReason:
 def parse_message(
     provider: str, body: bytes, requested_model: str, secrets: Iterable[str | None] = ()
 ) -> pb.CompleteResponse:
-    """A Message object -> the contract. Thinking and tool_use blocks are not visible text."""
+    """A Message object -> the contract: its content blocks as parts, in order."""
     data = json_object(provider, body, "a body")
     if data.get("type") == "error":
         raise provider_error(provider, data.get("error"), secrets)
     content = data.get("content")
     if not isinstance(content, list):
         raise bad_upstream_body(provider, "JSON without content")
-    texts = [b["text"] for b in content if isinstance(b, dict) and b.get("type") == "text" and b.get("text")]
+    parts = [part for block in content if (part := _part(block)) is not None]
     raw_reason = str(data.get("stop_reason") or "")
+    has_calls = any(p.WhichOneof("content") == "tool_call" for p in parts)
     out = pb.CompleteResponse(id=str(data.get("id") or ""), model=str(data.get("model") or requested_model),
                               provider=provider)
     out.choices.append(
         pb.Choice(
             index=0,
-            message=pb.Message(role=pb.ROLE_ASSISTANT, parts=[pb.Part(text=t) for t in texts]),
-            finish_reason=finish_reason(raw_reason),
+            message=pb.Message(role=pb.ROLE_ASSISTANT, parts=parts),
+            finish_reason=finish_with_tools(finish_reason(raw_reason), has_calls),
             raw_finish_reason=raw_reason,
         )
     )
@@ -246,6 +491,28 @@ def parse_message(
     if isinstance(usage, dict):
         out.usage.CopyFrom(usage_from(usage))
     return out
+
+
+def _part(block: Any) -> pb.Part | None:
+    """One content block as a part; server-tool blocks and empty text have none."""
+    if not isinstance(block, dict):
+        return None
+    kind = block.get("type")
+    if kind == "text":
+        return pb.Part(text=block["text"]) if isinstance(block.get("text"), str) and block["text"] else None
+    if kind == "thinking":
+        return pb.Part(reasoning=pb.Reasoning(text=_string(block.get("thinking")),
+                                              signature=_string(block.get("signature")).encode()))
+    if kind == "redacted_thinking":
+        return pb.Part(reasoning=pb.Reasoning(redacted=_string(block.get("data")).encode()))
+    if kind == "tool_use":
+        return pb.Part(tool_call=tool_call(_string(block.get("id")), _string(block.get("name")),
+                                           arguments_text(block.get("input"))))
+    return None
+
+
+def _string(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def provider_error(provider: str, error: Any, secrets: Iterable[str | None] = ()) -> GatewayError:
@@ -363,21 +630,27 @@ def usage_from(u: Mapping[str, Any], *, estimated: bool = False) -> pb.Usage:
 
 
 class MessageStreamDecoder:
-    """Messages API stream events -> text deltas and a final summary.
+    """Messages API stream events -> text, reasoning and tool-call deltas and a final summary.
 
     message_start carries the id, model and first usage; each message_delta carries
     cumulative usage that overwrites (never adds to) the fields it names; message_stop is
-    the terminal event, so a stream without it was cut off.
+    the terminal event, so a stream without it was cut off. Content blocks are keyed by
+    their `index`: a tool_use block's input arrives as input_json_delta fragments, a
+    thinking block's text as thinking_delta and its signature as signature_delta.
     """
 
     def __init__(self, provider: str, requested_model: str, secrets: Iterable[str | None] = ()) -> None:
         self._provider = provider
         self._secrets = tuple(secrets)
-        self._output_bytes = 0
+        self._text_bytes = 0
         self._id = ""
         self._model = requested_model
         self._stop_reason = ""
         self._usage: dict[str, Any] | None = None
+        self._tools = ToolCallAssembler()
+        self._reasoning = ReasoningAssembler()
+        # tool_use block index -> whether any argument text arrived for it
+        self._tool_blocks: dict[Any, bool] = {}
         self.finished = False
 
     def feed(self, event: ServerSentEvent) -> Iterable[pb.StreamCompleteResponse]:
@@ -392,11 +665,11 @@ class MessageStreamDecoder:
         if kind == "message_start":
             self._start(data.get("message"))
         elif kind == "content_block_start":
-            block = data.get("content_block")
-            if isinstance(block, dict) and block.get("type") == "text":
-                return self._text(block.get("text"))
+            return self._block_start(data.get("index"), data.get("content_block"))
         elif kind == "content_block_delta":
-            return self._delta(data.get("delta"))
+            return self._delta(data.get("index"), data.get("delta"))
+        elif kind == "content_block_stop":
+            return self._block_stop(data.get("index"))
         elif kind == "message_delta":
             delta = data.get("delta")
             if isinstance(delta, dict) and delta.get("stop_reason"):
@@ -406,7 +679,7 @@ class MessageStreamDecoder:
                 self._usage = {**(self._usage or {}), **usage}
         elif kind == "message_stop":
             self.finished = True
-        # ping, content_block_stop and event types added later carry nothing for us.
+        # ping and event types added later carry nothing for us.
         return ()
 
     def _start(self, message: Any) -> None:
@@ -417,35 +690,78 @@ class MessageStreamDecoder:
         if isinstance(message.get("usage"), dict):
             self._usage = dict(message["usage"])
 
-    def _delta(self, delta: Any) -> Iterable[pb.StreamCompleteResponse]:
+    def _block_start(self, index: Any, block: Any) -> Iterable[pb.StreamCompleteResponse]:
+        if not isinstance(block, dict):
+            return ()
+        kind = block.get("type")
+        if kind == "text":
+            return self._text(block.get("text"))
+        if kind == "thinking":
+            self._reasoning.begin(0)
+            return self._thinking(block.get("thinking"), block.get("signature"))
+        if kind == "redacted_thinking":
+            self._reasoning.redacted(0, _string(block.get("data")).encode())
+        elif kind == "tool_use" and not self._tools.has(0, index):
+            # The block opens with `input: {}` and the arguments follow as input_json_delta;
+            # an input already whole in the start (never in Anthropic's transcripts) is kept.
+            given = block.get("input")
+            arguments = arguments_text(given) if isinstance(given, dict) and given else ""
+            self._tool_blocks[index] = bool(arguments)
+            return (self._tools.start(0, index, _string(block.get("id")), _string(block.get("name")), arguments),)
+        return ()
+
+    def _delta(self, index: Any, delta: Any) -> Iterable[pb.StreamCompleteResponse]:
         if not isinstance(delta, dict):
             return ()
-        if delta.get("type") == "text_delta":
+        kind = delta.get("type")
+        if kind == "text_delta":
             return self._text(delta.get("text"))
-        if delta.get("type") == "thinking_delta" and isinstance(delta.get("thinking"), str):
-            # Not visible text, but billed output: it counts if usage must be estimated.
-            self._output_bytes += len(delta["thinking"].encode())
+        if kind == "thinking_delta":
+            return self._thinking(delta.get("thinking"), None)
+        if kind == "signature_delta":
+            return self._thinking(None, delta.get("signature"))
+        if kind == "input_json_delta" and index in self._tool_blocks:
+            message = self._tools.append(0, index, _string(delta.get("partial_json")))
+            if message is None:  # the first fragment is often ""
+                return ()
+            self._tool_blocks[index] = True
+            return (message,)
         return ()
+
+    def _block_stop(self, index: Any) -> Iterable[pb.StreamCompleteResponse]:
+        if self._tool_blocks.get(index) is False:
+            # A call without arguments streams only `partial_json: ""`; its input is {}, as
+            # in a unary answer, and the fragments still add up to arguments_json.
+            self._tool_blocks[index] = True
+            message = self._tools.append(0, index, "{}")
+            return (message,) if message is not None else ()
+        return ()
+
+    def _thinking(self, text: Any, signature: Any) -> Iterable[pb.StreamCompleteResponse]:
+        if isinstance(signature, str) and signature:
+            self._reasoning.signature(0, signature.encode())
+        message = self._reasoning.text(0, text) if isinstance(text, str) else None
+        return (message,) if message is not None else ()
 
     def _text(self, text: Any) -> Iterable[pb.StreamCompleteResponse]:
         if not isinstance(text, str) or not text:
             return ()
-        self._output_bytes += len(text.encode())
+        self._text_bytes += len(text.encode())
         return (pb.StreamCompleteResponse(delta=pb.TextDelta(choice_index=0, text=text)),)
 
     def summary(self) -> pb.StreamSummary:
         summary = pb.StreamSummary(id=self._id, model=self._model, provider=self._provider)
-        if self._stop_reason:
-            summary.finishes.append(pb.ChoiceFinish(index=0, finish_reason=finish_reason(self._stop_reason),
-                                                    raw_finish_reason=self._stop_reason))
+        raw = {0: self._stop_reason} if self._stop_reason else {}
+        summary.finishes.extend(choice_finishes(raw, finish_reason, tools=self._tools, reasoning=self._reasoning))
         if self._usage is not None:
             summary.usage.CopyFrom(usage_from(self._usage, estimated=not self.finished))
         return summary
 
     @property
     def output_bytes(self) -> int:
-        """Billed output seen so far (thinking included), for an estimate when usage never comes."""
-        return self._output_bytes
+        """Billed output seen so far: text, thinking and tool-call arguments, for an estimate
+        when usage never comes."""
+        return self._text_bytes + self._reasoning.output_bytes + self._tools.output_bytes
 
 
 # -- the adapter -------------------------------------------------------------------------

@@ -270,7 +270,8 @@ def test_media_in_an_assistant_or_system_message_is_refused():
 
     err = raises(make_adapter().build_request, assistant, MODEL, stream=False)
     assert err.code == Code.INVALID_ARGUMENT
-    assert err.message == 'messages[1].parts[0]: provider "anthropic" takes text only in assistant messages'
+    assert err.message == ('messages[1].parts[0]: provider "anthropic" takes text, tool calls and reasoning only '
+                           "in assistant messages")
 
     err = raises(make_adapter().build_request, system, MODEL, stream=False)
     assert err.code == Code.INVALID_ARGUMENT
@@ -333,10 +334,14 @@ def test_recorded_tool_use_response():
     response = parse(fixture_json("anthropic/tool_use_response.json"))
 
     choice = response.choices[0]
-    # The tool_use block is not text; the stop reason says a tool call ended the turn.
-    assert [p.text for p in choice.message.parts] == [
+    # The tool_use block is a tool call after the text; the stop reason says a tool call ended the turn.
+    assert [p.WhichOneof("content") for p in choice.message.parts] == ["text", "tool_call"]
+    assert choice.message.parts[0].text == (
         "I'll use the test_tool with the value \"test\" as requested, then provide a final response."
-    ]
+    )
+    call = choice.message.parts[1].tool_call
+    assert (call.id, call.name, call.arguments_json) == ("toolu_01Ff6oGJapCYgEPy4WkqkoMJ", "test_tool",
+                                                         '{"value":"test"}')
     assert (choice.finish_reason, choice.raw_finish_reason) == (pb.FINISH_REASON_TOOL_CALLS, "tool_use")
     assert response.model == "claude-sonnet-4-20250514"
     usage = response.usage
@@ -388,13 +393,18 @@ def test_advisor_iteration_is_usage_of_another_model():
     assert set(advisor.usage.warnings) == NO_MODALITIES
 
 
-def test_thinking_blocks_are_not_visible_text():
+def test_thinking_blocks_are_reasoning_parts_not_visible_text():
     body = {**fixture_json("anthropic/api_reference_response.json"),
             **fixture_json("anthropic/content_extended_thinking.json")}
 
     response = parse(body)
 
-    assert [p.text for p in response.choices[0].message.parts] == ["Based on my analysis..."]
+    parts = response.choices[0].message.parts
+    assert [p.WhichOneof("content") for p in parts] == ["reasoning", "text"]
+    assert [p.text for p in parts if p.WhichOneof("content") == "text"] == ["Based on my analysis..."]
+    assert parts[0].reasoning == pb.Reasoning(
+        text="Let me analyze this step by step...",
+        signature=b"WaUjzkypQ2mUEVM36O2TxuC06KN8xyfbJwyem2dw3URve/op91XWHOEBLLqIOMfFG/UvLEczmEsUjavL....")
 
 
 @pytest.mark.parametrize(
@@ -543,9 +553,11 @@ def fixture_events(name: str) -> list[ServerSentEvent]:
 
 
 def decode(events: list[ServerSentEvent], req: pb.CompleteRequest | None = None):
-    """(text deltas, decoder) after feeding every event."""
+    """(text deltas, decoder) after feeding every event; reasoning and tool-call deltas are
+    in decoder.forwarded."""
     decoder = make_adapter().stream_decoder(req or request(user(text("Hello"))), MODEL)
-    deltas = [m.delta for event in events for m in decoder.feed(event)]
+    decoder.forwarded = [m for event in events for m in decoder.feed(event)]
+    deltas = [m.delta for m in decoder.forwarded if m.HasField("delta")]
     return deltas, decoder
 
 
@@ -601,17 +613,25 @@ def test_sdk_refusal_stream():
     assert summary.usage.total_tokens == 140
 
 
-def test_docs_thinking_stream_sends_only_text_and_estimates_the_missing_usage():
+def test_docs_thinking_stream_sends_thinking_as_reasoning_and_estimates_the_missing_usage():
     req = request(user(text("What is the greatest common divisor of 1071 and 462?")))
 
     deltas, decoder = decode(fixture_events("stream_docs_thinking.sse"), req)
 
     answer = "The greatest common divisor of 1071 and 462 is **21**."
     assert [d.text for d in deltas] == [answer]
+    # The thinking is not visible text: it goes out as reasoning deltas, ahead of the text.
+    thinking_deltas = ["I need to find the GCD of 1071 and 462 using the Euclidean algorithm.\n\n1071 = 2 × 462 + 147",
+                       "\n462 = 3 × 147 + 21", "\n147 = 7 × 21 + 0", "\nThe remainder is 0, so GCD(1071, 462) = 21."]
+    assert [m.WhichOneof("event") for m in decoder.forwarded] == ["reasoning_delta"] * 4 + ["delta"]
+    assert [m.reasoning_delta.text for m in decoder.forwarded[:4]] == thinking_deltas
     assert decoder.finished
     summary = decoder.summary()
     assert (summary.id, summary.model) == ("msg_01...", "claude-opus-5")
     assert [(f.finish_reason, f.raw_finish_reason) for f in summary.finishes] == [(pb.FINISH_REASON_STOP, "end_turn")]
+    assert list(summary.finishes[0].reasoning) == [
+        pb.Reasoning(text="".join(thinking_deltas), signature=b"EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds...")
+    ]
     # This transcript carries no usage at all: the decoder counts what it saw, thinking
     # included, and the engine estimates from that (usage/estimate.py).
     thinking = ("I need to find the GCD of 1071 and 462 using the Euclidean algorithm.\n\n1071 = 2 × 462 + 147"

@@ -4,14 +4,23 @@ The key goes in the `x-goog-api-key` header, never in the URL, so it cannot reac
 access log. Media goes as `inline_data` (bytes) or `file_data` (a URI Gemini resolves
 itself: its own Files API and YouTube); every other web URL is fetched and inlined by
 the engine before the request reaches this module. Pure: no IO.
+
+Tools go as functionDeclarations with their JSON Schema, results as functionResponse parts
+matched by name (Gemini gives calls no id, so Tollway mints ids and never sends those back).
+Thinking comes back as `thought: true` parts; the thoughtSignature Gemini puts on a part
+(thought, functionCall or text) is kept as Reasoning.signature so that an echoed assistant
+turn puts it back on the same part, as Gemini requires during function calling.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import dataclasses
 import functools
+import re
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -28,15 +37,24 @@ from tollway.plugin import (
     GatewayError,
     ProviderKind,
     ProviderSettings,
+    ReasoningAssembler,
     ReportedUsage,
     ServerSentEvent,
+    ToolCallAssembler,
+    arguments_text,
     bad_upstream_body,
+    calls_in,
     choice_finishes,
+    finish_with_tools,
     hookimpl,
     invalid_argument,
+    is_minted,
     json_object,
     normalize,
+    result_text,
     stream_usage,
+    struct_to_dict,
+    tool_call,
     upstream_http_error,
 )
 from tollway.v1 import completion_pb2 as pb
@@ -84,7 +102,26 @@ CAPABILITIES = Capabilities(
         VIDEO: (FILES_API_PREFIX, *YOUTUBE_PREFIXES),
         DOCUMENT: (FILES_API_PREFIX,),
     },
+    tools=True,
+    structured_output=True,
+    reasoning=True,
 )
+
+# ToolChoiceMode -> FunctionCallingConfig.mode ("ANY": the model must call a function).
+TOOL_MODES = {
+    pb.TOOL_CHOICE_MODE_AUTO: "AUTO",
+    pb.TOOL_CHOICE_MODE_NONE: "NONE",
+    pb.TOOL_CHOICE_MODE_REQUIRED: "ANY",
+}
+
+# ReasoningEffort -> ThinkingConfig.thinkingLevel (the enum's names; which levels a model
+# takes is the model's business, e.g. Gemini 3 Pro only LOW and HIGH). NONE is thinkingBudget 0.
+THINKING_LEVELS = {
+    pb.REASONING_EFFORT_MINIMAL: "MINIMAL",
+    pb.REASONING_EFFORT_LOW: "LOW",
+    pb.REASONING_EFFORT_MEDIUM: "MEDIUM",
+    pb.REASONING_EFFORT_HIGH: "HIGH",
+}
 
 # Candidate.FinishReason, every value of the v1beta enum, each mapped on purpose.
 FINISH_REASONS = {
@@ -102,8 +139,7 @@ FINISH_REASONS = {
     # "flagged for using an unsupported language": the candidate was flagged and cut
     # like the filters above, so a caller handles it the same way.
     "LANGUAGE": pb.FINISH_REASON_CONTENT_FILTER,
-    # Failures and tool-loop stops: the gateway sends no tools, so none of these is a
-    # tool call the caller could act on.
+    # Failed or refused calls: no call came back that the caller could act on.
     "MALFORMED_FUNCTION_CALL": pb.FINISH_REASON_OTHER,
     "UNEXPECTED_TOOL_CALL": pb.FINISH_REASON_OTHER,
     "TOO_MANY_TOOL_CALLS": pb.FINISH_REASON_OTHER,
@@ -126,6 +162,8 @@ INT32_MAX = 2**31 - 1
 def build_body(request: AnyRequest, provider: str) -> dict[str, Any]:
     system_parts: list[dict[str, Any]] = []
     contents: list[dict[str, Any]] = []
+    calls: dict[str, pb.ToolCall] | None = None  # the conversation's calls, found once when needed
+    previous_role = pb.ROLE_UNSPECIFIED
     for i, message in enumerate(request.messages):
         if message.role == pb.ROLE_SYSTEM:
             # Gemini has one system instruction; system turns are joined into it in order.
@@ -134,13 +172,25 @@ def build_body(request: AnyRequest, provider: str) -> dict[str, Any]:
                     raise invalid_argument(f"messages[{i}].parts[{j}]", "system messages take text parts only")
                 system_parts.append({"text": part.text})
             continue
-        role = "model" if message.role == pb.ROLE_ASSISTANT else "user"
-        contents.append({"role": role, "parts": [_part(i, j, p) for j, p in enumerate(message.parts)]})
+        if message.role == pb.ROLE_TOOL:
+            calls = calls_in(request.messages) if calls is None else calls
+            parts = [_function_response(i, j, p.tool_result, calls) for j, p in enumerate(message.parts)]
+            if previous_role == pb.ROLE_TOOL:
+                # The results of one turn's calls go back together, in one user turn.
+                contents[-1]["parts"].extend(parts)
+            else:
+                contents.append({"role": "user", "parts": parts})
+        elif message.role == pb.ROLE_ASSISTANT:
+            contents.append({"role": "model", "parts": _model_parts(i, message, provider)})
+        else:
+            contents.append({"role": "user", "parts": [_part(i, j, p) for j, p in enumerate(message.parts)]})
+        previous_role = message.role
     if not contents:
         raise invalid_argument("messages", f'provider "{provider}" needs at least one user or assistant message')
     body: dict[str, Any] = {"contents": contents}
     if system_parts:
         body["system_instruction"] = {"parts": system_parts}
+    body.update(_tools(request, provider))
     config = _generation_config(request, provider)
     if config:
         body["generationConfig"] = config
@@ -163,7 +213,159 @@ def _generation_config(request: AnyRequest, provider: str) -> dict[str, Any]:
         if not -INT32_MAX - 1 <= request.seed <= INT32_MAX:
             raise invalid_argument("seed", f'provider "{provider}" takes a 32-bit seed')
         config["seed"] = request.seed
+    if request.HasField("response_format"):
+        config.update(_response_format(request.response_format, provider))
+    if request.HasField("reasoning"):
+        thinking = _thinking_config(request.reasoning, provider)
+        if thinking:
+            config["thinkingConfig"] = thinking
     return config
+
+
+def _response_format(fmt: pb.ResponseFormat, provider: str) -> dict[str, Any]:
+    """json_schema -> responseJsonSchema (JSON Schema, the v1beta alternative to the OpenAPI
+    subset of responseSchema); json_object -> JSON mode without a schema."""
+    config: dict[str, Any] = {"responseMimeType": "application/json"}
+    if fmt.WhichOneof("format") == "json_schema":
+        schema = struct_to_dict(fmt.json_schema.schema)
+        # The format's name only labels the schema for OpenAI; Gemini has no place for it and
+        # it changes nothing in the answer. Its description guides the model, so it goes into
+        # the schema's own "description" keyword (one Gemini supports), never over another.
+        description = fmt.json_schema.description
+        if description:
+            if schema.get("description", description) != description:
+                raise invalid_argument("response_format.json_schema.description",
+                                       f'provider "{provider}" takes one description: the schema already has another')
+            schema["description"] = description
+        config["responseJsonSchema"] = schema
+    return config
+
+
+def _thinking_config(reasoning: pb.ReasoningConfig, provider: str) -> dict[str, Any]:
+    thinking: dict[str, Any] = {}
+    effort = reasoning.effort
+    if effort != pb.REASONING_EFFORT_UNSPECIFIED and reasoning.HasField("budget_tokens"):
+        # Gemini refuses thinkingLevel and thinkingBudget in one request (400).
+        raise invalid_argument("reasoning.budget_tokens",
+                               f'provider "{provider}" takes reasoning.effort or reasoning.budget_tokens, not both')
+    if effort == pb.REASONING_EFFORT_NONE:
+        thinking["thinkingBudget"] = 0  # thinking off, on the models that allow it
+    elif effort != pb.REASONING_EFFORT_UNSPECIFIED:
+        thinking["thinkingLevel"] = THINKING_LEVELS[effort]
+    if reasoning.HasField("budget_tokens"):
+        thinking["thinkingBudget"] = reasoning.budget_tokens
+    if reasoning.HasField("include_thoughts"):
+        thinking["includeThoughts"] = reasoning.include_thoughts
+    return thinking
+
+
+def _tools(request: AnyRequest, provider: str) -> dict[str, Any]:
+    """tools -> one Tool of functionDeclarations; tool_choice -> toolConfig."""
+    out: dict[str, Any] = {}
+    if request.HasField("parallel_tool_calls") and not request.parallel_tool_calls:
+        raise invalid_argument("parallel_tool_calls",
+                               f'provider "{provider}" has no switch to turn parallel tool calls off')
+    declarations = []
+    for k, tool in enumerate(request.tools):
+        if tool.strict:
+            raise invalid_argument(f"tools[{k}].strict", f'provider "{provider}" has no strict mode for tool schemas')
+        declaration: dict[str, Any] = {"name": tool.name}
+        if tool.description:
+            declaration["description"] = tool.description
+        if tool.HasField("parameters"):
+            # Full JSON Schema (FunctionDeclaration.parametersJsonSchema, v1beta), so nothing of
+            # the caller's schema is lost to the OpenAPI subset `parameters` takes. A tool
+            # without parameters leaves both unset, as the reference says.
+            declaration["parametersJsonSchema"] = struct_to_dict(tool.parameters)
+        declarations.append(declaration)
+    if declarations:
+        out["tools"] = [{"functionDeclarations": declarations}]
+    choice = request.tool_choice.WhichOneof("choice") if request.HasField("tool_choice") else None
+    if choice == "function_name":
+        config = {"mode": "ANY", "allowedFunctionNames": [request.tool_choice.function_name]}
+        out["toolConfig"] = {"functionCallingConfig": config}
+    elif choice == "mode" and declarations:
+        # NONE with no tools declared is honoured by sending nothing: there is nothing to call.
+        out["toolConfig"] = {"functionCallingConfig": {"mode": TOOL_MODES[request.tool_choice.mode]}}
+    return out
+
+
+def _model_parts(i: int, message: pb.Message, provider: str) -> list[dict[str, Any]]:
+    """An assistant turn as Gemini's `model` content. A signature-only Reasoning part (what a
+    functionCall or text part's thoughtSignature became) goes back on the part after it, so
+    an unchanged echo reproduces the parts Gemini sent."""
+    parts: list[dict[str, Any]] = []
+    signature: bytes | None = None
+    for j, part in enumerate(message.parts):
+        kind = part.WhichOneof("content")
+        if kind == "reasoning":
+            reasoning = part.reasoning
+            if reasoning.redacted:
+                raise invalid_argument(f"messages[{i}].parts[{j}].reasoning.redacted",
+                                       f'provider "{provider}" has no redacted thinking to send back')
+            if signature is not None:
+                parts.append({"text": "", "thoughtSignature": _b64(signature)})
+                signature = None
+            if reasoning.text:
+                thought: dict[str, Any] = {"text": reasoning.text, "thought": True}
+                if reasoning.signature:
+                    thought["thoughtSignature"] = _b64(reasoning.signature)
+                parts.append(thought)
+            elif reasoning.signature:
+                signature = reasoning.signature
+            continue
+        out = _function_call(i, j, part.tool_call, provider) if kind == "tool_call" else _part(i, j, part)
+        if signature is not None:
+            out["thoughtSignature"] = _b64(signature)
+            signature = None
+        parts.append(out)
+    if signature is not None:
+        # Nothing follows it: Gemini sends such a signature on an empty text part.
+        parts.append({"text": "", "thoughtSignature": _b64(signature)})
+    return parts
+
+
+def _function_call(i: int, j: int, call: pb.ToolCall, provider: str) -> dict[str, Any]:
+    args = _json_object_or_none(call.arguments_json) if call.arguments_json else {}
+    if args is None:
+        raise invalid_argument(f"messages[{i}].parts[{j}].tool_call.arguments_json",
+                               f'provider "{provider}" takes tool call arguments as a JSON object')
+    function_call: dict[str, Any] = {"name": call.name, "args": args}
+    if not is_minted(call.id):  # Gemini never saw an id Tollway made up
+        function_call["id"] = call.id
+    return {"functionCall": function_call}
+
+
+def _function_response(i: int, j: int, result: pb.ToolResult, calls: Mapping[str, pb.ToolCall]) -> dict[str, Any]:
+    """A tool result as a functionResponse. `response` must be a JSON object: a result that is
+    one goes as it is; any other text goes under "output", or under "error" for a failed call
+    (the keys FunctionResponse.response documents for a function's output and its error)."""
+    text = result_text(result)
+    value = _json_object_or_none(text)
+    if result.is_error:
+        response: dict[str, Any] = {"error": text if value is None else value}
+    else:
+        response = {"output": text} if value is None else value
+    name = result.name or (calls[result.tool_call_id].name if result.tool_call_id in calls else "")
+    if not name:  # Gemini matches results to calls by name
+        raise invalid_argument(f"messages[{i}].parts[{j}].tool_result.name",
+                               "is required when no earlier tool_call has this tool_call_id")
+    function_response: dict[str, Any] = {"name": name, "response": response}
+    if not is_minted(result.tool_call_id):
+        function_response["id"] = result.tool_call_id
+    return {"functionResponse": function_response}
+
+
+def _json_object_or_none(text: str) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def _part(i: int, j: int, part: pb.Part) -> dict[str, Any]:
@@ -226,13 +428,53 @@ def finish_reason(raw: str | None) -> pb.FinishReason:
     return FINISH_REASONS.get(raw, pb.FINISH_REASON_OTHER)
 
 
-def candidate_text(candidate: Mapping[str, Any]) -> str:
-    """The visible text of a candidate. Thought summaries (`thought: true`) are reasoning,
-    not answer text: their tokens are billed as reasoning and the text is not returned."""
+def candidate_parts(provider: str, candidate: Mapping[str, Any]) -> list[pb.Part]:
+    """A candidate's parts in the order the model produced them: thought parts are reasoning;
+    a thoughtSignature on any other part becomes a signature-only Reasoning part just before
+    it (see _model_parts for the way back); calls without an id get a minted one."""
+    out: list[pb.Part] = []
+    for part in _parts_of(candidate):
+        signature = thought_signature(provider, part)
+        if part.get("thought"):
+            out.append(pb.Part(reasoning=pb.Reasoning(text=_text_of(part), signature=signature or b"")))
+            continue
+        if signature is not None:
+            out.append(pb.Part(reasoning=pb.Reasoning(signature=signature)))
+        call = part.get("functionCall")
+        if isinstance(call, dict):
+            name = call.get("name")
+            if not isinstance(name, str) or not name:
+                raise bad_upstream_body(provider, "a functionCall without a name")
+            out.append(pb.Part(tool_call=tool_call(str(call.get("id") or ""), name, arguments_text(call.get("args")))))
+        elif _text_of(part):
+            out.append(pb.Part(text=_text_of(part)))
+    return out
+
+
+def _parts_of(candidate: Mapping[str, Any]) -> list[dict[str, Any]]:
     parts = (candidate.get("content") or {}).get("parts") or ()
-    return "".join(
-        p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str) and not p.get("thought")
-    )
+    return [p for p in parts if isinstance(p, dict)]
+
+
+def _text_of(part: Mapping[str, Any]) -> str:
+    text = part.get("text")
+    return text if isinstance(text, str) else ""
+
+
+def thought_signature(provider: str, part: Mapping[str, Any]) -> bytes | None:
+    """Part.thoughtSignature, a protobuf bytes field, so base64 in JSON: the decoded bytes, which
+    _b64 encodes back to the same text."""
+    value = part.get("thoughtSignature")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise bad_upstream_body(provider, "a thoughtSignature that is not a string")
+    try:
+        # Protobuf's JSON form also accepts the URL-safe alphabet and missing padding.
+        text = value.replace("-", "+").replace("_", "/")
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except binascii.Error:
+        raise bad_upstream_body(provider, "a thoughtSignature that is not base64") from None
 
 
 def refuse_blocked_prompt(provider: str, data: Mapping[str, Any]) -> None:
@@ -277,13 +519,15 @@ def parse_generate_content(provider: str, body: bytes, requested_model: str,
                               model=str(data.get("modelVersion") or requested_model), provider=provider)
     _set_created(out.created, data.get("createTime"))
     for position, candidate in enumerate(candidates):
-        text = candidate_text(candidate)
+        parts = candidate_parts(provider, candidate)
         raw = candidate.get("finishReason") or ""
+        # Gemini says STOP when the turn ended in calls.
+        calls = any(p.WhichOneof("content") == "tool_call" for p in parts)
         out.choices.append(
             pb.Choice(
                 index=int(candidate.get("index", position)),
-                message=pb.Message(role=pb.ROLE_ASSISTANT, parts=[pb.Part(text=text)] if text else []),
-                finish_reason=finish_reason(raw),
+                message=pb.Message(role=pb.ROLE_ASSISTANT, parts=parts),
+                finish_reason=finish_with_tools(finish_reason(raw), calls),
                 raw_finish_reason=raw,
             )
         )
@@ -420,25 +664,167 @@ def reported_usage(u: Mapping[str, Any]) -> ReportedUsage:
 
 # -- stream ------------------------------------------------------------------------------
 
+# RFC 9535 segments as Vertex's PartialArg.jsonPath writes them: .name, ['name'], ["name"], [0].
+_PATH_SEGMENT = re.compile(r"""\.([^\W\d]\w*)|\[(\d+)\]|\['((?:[^'\\]|\\.)*)'\]|\["((?:[^"\\]|\\.)*)"\]""")
+
+Path = tuple[str | int, ...]
+
+
+@dataclass
+class _Container:
+    path: Path
+    is_array: bool
+    keys: set[str] = field(default_factory=set)
+    count: int = 0
+
+
+class PartialArguments:
+    """One call's arguments streamed as Vertex `partialArgs` (streamFunctionCallArguments),
+    written as JSON text as they arrive, byte for byte the text arguments_text gives for the
+    same arguments sent whole: members in the order they come, compact separators.
+
+    Every piece is forwarded at once except what only a later piece can decide: the closing
+    quote of a string whose PartialArg said willContinue, and the brackets closing an object
+    or array, which wait until a value outside it (or the call's end) arrives. The model
+    writes arguments in order; a value that lands inside an object already closed, or on a
+    member already written, cannot extend the text sent so far and is refused.
+    """
+
+    def __init__(self, provider: str) -> None:
+        self._provider = provider
+        self._open: list[_Container] = []  # the root object first; empty before any value
+        self._string: Path | None = None  # a string value whose end has not come yet
+
+    def feed(self, arg: Any) -> str:
+        if not isinstance(arg, dict):
+            raise bad_upstream_body(self._provider, "a partialArgs item that is not an object")
+        path = self._path(arg.get("jsonPath"))
+        out: list[str] = []
+        if self._string is not None:
+            if path == self._string and "stringValue" in arg:
+                return self._string_piece(arg, path)
+            out.append('"')  # the next path began: that string is whole
+            self._string = None
+        if not self._open:
+            out.append("{")
+            self._open.append(_Container((), is_array=False))
+        while self._open[-1].path != path[:len(self._open[-1].path)] or len(self._open[-1].path) == len(path):
+            out.append("]" if self._open.pop().is_array else "}")
+        for depth in range(len(self._open[-1].path), len(path)):
+            out.append(self._member(self._open[-1], path, depth))
+            if depth < len(path) - 1:
+                is_array = isinstance(path[depth + 1], int)
+                out.append("[" if is_array else "{")
+                self._open.append(_Container(path[:depth + 1], is_array))
+        if "stringValue" in arg:
+            out.append('"')
+            out.append(self._string_piece(arg, path))
+        elif "numberValue" in arg or "boolValue" in arg:
+            value = arg.get("numberValue", arg.get("boolValue"))
+            if not isinstance(value, (int, float)):
+                raise bad_upstream_body(self._provider, "a partialArgs value of the wrong type")
+            out.append(orjson.dumps(value).decode())
+        elif "nullValue" in arg:
+            out.append("null")
+        else:
+            raise bad_upstream_body(self._provider, "a partialArgs item without a value")
+        return "".join(out)
+
+    def close(self) -> str:
+        """What ends the text once the call is complete ("{}" for a call that streamed no value)."""
+        end = '"' if self._string is not None else ""
+        self._string = None
+        if not self._open:
+            return "{}"
+        end += "".join("]" if c.is_array else "}" for c in reversed(self._open))
+        self._open.clear()
+        return end
+
+    def _string_piece(self, arg: Mapping[str, Any], path: Path) -> str:
+        value = arg["stringValue"]
+        if not isinstance(value, str):
+            raise bad_upstream_body(self._provider, "a partialArgs stringValue that is not a string")
+        try:
+            piece = orjson.dumps(value).decode()[1:-1]  # escaping is per character: pieces concatenate
+        except orjson.JSONEncodeError:
+            raise bad_upstream_body(self._provider, "a partialArgs string that is not valid Unicode") from None
+        if arg.get("willContinue"):
+            self._string = path
+            return piece
+        self._string = None
+        return piece + '"'
+
+    def _member(self, container: _Container, path: Path, depth: int) -> str:
+        segment = path[depth]
+        if container.is_array:
+            if isinstance(segment, str) or segment != container.count:
+                raise self._out_of_order(path)
+            text = ""
+        else:
+            if not isinstance(segment, str) or segment in container.keys:
+                raise self._out_of_order(path)
+            container.keys.add(segment)
+            text = orjson.dumps(segment).decode() + ":"
+        container.count += 1
+        return ("," if container.count > 1 else "") + text
+
+    def _out_of_order(self, path: Path) -> GatewayError:
+        where = "$" + "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in path)
+        return bad_upstream_body(self._provider, f"partialArgs that go back to {where}, already written")
+
+    def _path(self, text: Any) -> Path:
+        if not isinstance(text, str) or not text.startswith("$"):
+            raise bad_upstream_body(self._provider, "a partialArgs item without a jsonPath")
+        segments: list[str | int] = []
+        position = 1
+        while position < len(text):
+            match = _PATH_SEGMENT.match(text, position)
+            if match is None:
+                raise bad_upstream_body(self._provider, f"a partialArgs jsonPath it cannot follow ({text!r})")
+            name, index, single, double = match.groups()
+            if index is not None:
+                segments.append(int(index))
+            elif name is not None:
+                segments.append(name)
+            else:
+                quoted = double if double is not None else single.replace("\\'", "'").replace('"', '\\"')
+                try:
+                    segments.append(orjson.loads(f'"{quoted}"'))
+                except orjson.JSONDecodeError:
+                    raise bad_upstream_body(self._provider, f"a partialArgs jsonPath it cannot follow ({text!r})") \
+                        from None
+            position = match.end()
+        if not segments:  # the arguments themselves are an object, never one streamed value
+            raise bad_upstream_body(self._provider, "a partialArgs value for the whole arguments")
+        return tuple(segments)
+
 
 class GeminiStreamDecoder:
-    """streamGenerateContent?alt=sse events -> text deltas and a final summary.
+    """streamGenerateContent?alt=sse events -> text, reasoning and tool-call deltas and a summary.
 
     Every event is a whole GenerateContentResponse; usageMetadata is cumulative, so the
     last one wins. There is no terminal event: the stream is finished once every
     candidate seen has a finishReason, and one that ends before that was cut off.
+    A functionCall comes whole in one part (the Gemini API), or on Vertex with
+    streamFunctionCallArguments as an opening part (name, willContinue), partialArgs parts
+    and an empty closing part; both give the same call.
     """
 
     def __init__(self, provider: str, requested_model: str, secrets: Iterable[str | None]) -> None:
         self._provider = provider
         self._secrets = tuple(secrets)
-        self._output_bytes = 0
+        self._text_bytes = 0
         self._id = ""
         self._model = requested_model
         self._created = timestamp_pb2.Timestamp()
         self._seen: set[int] = set()
         self._finishes: dict[int, str] = {}
         self._usage: Mapping[str, Any] | None = None
+        self._tools = ToolCallAssembler()
+        self._reasoning = ReasoningAssembler()
+        self._calls = 0  # a fresh assembler key per call
+        self._partial: dict[int, tuple[int, PartialArguments]] = {}  # a call whose arguments are streaming
+        self._thinking: set[int] = set()  # choices whose last part was unsigned thought text
 
     @property
     def finished(self) -> bool:
@@ -460,24 +846,89 @@ class GeminiStreamDecoder:
         usage = chunk.get("usageMetadata")
         if isinstance(usage, dict):
             self._usage = usage
-        out = []
+        out: list[pb.StreamCompleteResponse] = []
         for position, candidate in enumerate(chunk.get("candidates") or ()):
             if not isinstance(candidate, dict):
                 continue
             index = int(candidate.get("index", position))
             self._seen.add(index)
-            text = candidate_text(candidate)
-            if text:
-                self._output_bytes += len(text.encode())
-                out.append(pb.StreamCompleteResponse(delta=pb.TextDelta(choice_index=index, text=text)))
+            for part in _parts_of(candidate):
+                out.extend(self._part(index, part))
             if candidate.get("finishReason"):
+                out.extend(self._end_partial(index))
                 self._finishes[index] = str(candidate["finishReason"])
         return out
+
+    def _part(self, choice: int, part: Mapping[str, Any]) -> list[pb.StreamCompleteResponse]:
+        signature = thought_signature(self._provider, part)
+        if part.get("thought"):
+            # A thought summary streams over several parts: one block until a signature ends it.
+            if choice not in self._thinking:
+                self._reasoning.begin(choice)
+            delta = self._reasoning.text(choice, _text_of(part))
+            if signature is not None:
+                self._reasoning.signature(choice, signature)
+                self._thinking.discard(choice)
+            else:
+                self._thinking.add(choice)
+            return [delta] if delta else []
+        self._thinking.discard(choice)
+        if signature is not None:
+            # Its own signature-only block, just before the call or text it came on (as unary).
+            self._reasoning.begin(choice)
+            self._reasoning.signature(choice, signature)
+        call = part.get("functionCall")
+        if isinstance(call, dict):
+            return self._function_call(choice, call)
+        text = _text_of(part)
+        if not text:
+            return []
+        self._text_bytes += len(text.encode())
+        return [pb.StreamCompleteResponse(delta=pb.TextDelta(choice_index=choice, text=text))]
+
+    def _function_call(self, choice: int, call: Mapping[str, Any]) -> list[pb.StreamCompleteResponse]:
+        name = call.get("name")
+        if not name:
+            if choice not in self._partial:
+                raise bad_upstream_body(self._provider, "a functionCall without a name")
+            out = self._partial_args(choice, call)
+            if not call.get("willContinue"):  # the closing part: the call is complete
+                out.extend(self._end_partial(choice))
+            return out
+        out = self._end_partial(choice)
+        key = self._calls
+        self._calls += 1
+        call_id = str(call.get("id") or "")
+        if not call.get("willContinue"):
+            out.append(self._tools.start(choice, key, call_id, str(name), arguments_text(call.get("args"))))
+            return out
+        if call.get("args"):
+            raise bad_upstream_body(self._provider, "a streamed functionCall with args and willContinue both")
+        self._partial[choice] = (key, PartialArguments(self._provider))
+        out.append(self._tools.start(choice, key, call_id, str(name)))
+        out.extend(self._partial_args(choice, call))
+        return out
+
+    def _partial_args(self, choice: int, call: Mapping[str, Any]) -> list[pb.StreamCompleteResponse]:
+        key, arguments = self._partial[choice]
+        pieces = call.get("partialArgs") or []
+        if not isinstance(pieces, list):
+            raise bad_upstream_body(self._provider, "partialArgs that are not a list")
+        deltas = (self._tools.append(choice, key, arguments.feed(piece)) for piece in pieces)
+        return [d for d in deltas if d is not None]
+
+    def _end_partial(self, choice: int) -> list[pb.StreamCompleteResponse]:
+        if choice not in self._partial:
+            return []
+        key, arguments = self._partial.pop(choice)
+        delta = self._tools.append(choice, key, arguments.close())
+        return [delta] if delta is not None else []
 
     def summary(self) -> pb.StreamSummary:
         summary = pb.StreamSummary(id=self._id, model=self._model, provider=self._provider)
         summary.created.CopyFrom(self._created)
-        summary.finishes.extend(choice_finishes(self._finishes, finish_reason))
+        summary.finishes.extend(choice_finishes(self._finishes, finish_reason, tools=self._tools,
+                                                reasoning=self._reasoning))
         reported = reported_usage(self._usage) if self._usage is not None else None
         usage = stream_usage(reported, finished=self.finished)
         if usage is not None:
@@ -486,8 +937,9 @@ class GeminiStreamDecoder:
 
     @property
     def output_bytes(self) -> int:
-        """Billed output seen so far (thinking included), for an estimate when usage never comes."""
-        return self._output_bytes
+        """Billed output seen so far (thinking and call arguments included), for an estimate
+        when usage never comes."""
+        return self._text_bytes + self._reasoning.output_bytes + self._tools.output_bytes
 
 
 # -- the adapter -------------------------------------------------------------------------

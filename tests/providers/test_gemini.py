@@ -85,8 +85,9 @@ def sse_events(relative: str) -> list[ServerSentEvent]:
 
 
 def decode_stream(relative: str, model: str = MODEL):
+    """The decoder after the whole stream, and its text deltas (reasoning deltas left out)."""
     decoder = adapter().stream_decoder(request(user(pb.Part(text="hi"))), model)
-    deltas = [m.delta for e in sse_events(relative) for m in decoder.feed(e)]
+    deltas = [m.delta for e in sse_events(relative) for m in decoder.feed(e) if m.HasField("delta")]
     return decoder, deltas
 
 
@@ -316,12 +317,14 @@ def test_basic_reply():
     )
 
 
-def test_thinking_reply_bills_thoughts_and_hides_the_summary():
+def test_thinking_reply_bills_thoughts_and_returns_the_summary_as_reasoning():
     response = parse("gemini/unary-thinking-thought-summary.json")
 
     assert (response.id, response.model) == ("2pmHaJqQEoqC-8YP6eStyAY", "gemini-2.5-flash")
-    # The thought summary part is reasoning, not answer text.
-    assert response.choices[0].message.parts == [pb.Part(text="Mountain View")]
+    # The thought summary part is reasoning, not answer text, and comes first as it did.
+    thought = fixture_json("gemini/unary-thinking-thought-summary.json")["candidates"][0]["content"]["parts"][0]
+    assert response.choices[0].message.parts == [pb.Part(reasoning=pb.Reasoning(text=thought["text"])),
+                                                 pb.Part(text="Mountain View")]
     # prompt 14 (TEXT 14); candidates 2 + thoughts 24 = 26 output, and 14 + 26 = 40 is the
     # provider's total, so the thoughts were outside the candidates. No candidate details:
     # the 2 visible tokens are unattributed.
@@ -517,7 +520,7 @@ def test_stream_basic_reply():
                                      total_tokens=17, provider_reported=pb.ProviderReportedUsage(total_tokens=17))
 
 
-def test_stream_thinking_hides_thoughts_and_keeps_the_last_usage():
+def test_stream_thinking_keeps_thoughts_out_of_the_text_and_keeps_the_last_usage():
     decoder, deltas = decode_stream("gemini/streaming-thinking-thought-summary.sse")
 
     assert [d.text for d in deltas] == [

@@ -292,3 +292,31 @@ async def test_node_grpc_js_client(client, upstream: FakeUpstream):
     assert len(upstream.received) == 3
     for received, stream in zip(upstream.received, (False, True, True)):
         assert_seed_reached_upstream(received, stream=stream, extra_parts=[inline_png])
+
+
+async def test_node_grpc_js_client_runs_a_tool_calling_round_trip(client, upstream: FakeUpstream):
+    node = node_path()
+    upstream.reply(Reply(body=fixture_json("openai/chat_completion_tool_calls.json")),
+                   Reply(body=fixture_json("mixrouter/seed_response.json")))
+
+    code, out, err = await run(node, INTEROP / "tools_client.mjs", client.target, PROTOS,
+                               "mixrouter/gemini-2.0-flash")
+
+    assert code == 0, err
+    result = json.loads(out)
+    first = result["first"]["response"]["choices"][0]
+    assert first["finish_reason"] == "FINISH_REASON_TOOL_CALLS"
+    [call] = [p["tool_call"] for p in first["message"]["parts"] if p["content"] == "tool_call"]
+    assert (call["id"], call["name"], call["arguments_json"]) == (
+        "call_KjzAbhiZC6nk81tQzL7pwlpc", "read_file", '{"path":"README.md"}')
+    assert result["second"]["response"]["choices"][0]["finish_reason"] == "FINISH_REASON_STOP"
+    offered, answered = (r.json() for r in upstream.received)
+    assert offered["tools"][0]["function"]["name"] == "get_weather"
+    assert offered["tools"][0]["function"]["parameters"] == {
+        "type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}
+    assert answered["messages"][1:] == [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_KjzAbhiZC6nk81tQzL7pwlpc", "type": "function",
+             "function": {"name": "read_file", "arguments": '{"path":"README.md"}'}}]},
+        {"role": "tool", "tool_call_id": "call_KjzAbhiZC6nk81tQzL7pwlpc", "content": '{"celsius": 21}'},
+    ]

@@ -7,9 +7,7 @@
 // provider; StreamComplete(request) again (the test makes the upstream cut that one off).
 // Prints one JSON object with what each call returned, or its status code and details.
 
-import grpc from "@grpc/grpc-js";
-import protoLoader from "@grpc/proto-loader";
-import path from "node:path";
+import { complete as completeOn, connect, streamComplete as streamOn } from "./tollway.mjs";
 
 const [target, protoRoot, requestJson] = process.argv.slice(2);
 if (!target || !protoRoot || !requestJson) {
@@ -17,56 +15,11 @@ if (!target || !protoRoot || !requestJson) {
   process.exit(2);
 }
 
-const definition = protoLoader.loadSync(path.join("tollway", "v1", "completion.proto"), {
-  includeDirs: [protoRoot],
-  keepCase: true, // field names exactly as in the .proto: max_tokens, total_tokens
-  longs: String, // int64 usage counts arrive as decimal strings, as in proto3 JSON
-  enums: String,
-  defaults: true, // zeros are printed, as a caller reading the fields sees them
-  oneofs: true, // sets e.g. `event: "delta"` beside the oneof member
-});
-const tollway = grpc.loadPackageDefinition(definition).tollway.v1;
-const client = new tollway.Completion(target, grpc.credentials.createInsecure());
-
+const client = connect(target, protoRoot);
 // Bytes fields may be given as base64 strings: proto-loader serializes with fromObject.
 const request = JSON.parse(requestJson);
-
-function deadline() {
-  return new Date(Date.now() + 20_000);
-}
-
-function statusOf(err) {
-  return {
-    code: err.code,
-    code_name: grpc.status[err.code],
-    details: err.details,
-    request_id: err.metadata?.get("tollway-request-id")[0] ?? null,
-  };
-}
-
-function complete(req) {
-  return new Promise((resolve) => {
-    client.Complete(req, { deadline: deadline() }, (err, response) => {
-      resolve(err ? { error: statusOf(err) } : { response });
-    });
-  });
-}
-
-function streamComplete(req) {
-  return new Promise((resolve) => {
-    const deltas = [];
-    let summary = null;
-    const call = client.StreamComplete(req, { deadline: deadline() });
-    call.on("data", (message) => {
-      if (message.event === "delta") deltas.push(message.delta);
-      else if (message.event === "summary") summary = message.summary;
-    });
-    call.on("error", (err) => resolve({ deltas, summary, error: statusOf(err) }));
-    call.on("status", (status) => {
-      if (status.code === grpc.status.OK) resolve({ deltas, summary, status: "OK" });
-    });
-  });
-}
+const complete = (req) => completeOn(client, req);
+const streamComplete = (req) => streamOn(client, req);
 
 const result = {};
 result.complete = await complete(request);

@@ -27,7 +27,9 @@ import sys
 
 import httpx
 
-from tollway.service.cli import main as cli
+# The function itself: the cli package's `main` attribute is the console entry point
+# (tollway.service.cli:main), not its main module (0.1 had a module, service.cli, and called cli.main).
+from tollway.service.cli import main as serve_cli
 from tollway.service.upstream.engine import Engine
 
 TRANSPORTS = ("aiohttp", "httpx")
@@ -63,12 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         Engine.__init__ = merging_init  # type: ignore[method-assign]
     profile_path = os.environ.get("TOLLWAY_BENCH_PROFILE")
     if not profile_path:
-        return cli.main(argv)
+        return serve_cli(argv)
     import cProfile
 
     profiler = cProfile.Profile()
     try:
-        return profiler.runcall(cli.main, argv)
+        return profiler.runcall(serve_cli, argv)
     finally:
         profiler.dump_stats(profile_path)
 

@@ -4,6 +4,10 @@ Two kinds of target answer the same question: a Tollway gateway over one grpc.ai
 channel (asking for one model name: "provider/model" or a route), and the stand-in
 upstream over one aiohttp session (the direct baseline). A phase ends at its request
 count or its time limit, whichever comes first.
+
+Every gateway answer is checked: a text stream's deltas join to the stand-in's text; a
+tool stream's tool-call deltas join to the stand-in's arguments and its summary holds the
+assembled call (check_tool_stream).
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ from dataclasses import dataclass, field
 import aiohttp
 import grpc
 import orjson
+from google.protobuf import struct_pb2
 
 from tollway.providers.mixrouter import DIALECT
 from tollway.providers.openai_codec import build_body
 from tollway.v1 import completion_pb2 as pb
 from tollway.v1 import completion_pb2_grpc as pb_grpc
 
-from .upstream import CHUNKS
+from .upstream import CHUNKS, TOOL_ARGUMENTS, TOOL_CALL_ID, TOOL_NAME
 
 MODEL = "mixrouter/bench-model"
 API_KEY = "tw-test-bench-0000000000000000"
@@ -33,6 +38,21 @@ STREAM_TEXT = "".join(f"tok{i} " for i in range(CHUNKS - 1)) + f"tok{CHUNKS - 1}
 _MESSAGES = [pb.Message(role=pb.ROLE_USER, parts=[pb.Part(text="Say hello in twenty tokens.")])]
 COMPLETE_REQUEST = pb.CompleteRequest(model=MODEL, messages=_MESSAGES, max_tokens=32)
 STREAM_REQUEST = pb.StreamCompleteRequest(model=MODEL, messages=_MESSAGES, max_tokens=32)
+
+
+def _weather_tool() -> pb.Tool:
+    parameters = struct_pb2.Struct()
+    parameters.update({"type": "object", "required": ["city"],
+                       "properties": {"city": {"type": "string"}, "country": {"type": "string"},
+                                      "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                                      "days": {"type": "integer"}, "hourly": {"type": "boolean"}}})
+    return pb.Tool(name=TOOL_NAME, description="The weather forecast for a city.", parameters=parameters)
+
+
+# A tool stream is asked for as a caller would: the request declares the tool the stand-in calls.
+_TOOL_MESSAGES = [pb.Message(role=pb.ROLE_USER, parts=[pb.Part(text="What is the weather in Paris?")])]
+_TOOLS = [_weather_tool()]
+TOOL_STREAM_REQUEST = pb.StreamCompleteRequest(model=MODEL, messages=_TOOL_MESSAGES, max_tokens=32, tools=_TOOLS)
 
 # A call returns the perf_counter_ns() of its first token (streams) or None (unary), and the
 # number of gRPC messages it read (0 for unary calls and the direct client).
@@ -90,6 +110,8 @@ class GatewayTarget:
         self.stub = pb_grpc.CompletionStub(self.channel)
         self.complete_request = pb.CompleteRequest(model=model, messages=_MESSAGES, max_tokens=32)
         self.stream_request = pb.StreamCompleteRequest(model=model, messages=_MESSAGES, max_tokens=32)
+        self.tool_stream_request = pb.StreamCompleteRequest(model=model, messages=_TOOL_MESSAGES, max_tokens=32,
+                                                            tools=_TOOLS)
 
     def named(self, model: str) -> "GatewayTarget":
         """The same gateway and channel, asking for another model name."""
@@ -117,6 +139,21 @@ class GatewayTarget:
             raise RuntimeError(f"stream carried {len(texts)} deltas (summary: {summary}), not the stand-in's text")
         return first, messages
 
+    async def tool_stream(self) -> tuple[int | None, int]:
+        # Every message kept, then checked: the read loop costs what the text stream's costs.
+        first = None
+        received = []
+        try:
+            async for message in self.stub.StreamComplete(self.tool_stream_request, timeout=CALL_TIMEOUT_S):
+                if first is None:
+                    first = time.perf_counter_ns()
+                received.append(message)
+        except grpc.aio.AioRpcError as exc:
+            # The status alone, without the call's debug string: this is the phase's first_error.
+            raise RuntimeError(f"tool stream: the gateway answered {exc.code().name}: {exc.details()}") from None
+        check_tool_stream(received)
+        return first, len(received)
+
     async def check(self) -> None:
         """One of each call, read in full: the gateway answers what the stand-in sent."""
         response = await self.stub.Complete(self.complete_request, timeout=CALL_TIMEOUT_S)
@@ -137,11 +174,40 @@ class GatewayTarget:
             await self.channel.close()
 
 
+def check_tool_stream(messages: list[pb.StreamCompleteResponse]) -> None:
+    """The stand-in's one tool call, forwarded and assembled: its deltas (id and name on the
+    first) join to TOOL_ARGUMENTS, and one summary, last, finishes choice 0 with
+    FINISH_REASON_TOOL_CALLS and that call. Raises with what differed."""
+    deltas = [m.tool_call_delta for m in messages if m.HasField("tool_call_delta")]
+    summaries = [m.summary for m in messages if m.HasField("summary")]
+    if not deltas:
+        kinds = sorted({m.WhichOneof("event") or "empty" for m in messages})
+        raise RuntimeError(f"tool stream: no tool_call_delta among {len(messages)} messages ({', '.join(kinds)}): "
+                           "the gateway did not translate the stand-in's delta.tool_calls")
+    arguments = "".join(d.arguments_fragment for d in deltas if (d.choice_index, d.index) == (0, 0))
+    if (deltas[0].id, deltas[0].name) != (TOOL_CALL_ID, TOOL_NAME) or arguments != TOOL_ARGUMENTS:
+        raise RuntimeError(f"tool stream: {len(deltas)} tool-call deltas, the first for {deltas[0].id!r} "
+                           f"{deltas[0].name!r}, arguments joined {arguments!r}; expected {TOOL_CALL_ID!r} "
+                           f"{TOOL_NAME!r} and {TOOL_ARGUMENTS!r}")
+    if len(summaries) != 1 or not messages[-1].HasField("summary"):
+        raise RuntimeError(f"tool stream: {len(summaries)} summaries, expected one, last")
+    finishes = summaries[0].finishes
+    calls = [(c.id, c.name, c.arguments_json) for c in finishes[0].tool_calls] if finishes else []
+    reason = pb.FinishReason.Name(finishes[0].finish_reason) if finishes else "no finish"
+    if reason != "FINISH_REASON_TOOL_CALLS" or calls != [(TOOL_CALL_ID, TOOL_NAME, TOOL_ARGUMENTS)]:
+        raise RuntimeError(f"tool stream: summary finishes[0] is {reason} with tool calls {calls}; expected "
+                           f"FINISH_REASON_TOOL_CALLS with [{(TOOL_CALL_ID, TOOL_NAME, TOOL_ARGUMENTS)}]")
+
+
 class DirectTarget:
     """The stand-in upstream over one aiohttp session: the same HTTP request the gateway sends."""
 
-    def __init__(self, base_url: str, stats_url: str) -> None:
+    def __init__(self, base_url: str, stats_url: str, stream_request: pb.StreamCompleteRequest = STREAM_REQUEST,
+                 marker: bytes = b'"content":"tok0 "') -> None:
+        """marker: bytes the full stream holds (checked once, by check(): the stand-in answered
+        the kind of stream asked for)."""
         self.url = f"{base_url}/chat/completions"
+        self.marker = marker
         self.stats_url = stats_url
         # Connections kept across the pauses between phases: the baseline never reconnects.
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000, keepalive_timeout=3600))
@@ -149,7 +215,7 @@ class DirectTarget:
         self.unary_headers = {**headers, "accept": "application/json"}
         self.stream_headers = {**headers, "accept": "text/event-stream"}
         self.unary_body = orjson.dumps(build_body(COMPLETE_REQUEST, "bench-model", stream=False, dialect=DIALECT))
-        self.stream_body = orjson.dumps(build_body(STREAM_REQUEST, "bench-model", stream=True, dialect=DIALECT))
+        self.stream_body = orjson.dumps(build_body(stream_request, "bench-model", stream=True, dialect=DIALECT))
 
     async def unary(self) -> tuple[None, int]:
         async with self.session.post(self.url, data=self.unary_body, headers=self.unary_headers) as response:
@@ -174,6 +240,10 @@ class DirectTarget:
     async def check(self) -> None:
         await self.unary()
         await self.stream()
+        async with self.session.post(self.url, data=self.stream_body, headers=self.stream_headers) as response:
+            body = await response.read()
+        if self.marker not in body:
+            raise RuntimeError(f"direct stream from {self.url} lacks {self.marker!r}")
 
     async def upstream_stats(self) -> dict[str, int]:
         """Connections the stand-in has accepted and requests it has answered, so far."""

@@ -14,6 +14,8 @@ FLOOR = "floor"
 ROUTE = "route"
 FALLBACK = "fallback"
 MERGED = "merged"
+# The gateway of another checkout (--baseline-tree): the code before a change.
+BASELINE = "baseline"
 PORTKEY_RPS = 600  # Portkey gateway at c=50 on a machine like this one (593..634 requests/s)
 
 Phase = dict[str, Any]
@@ -62,8 +64,29 @@ class Figures:
                 ratios.append(gw[key] / direct[key])
         return _median(ratios)
 
+    def per_message(self, target: str, mode: str, c: int) -> float:
+        """Median over repetitions of server CPU per stream / messages per stream."""
+        return _median(_cpu_per_message(p) for p in (self._one(target, mode, c, r) for r in self.repetitions))
+
+    def per_message_ratio(self, target: str, mode: str, other: str, c: int) -> float:
+        """Median over repetitions of (CPU per message in mode) / (in other), same repetition."""
+        ratios = []
+        for r in self.repetitions:
+            a = _cpu_per_message(self._one(target, mode, c, r))
+            b = _cpu_per_message(self._one(target, other, c, r))
+            if a is not None and b:
+                ratios.append(a / b)
+        return _median(ratios)
+
     def errors(self) -> int:
         return sum(p["errors"] for p in self.phases)
+
+
+def _cpu_per_message(phase: Phase | None) -> float | None:
+    # A phase whose calls all failed read no messages: no figure rather than a division by zero.
+    if not phase or not phase.get("messages_per_call") or phase.get("gateway_cpu_ms") is None or not phase["requests"]:
+        return None
+    return phase["gateway_cpu_ms"] / phase["messages_per_call"]
 
 
 def _f(value: float, digits: int = 2, sign: bool = False) -> str:
@@ -83,6 +106,8 @@ def _label(target: str) -> str:
         return "Tollway, a route falling back after a 503"
     if target == MERGED:
         return "Tollway, deltas merged (option)"
+    if target == BASELINE:
+        return "Tollway @ baseline"
     return f"Tollway, {target} transport"
 
 
@@ -161,6 +186,56 @@ def _fallback_rows(fig: Figures, first: str) -> list[list[str]]:
     return rows
 
 
+def _baseline_rows(fig: Figures, first: str) -> list[list[str]]:
+    """This tree's gateway against the baseline tree's, same transport, same repetitions."""
+    rows = []
+    for mode in ("unary", "stream"):
+        for c in (1, 50):
+            m = lambda t, key: fig.median(t, mode, c, key)  # noqa: E731
+            d = lambda key: fig.between(first, BASELINE, mode, c, key)  # noqa: E731
+            ttft = _f(d("ttft_p50_ms"), sign=True) if mode == "stream" else ""
+            rows.append([mode, str(c), _f(m(BASELINE, "p50_ms")), _f(m(first, "p50_ms")), _f(d("p50_ms"), sign=True),
+                         _f(d("p99_ms"), sign=True), ttft, _f(m(BASELINE, "rps"), 0), _f(m(first, "rps"), 0),
+                         _f(m(BASELINE, "gateway_cpu_ms"), 3), _f(m(first, "gateway_cpu_ms"), 3),
+                         _f(d("gateway_cpu_ms"), 3, sign=True), _f(d("loop_thread_cpu_ms"), 3, sign=True)])
+    return rows
+
+
+def _per_message_rows(fig: Figures, first: str) -> list[list[str]]:
+    """Text and tool-call streams of the same gateway: CPU per stream, messages, CPU per message."""
+    rows = []
+    for c in (1, 50):
+        for mode, what in (("stream", "text"), ("tool", "tool call")):
+            m = lambda key: fig.median(first, mode, c, key)  # noqa: E731
+            ratio = _f(fig.per_message_ratio(first, "tool", "stream", c)) if mode == "tool" else ""
+            rows.append([str(c), what, _f(m("gateway_cpu_ms"), 3), _f(m("messages_per_call"), 1),
+                         _f(fig.per_message(first, mode, c) * 1000, 1), ratio, str(_errors(fig, first, mode, c))])
+    return rows
+
+
+def _errors(fig: Figures, target: str, mode: str, c: int) -> int:
+    return sum(p["errors"] for p in fig.phases if (p["target"], p["mode"], p["concurrency"]) == (target, mode, c))
+
+
+def _failure_lines(fig: Figures) -> list[str]:
+    """Each (target, mode, c) with failed calls, and the first failure: a figure measured
+    over failing calls is not a figure."""
+    failed: dict[tuple[str, str, int], list[Phase]] = {}
+    for p in fig.phases:
+        if p["errors"]:
+            failed.setdefault((p["target"], p["mode"], p["concurrency"]), []).append(p)
+    if not failed:
+        return []
+    rows = [[_label(t), _MODE_NAMES[mode], str(c), str(sum(p["errors"] for p in ps)),
+             str(sum(p["requests"] for p in ps)), ps[0]["first_error"].replace("|", "\\|")]
+            for (t, mode, c), ps in failed.items()]
+    return ["### FAILED CALLS (their phases' figures do not count)", "",
+            *_table(["target", "phase", "c", "failed", "answered", "first failure"], rows), ""]
+
+
+_MODE_NAMES = {"unary": "unary", "stream": "stream", "paced": "paced stream", "tool": "tool stream"}
+
+
 def _verdict(value: float, ok: Callable[[float], bool]) -> str:
     if math.isnan(value):
         return "-"
@@ -189,7 +264,21 @@ def _target_rows(fig: Figures, t: str) -> list[list[str]]:
         ["stream c=1, gateway CPU/stream", "<= 2 ms", f"{_f(scpu1)} ms", _verdict(scpu1, lambda v: v <= 2.0)],
         ["stream c=50, gateway CPU/stream", "<= 2 ms", f"{_f(scpu50)} ms", _verdict(scpu50, lambda v: v <= 2.0)],
         *_paced_target_rows(fig, t),
+        *_tool_target_rows(fig, t),
     ]
+
+
+def _tool_target_rows(fig: Figures, t: str) -> list[list[str]]:
+    """The issue's goal: a stream of tool-call deltas costs no more CPU per message than a text stream."""
+    if not _present(fig, [t], "tool"):
+        return []
+    rows = []
+    for c in (1, 50):
+        ratio = fig.per_message_ratio(t, "tool", "stream", c)
+        # Calls that failed their check cost CPU too: no verdict over them.
+        verdict = "failed calls" if _errors(fig, t, "tool", c) else _verdict(ratio, lambda v: v <= 1.0)
+        rows.append([f"tool stream c={c}, gateway CPU per message / text stream's", "<= 1.00", _f(ratio), verdict])
+    return rows
 
 
 def _paced_target_rows(fig: Figures, t: str) -> list[list[str]]:
@@ -206,6 +295,24 @@ def _paced_target_rows(fig: Figures, t: str) -> list[list[str]]:
     return rows
 
 
+def _tool_lines(fig: Figures, targets: list[str], first: str, stream_header: list[str]) -> list[str]:
+    if not _present(fig, [first], "tool"):  # a run from before tool streams were measured
+        return []
+    return [
+        ("### Tool-call streams, one call in 20 chunks written back to back (ms; CPU in ms per stream; TTFT: time "
+         "to the first message)"),
+        "",
+        *_table(stream_header, _stream_rows(fig, targets, "tool")),
+        "",
+        (f"### CPU per message, tool-call deltas against text deltas (the gateway, {first} transport; the ratio "
+         "is the median of per-repetition ratios)"),
+        "",
+        *_table(["c", "stream", "server CPU/stream (ms)", "messages/stream", "server CPU/message (us)",
+                 "tool / text, per message", "failed calls"], _per_message_rows(fig, first)),
+        "",
+    ]
+
+
 def _memory_lines(memory: dict[str, dict[str, Any]]) -> list[str]:
     rows = []
     for transport, m in memory.items():
@@ -213,7 +320,7 @@ def _memory_lines(memory: dict[str, dict[str, Any]]) -> list[str]:
         soak = ", ".join(f"{n}: {kib / 1024:.1f}" for n, kib in steps) or "-"
         rows.append([transport, f"{m['after_warmup_kib'] / 1024:.1f}", soak,
                      f"{m.get('end_kib', 0) / 1024:.1f}", f"{m.get('peak_kib', 0) / 1024:.1f}"])
-    return _table(["transport", "RSS after warm-up (MiB)", "RSS after N further unary requests (N: MiB)",
+    return _table(["gateway", "RSS after warm-up (MiB)", "RSS after N further unary requests (N: MiB)",
                    "RSS at end (MiB)", "peak RSS (MiB)"], rows)
 
 
@@ -222,7 +329,7 @@ def render(result: dict[str, Any]) -> str:
     fig = Figures(result["phases"])
     transports = meta["transports"]
     first = transports[0]
-    targets = [DIRECT, FLOOR, *transports, ROUTE, FALLBACK, MERGED]
+    targets = [DIRECT, FLOOR, *transports, BASELINE, ROUTE, FALLBACK, MERGED]
     stream_header = ["c", "target", "TTFT p50", "TTFT p99", "added TTFT p50", "added TTFT p99", "stream p50",
                      "added stream p50", "streams/s", "x direct", "messages/stream", "server CPU",
                      "of which loop thread", "load-gen CPU", "upstream CPU", "other load (cores)"]
@@ -230,8 +337,11 @@ def render(result: dict[str, Any]) -> str:
         f"Run: `{meta['command']}` on {meta['date']}; {meta['nproc']} cores ({meta['cpu_model']}), "
         f"Python {meta['python']}; code {meta.get('code', 'unknown')}; medians of {meta['repetitions']} repetition(s); "
         f"{result['duration_s']} s of load; {fig.errors()} failed calls."
-        + (" PROFILED: the gateways ran under cProfile, figures are not comparable." if meta["profiled"] else ""),
+        + (" PROFILED: the gateways ran under cProfile, figures are not comparable." if meta["profiled"] else "")
+        + (f" Baseline (\"Tollway @ baseline\"): the gateway of the tree at {meta['baseline_tree']}, {first} "
+           "transport." if meta.get("baseline_tree") else ""),
         "",
+        *_failure_lines(fig),
         "### Unary (ms; CPU in ms per request; server CPU is the gateway's, or the floor's)",
         "",
         *_table(["c", "target", "p50", "p99", "added p50", "added p99", "req/s", "x direct", "server CPU",
@@ -245,6 +355,7 @@ def render(result: dict[str, Any]) -> str:
         "",
         *_table(stream_header, _stream_rows(fig, targets, "paced")),
         "",
+        *_tool_lines(fig, targets, first, stream_header),
         f"### The routing layer on the happy path ({first} transport): \"mixrouter/bench-model\" against "
         "the route \"bench-weighted\" (3:1 over two providers on the same stand-in); differences are medians "
         "of per-repetition differences",
@@ -267,8 +378,15 @@ def render(result: dict[str, Any]) -> str:
         + ", ".join(f"{name} {ms}" for name, ms in result.get("idle_cpu_ms_per_s", {}).items()) + ". "
         "Upstream connections opened during the measured phases (0: the pool kept reusing its connections): "
         + ", ".join(f"{t} {sum(p['upstream_connections'] for p in fig.phases if p['target'] == t)}"
-                    for t in targets if t != FLOOR) + ".",
+                    for t in targets if t != FLOOR and any(p["target"] == t for p in fig.phases)) + ".",
     ]
+    if _present(fig, [BASELINE], "unary"):
+        out += ["", (f"### Before and after: this tree's gateway against the baseline tree's ({first} transport; "
+                     "differences are this tree minus the baseline, medians of per-repetition differences)"), "",
+                *_table(["mode", "c", "p50 baseline", "p50 this tree", "p50 difference", "p99 difference",
+                         "TTFT p50 difference", "calls/s baseline", "calls/s this tree", "CPU baseline",
+                         "CPU this tree", "CPU difference", "loop-thread CPU difference"],
+                        _baseline_rows(fig, first))]
     for t in transports:
         out += ["", f"### Targets, {t} transport", "",
                 *_table(["target", "goal", "measured", ""], _target_rows(fig, t))]

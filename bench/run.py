@@ -15,13 +15,20 @@ Every repetition measures, back to back, at concurrency 1 and 50:
           and the merged-deltas gateway;
   paced   20-chunk streams whose events come 1 ms apart, each in a read of its own: the
           direct call, the floor (its messages 1 ms apart), the first gateway and the
-          merged-deltas gateway.
+          merged-deltas gateway;
+  tool    20-chunk streams that are one tool call (delta.tool_calls, back to back), asked
+          for with the tool declared: the direct call and the first gateway, whose every
+          answer is checked (arguments joined, the call assembled in the summary).
+With --baseline-tree DIR, one more gateway runs from another checkout of Tollway (its own
+venv and bench.gateway, on the first transport) in the unary and stream phases: the code
+before a change and after it, measured in the same repetitions.
 The report gives medians over repetitions of each figure and of each gateway-minus-direct
 difference. Server CPU comes from /proc/<pid>/stat (utime + stime, all threads) read
 before and after each phase.
 
-    .venv/bin/python -m bench.run            # full: about 3 minutes on 2 cores
+    .venv/bin/python -m bench.run            # full: about 8 minutes on 2 cores
     .venv/bin/python -m bench.run --quick    # one short repetition, about a minute
+    .venv/bin/python -m bench.run --baseline-tree /tmp/tollway-0.1   # and a gateway of that tree
 
 Only 127.0.0.1 is used; every phase is bounded in requests and in seconds.
 """
@@ -52,19 +59,28 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from bench import proc  # noqa: E402
 from bench.gateway import TRANSPORTS  # noqa: E402
-from bench.load import API_KEY, Call, DirectTarget, GatewayTarget, Samples, run_phase  # noqa: E402
-from bench.report import DIRECT, FALLBACK, FLOOR, MERGED, ROUTE, render  # noqa: E402
+from bench.load import (  # noqa: E402
+    API_KEY,
+    TOOL_STREAM_REQUEST,
+    Call,
+    DirectTarget,
+    GatewayTarget,
+    Samples,
+    run_phase,
+)
+from bench.report import BASELINE, DIRECT, FALLBACK, FLOOR, MERGED, ROUTE, render  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # Subprocesses run the code of the tree this file is in (and its generated stubs), even when
 # the installed package points at another checkout.
 _PYTHONPATH = os.pathsep.join([str(ROOT), str(ROOT / "protos")])
-MODES = ("unary", "stream", "paced")
+MODES = ("unary", "stream", "paced", "tool")
 CONCURRENCIES = (1, 50)
 # Model names the gateways are configured with (start_gateway): the same stand-in behind each.
 ROUTE_MODEL = "bench-weighted"
 FALLBACK_MODEL = "bench-fallback"
 PACED_MODEL = "paced/bench-model"
+TOOL_MODEL = "tools/bench-model"
 
 
 @dataclass(frozen=True)
@@ -82,11 +98,11 @@ class Plan:
 
 FULL = Plan(repetitions=5, phase_max_s=2.0,
             phase_counts={("unary", 1): 3000, ("unary", 50): 10000, ("stream", 1): 1500, ("stream", 50): 4000,
-                          ("paced", 1): 1500, ("paced", 50): 4000},
+                          ("paced", 1): 1500, ("paced", 50): 4000, ("tool", 1): 1500, ("tool", 50): 4000},
             warmup_unary=2000, warmup_streams=500, soak_requests=20000, soak_step=5000, soak_max_s=60.0)
 QUICK = Plan(repetitions=1, phase_max_s=0.7,
              phase_counts={("unary", 1): 1000, ("unary", 50): 3000, ("stream", 1): 500, ("stream", 50): 1000,
-                           ("paced", 1): 500, ("paced", 50): 1000},
+                           ("paced", 1): 500, ("paced", 50): 1000, ("tool", 1): 500, ("tool", 50): 1000},
              warmup_unary=500, warmup_streams=100, soak_requests=3000, soak_step=1000, soak_max_s=10.0)
 
 
@@ -128,10 +144,11 @@ def percentile(values: list[int], q: float) -> float:
 
 class Bench:
     def __init__(self, plan: Plan, transports: tuple[str, ...], workdir: Path, profile: Path | None,
-                 merged: bool = True) -> None:
+                 merged: bool = True, baseline_tree: Path | None = None) -> None:
         self.plan = plan
         self.transports = transports
         self.merged = merged
+        self.baseline_tree = baseline_tree
         self.workdir = workdir
         self.profile = profile
         self.upstream: subprocess.Popen | None = None
@@ -155,13 +172,15 @@ class Bench:
             raise RuntimeError("the upstream stand-in did not start (see its log)")
         return f"http://127.0.0.1:{int(port)}"
 
-    def start_gateway(self, name: str, transport: str, root: str, *, merge_deltas: bool = False) -> str:
-        """`tollway serve` with the stand-in behind four providers (the stand-in answers by path):
-        mixrouter and mixrouter_b serve, failing answers 503, paced spaces its stream events."""
+    def start_gateway(self, name: str, transport: str, root: str, *, merge_deltas: bool = False,
+                      tree: Path = ROOT) -> str:
+        """`tollway serve` with the stand-in behind five providers (the stand-in answers by path):
+        mixrouter and mixrouter_b serve, failing answers 503, paced spaces its stream events,
+        tools streams a tool call. tree: the checkout whose bench.gateway runs (see _launch)."""
         port = _free_port()
         config = self.workdir / f"tollway-{name}.toml"
         providers = {"mixrouter": f"{root}/v1", "mixrouter_b": f"{root}/v1", "failing": f"{root}/fail503/v1",
-                     "paced": f"{root}/paced/v1"}
+                     "paced": f"{root}/paced/v1", "tools": f"{root}/tools/v1"}
         config.write_text(
             "[server]\n"
             f'listen = "127.0.0.1:{port}"\n'
@@ -182,15 +201,13 @@ class Bench:
             encoding="utf-8",
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
-        env.update(MIXROUTER_API_KEY=API_KEY, TOLLWAY_BENCH_TRANSPORT=transport, PYTHONPATH=_PYTHONPATH)
+        env.update(MIXROUTER_API_KEY=API_KEY, TOLLWAY_BENCH_TRANSPORT=transport)
         if merge_deltas:
             env["TOLLWAY_BENCH_MERGE_DELTAS"] = "1"
         if self.profile:
             env["TOLLWAY_BENCH_PROFILE"] = str(self.profile / f"gateway-{name}.pstats")
-        self.servers[name] = subprocess.Popen(
-            [sys.executable, "-m", "bench.gateway", "serve", "--config", str(config)], cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=open(self.workdir / f"{name}.log", "wb"),
-        )
+        self.servers[name] = _launch(tree, ["-m", "bench.gateway", "serve", "--config", str(config)], env,
+                                     self.workdir / f"{name}.log")
         return f"127.0.0.1:{port}"
 
     def start_floor(self) -> str:
@@ -302,11 +319,32 @@ class Bench:
         """The targets measured in one mode, in their first repetition's order."""
         gateways = [DIRECT, FLOOR, *self.transports]
         merged = [MERGED] if self.merged else []
+        # The baseline tree's gateway is measured where the code before a change can answer alike.
+        baseline = [BASELINE] if self.baseline_tree else []
         if mode == "unary":
-            return [*gateways, ROUTE, FALLBACK]
+            return [*gateways, *baseline, ROUTE, FALLBACK]
         if mode == "stream":
-            return [*gateways, ROUTE, FALLBACK, *merged]
+            return [*gateways, *baseline, ROUTE, FALLBACK, *merged]
+        if mode == "tool":
+            return [DIRECT, self.transports[0]]
         return [DIRECT, FLOOR, self.transports[0], *merged]
+
+    def gateways_with_memory(self) -> list[str]:
+        return [*self.transports, *([BASELINE] if self.baseline_tree else [])]
+
+    async def first_calls(self) -> None:
+        """One call of each (target, mode): a failure stops the run, except a tool stream's,
+        which is reported and then counted in its phases (the gateway may not translate tool
+        calls yet; every other figure is still worth having)."""
+        for mode in MODES:
+            for target in self.targets_of(mode):
+                try:
+                    await self.calls[(target, mode)]()
+                except Exception as exc:
+                    if mode != "tool":
+                        raise
+                    print(f"  ! {target} tool stream fails its check; its phases will count errors: {exc}",
+                          file=sys.stderr)
 
     async def warm_up(self) -> None:
         plan = self.plan
@@ -315,8 +353,8 @@ class Bench:
             for target in self.targets_of(mode):
                 await run_phase(self.calls[(target, mode)], 50, count, 10.0)
                 await run_phase(self.calls[(target, mode)], 1, count // 10, 5.0)
-        for transport in self.transports:
-            self.memory[transport] = {"after_warmup_kib": proc.memory_kib(self.servers[transport].pid)["VmRSS"]}
+        for name in self.gateways_with_memory():
+            self.memory[name] = {"after_warmup_kib": proc.memory_kib(self.servers[name].pid)["VmRSS"]}
 
     async def measure_idle(self, seconds: float = 1.0) -> dict[str, float]:
         """CPU the servers burn with no calls (ms per second): what every phase's figure also holds."""
@@ -353,14 +391,18 @@ class Bench:
         stats_url = f"{root}/stats"
         direct = DirectTarget(f"{root}/v1", stats_url)
         paced_direct = DirectTarget(f"{root}/paced/v1", stats_url)
+        tool_direct = DirectTarget(f"{root}/tools/v1", stats_url, TOOL_STREAM_REQUEST, marker=b'"id":"call_bench"')
         self.targets[DIRECT] = direct
         self.targets["direct-paced"] = paced_direct
+        self.targets["direct-tools"] = tool_direct
         self.calls.update({(DIRECT, "unary"): direct.unary, (DIRECT, "stream"): direct.stream,
-                           (DIRECT, "paced"): paced_direct.stream})
+                           (DIRECT, "paced"): paced_direct.stream, (DIRECT, "tool"): tool_direct.stream})
         first = self.transports[0]
         addresses = {t: self.start_gateway(t, t, root) for t in self.transports}
         if self.merged:
             addresses[MERGED] = self.start_gateway(MERGED, first, root, merge_deltas=True)
+        if self.baseline_tree:
+            addresses[BASELINE] = self.start_gateway(BASELINE, first, root, tree=self.baseline_tree)
         addresses[FLOOR] = self.start_floor()
         for name, address in addresses.items():
             await self.wait_ready(name, address)
@@ -371,6 +413,10 @@ class Bench:
             self.calls[(name, "unary")] = gateway.unary
             self.calls[(name, "stream")] = gateway.stream
             self.calls[(name, "paced")] = gateway.named(PACED_MODEL).stream
+        # The tool call goes through the provider on the stand-in's /tools/ path.
+        tools = self.targets[first]
+        assert isinstance(tools, GatewayTarget)
+        self.calls[(first, "tool")] = tools.named(TOOL_MODEL).tool_stream
         # The same gateway asked for a route: the routing layer's cost, and a fallback's.
         for name, model in ((ROUTE, ROUTE_MODEL), (FALLBACK, FALLBACK_MODEL)):
             client = self.targets[first]
@@ -382,9 +428,7 @@ class Bench:
         for target in self.targets.values():
             await target.check()
         await self.check_routes()
-        for mode in MODES:
-            for target in self.targets_of(mode):
-                await self.calls[(target, mode)]()
+        await self.first_calls()
         print(f"ready: upstream {root}, servers {addresses}", file=sys.stderr)
         started = time.perf_counter()
         await self.warm_up()
@@ -405,11 +449,29 @@ class Bench:
                             await self.measure(repetition, target, mode, concurrency, count, self.plan.phase_max_s))
             print(f"repetition {repetition + 1}/{self.plan.repetitions} done at "
                   f"{time.perf_counter() - started:.1f}s", file=sys.stderr)
-        for transport in self.transports:
-            memory = proc.memory_kib(self.servers[transport].pid)
-            self.memory[transport].update(end_kib=memory["VmRSS"], peak_kib=memory["VmHWM"])
+        for name in self.gateways_with_memory():
+            memory = proc.memory_kib(self.servers[name].pid)
+            self.memory[name].update(end_kib=memory["VmRSS"], peak_kib=memory["VmHWM"])
         return {"phases": [asdict(p) for p in self.phases], "memory": self.memory, "idle_cpu_ms_per_s": idle,
                 "duration_s": round(time.perf_counter() - started, 1)}
+
+
+def _launch(tree: Path, args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`python ARGS` as the bench of `tree` runs it: that tree's code and generated stubs first
+    on the path, from its directory. This tree runs with this interpreter; another tree with
+    the python of its own venv (tree/.venv), so each gateway imports its own dependencies."""
+    python = sys.executable if tree == ROOT else str(tree / ".venv" / "bin" / "python")
+    env = {**env, "PYTHONPATH": os.pathsep.join([str(tree), str(tree / "protos")])}
+    return subprocess.Popen([python, *args], cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+
+
+def _baseline_problem(tree: Path) -> str:
+    """Why tree cannot serve as a baseline checkout, or ""."""
+    if not (tree / ".venv" / "bin" / "python").exists():
+        return f"{tree}/.venv/bin/python does not exist (create the tree's venv: see bench/README.md)"
+    if not (tree / "bench" / "gateway.py").exists():
+        return f"{tree}/bench/gateway.py does not exist (not a Tollway checkout with a bench?)"
+    return ""
 
 
 def _free_port() -> int:
@@ -430,14 +492,14 @@ def _code_version() -> str:
     return commit + (" with uncommitted changes" if dirty else "")
 
 
-def _print_profiles(workdir: Path, transports: tuple[str, ...]) -> None:
+def _print_profiles(workdir: Path, gateways: tuple[str, ...]) -> None:
     import pstats
 
-    for transport in transports:
-        path = workdir / f"gateway-{transport}.pstats"
+    for gateway in gateways:
+        path = workdir / f"gateway-{gateway}.pstats"
         if not path.exists():
             continue
-        print(f"\n## cProfile of the gateway ({transport}), top 30 by own time\n", file=sys.stderr)
+        print(f"\n## cProfile of the gateway ({gateway}), top 30 by own time\n", file=sys.stderr)
         pstats.Stats(str(path), stream=sys.stderr).sort_stats("tottime").print_stats(30)
 
 
@@ -450,6 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-merged", action="store_true",
                         help="leave out the merged-deltas gateway (for code without Engine's merge_deltas)")
     parser.add_argument("--json", metavar="FILE", help="also write every phase's raw figures to FILE")
+    parser.add_argument("--baseline-tree", metavar="DIR",
+                        help="also measure (unary, stream) a gateway started from the Tollway checkout in DIR, "
+                             "with DIR/.venv/bin/python, labelled 'baseline' (see bench/README.md)")
     parser.add_argument("--profile", metavar="DIR",
                         help="run the gateways under cProfile, write DIR/gateway-<transport>.pstats and print "
                              "their top functions (slows the gateways down: figures are not comparable)")
@@ -460,12 +525,15 @@ def main(argv: list[str] | None = None) -> int:
     transports = tuple(t for t in args.transports.split(",") if t)
     if not transports or any(t not in TRANSPORTS for t in transports):
         parser.error(f"--transports takes a comma-separated subset of {','.join(TRANSPORTS)}")
+    baseline_tree = Path(args.baseline_tree).resolve() if args.baseline_tree else None
+    if baseline_tree and _baseline_problem(baseline_tree):
+        parser.error(f"--baseline-tree: {_baseline_problem(baseline_tree)}")
 
     with tempfile.TemporaryDirectory(prefix="tollway-bench-") as tmp:
         profile = Path(args.profile).resolve() if args.profile else None
         if profile:
             profile.mkdir(parents=True, exist_ok=True)
-        bench = Bench(plan, transports, Path(tmp), profile, merged=not args.no_merged)
+        bench = Bench(plan, transports, Path(tmp), profile, merged=not args.no_merged, baseline_tree=baseline_tree)
         try:
             try:
                 import uvloop
@@ -479,16 +547,18 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             bench.stop_processes()
     if profile:
-        _print_profiles(profile, transports)
+        _print_profiles(profile, (*transports, *([BASELINE] if baseline_tree else [])))
     result["meta"] = {
         **proc.machine(),
         "python": platform.python_version(),
         "code": _code_version(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "python -m bench.run" + (" --quick" if args.quick else ""),
+        "command": "python -m bench.run" + (" --quick" if args.quick else "")
+                   + (f" --baseline-tree {baseline_tree}" if baseline_tree else ""),
         "repetitions": plan.repetitions,
         "transports": list(transports),
         "merged": not args.no_merged,
+        "baseline_tree": str(baseline_tree) if baseline_tree else None,
         "profiled": bool(args.profile),
     }
     if args.json:

@@ -9,7 +9,11 @@ HTTP chunk as a real provider sends them. HTTP/1.1 keep-alive, no pipelining nee
 Written back to back, the events of a stream usually reach the reader in one or two reads.
 Under a path holding `/paced/`, a stream's events go out PACE_S apart instead, so each
 arrives in a read of its own, as tokens of a real model do. Under a path holding
-`/fail503/`, every call is answered at once with a 503 and an OpenAI-style error body.
+`/tools/`, a stream is one tool call instead of text: 20 chunks of `delta.tool_calls`
+(the first with id, type and name, then arguments fragments that join to TOOL_ARGUMENTS),
+finish_reason "tool_calls", the usage chunk and `[DONE]`, framed as the text stream. Under
+a path holding `/fail503/`, every call is answered at once with a 503 and an OpenAI-style
+error body.
 
 GET /stats answers {"connections": opened so far, "requests": answered so far}, so the
 benchmark can tell whether a client reuses its connections.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import signal
 import socket
 import sys
@@ -32,6 +37,11 @@ CHUNKS = 20
 PACE_S = 0.001  # between the events of a paced stream
 MODEL = "bench-model"
 CREATED = 1_700_000_000
+# The tool stream's one call. The arguments are split into CHUNKS - 1 fragments of a few
+# characters, the size of the text stream's deltas, so the two cost alike per message.
+TOOL_CALL_ID = "call_bench"
+TOOL_NAME = "get_weather"
+TOOL_ARGUMENTS = '{"city": "Paris", "country": "FR", "unit": "celsius", "days": 3, "hourly": false}'
 
 _USAGE = {"prompt_tokens": 12, "completion_tokens": CHUNKS, "total_tokens": 12 + CHUNKS,
           "prompt_tokens_details": {"cached_tokens": 0, "text_tokens": 12},
@@ -61,18 +71,45 @@ def _stream_events() -> list[bytes]:
     return events
 
 
+def _fragments(text: str, count: int) -> list[str]:
+    """text cut into count consecutive pieces of nearly equal length."""
+    bounds = [round(i * len(text) / count) for i in range(count + 1)]
+    return [text[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def _tool_stream_events() -> list[bytes]:
+    # finish_reason rides on the last fragment, as "stop" on the text stream's last token
+    # (OpenAI sends it in a chunk of its own): both streams are CHUNKS events plus usage.
+    first = {"index": 0, "id": TOOL_CALL_ID, "type": "function", "function": {"name": TOOL_NAME, "arguments": ""}}
+    events = [_chunk({"role": "assistant", "content": None, "tool_calls": [first]})]
+    fragments = _fragments(TOOL_ARGUMENTS, CHUNKS - 1)
+    for i, fragment in enumerate(fragments):
+        piece = {"index": 0, "function": {"arguments": fragment}}
+        events.append(_chunk({"tool_calls": [piece]}, finish="tool_calls" if i == len(fragments) - 1 else None))
+    events.append(_chunk({}, usage=_USAGE, choices=False))
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
 def _http_chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def _stream_writes(events: list[bytes]) -> list[bytes]:
+    """One HTTP chunk per event; the head goes out with the first, as a server flushes it,
+    and the chunked end with [DONE]."""
+    writes = [_http_chunk(e) for e in events]
+    writes[0] = STREAM_HEAD + writes[0]
+    writes[-1] += b"0\r\n\r\n"
+    return writes
 
 
 UNARY_RESPONSE = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
                   b"connection: keep-alive\r\n\r\n" % len(UNARY_BODY)) + UNARY_BODY
 STREAM_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
                b"transfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n")
-# The head goes out with the first event, as a server flushes it; the chunked end with [DONE].
-STREAM_WRITES = [_http_chunk(e) for e in _stream_events()]
-STREAM_WRITES[0] = STREAM_HEAD + STREAM_WRITES[0]
-STREAM_WRITES[-1] += b"0\r\n\r\n"
+STREAM_WRITES = _stream_writes(_stream_events())
+TOOL_STREAM_WRITES = _stream_writes(_tool_stream_events())
 NOT_FOUND = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: keep-alive\r\n\r\n"
 _UNAVAILABLE_BODY = orjson.dumps({"error": {"message": "the stand-in is down", "type": "server_error"}})
 UNAVAILABLE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
@@ -137,7 +174,7 @@ class _Http(asyncio.Protocol):
             if b"/paced/" in line:
                 self._write_paced(transport)
             else:
-                for write in STREAM_WRITES:
+                for write in TOOL_STREAM_WRITES if b"/tools/" in line else STREAM_WRITES:
                     transport.write(write)
         else:
             transport.write(UNARY_RESPONSE)

@@ -317,10 +317,12 @@ async def test_media_the_provider_cannot_take_is_refused_before_any_request(case
     assert upstream.received == []
 
 
-async def test_list_models_names_the_kind_and_its_modalities(case, gateway):
+async def test_list_models_names_the_kind_its_modalities_and_features(case, gateway):
     response = await gateway.stub.ListModels(pb.ListModelsRequest())
 
     provider = target(case).split("/")[0]
     [info] = [p for p in response.providers if p.name == provider]
     assert info.kind == case.kind
     assert pb.MODALITY_TEXT in info.input_modalities
+    # Every built-in kind translates tools, structured output and reasoning settings.
+    assert info.features == pb.Features(tools=True, structured_output=True, reasoning=True)

@@ -1,5 +1,5 @@
 """The benchmark's figures as Markdown: medians over repetitions, gateway minus direct per
-repetition, and the targets of the performance brief."""
+repetition, and the targets (shared performance targets)."""
 
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ from urllib.parse import unquote_to_bytes
 import grpc
 import httpx
 import orjson
+
 from tollway.plugin import (
     DOCUMENT,
     IMAGE,
@@ -30,6 +31,7 @@ from tollway.plugin import (
     ReportedUsage,
     ServerSentEvent,
     ToolCallAssembler,
+    arguments_object,
     arguments_text,
     bad_upstream_body,
     choice_finishes,
@@ -367,13 +369,8 @@ def _assistant_block(i: int, j: int, part: pb.Part, provider: str) -> dict[str, 
 def _call_input(path: str, call: pb.ToolCall, provider: str) -> dict[str, Any]:
     """tool_use.input is an object: the call's arguments_json parsed (its parsed `arguments`
     when only those were set; no arguments at all is the empty object)."""
-    if not call.arguments_json:
-        return struct_to_dict(call.arguments) if call.HasField("arguments") else {}
-    try:
-        value = orjson.loads(call.arguments_json)
-    except orjson.JSONDecodeError:
-        value = None
-    if not isinstance(value, dict):
+    value = arguments_object(call)
+    if value is None:
         raise invalid_argument(f"{path}.arguments_json",
                                f'provider "{provider}" takes tool call arguments as a JSON object only')
     return value

@@ -40,6 +40,7 @@ from tollway.plugin import (
     ReportedUsage,
     ServerSentEvent,
     ToolCallAssembler,
+    arguments_object,
     arguments_text,
     bad_upstream_body,
     calls_in,
@@ -49,6 +50,7 @@ from tollway.plugin import (
     invalid_argument,
     is_minted,
     json_object,
+    json_object_or_none,
     normalize,
     result_text,
     stream_usage,
@@ -326,7 +328,7 @@ def _model_parts(i: int, message: pb.Message, provider: str) -> list[dict[str, A
 
 
 def _function_call(i: int, j: int, call: pb.ToolCall, provider: str) -> dict[str, Any]:
-    args = _json_object_or_none(call.arguments_json) if call.arguments_json else {}
+    args = arguments_object(call)
     if args is None:
         raise invalid_argument(f"messages[{i}].parts[{j}].tool_call.arguments_json",
                                f'provider "{provider}" takes tool call arguments as a JSON object')
@@ -341,7 +343,7 @@ def _function_response(i: int, j: int, result: pb.ToolResult, calls: Mapping[str
     one goes as it is; any other text goes under "output", or under "error" for a failed call
     (the keys FunctionResponse.response documents for a function's output and its error)."""
     text = result_text(result)
-    value = _json_object_or_none(text)
+    value = json_object_or_none(text)
     if result.is_error:
         response: dict[str, Any] = {"error": text if value is None else value}
     else:
@@ -354,14 +356,6 @@ def _function_response(i: int, j: int, result: pb.ToolResult, calls: Mapping[str
     if not is_minted(result.tool_call_id):
         function_response["id"] = result.tool_call_id
     return {"functionResponse": function_response}
-
-
-def _json_object_or_none(text: str) -> dict[str, Any] | None:
-    try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _b64(data: bytes) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+
 from tollway.service.config.keys import reject_unknown
 from tollway.service.errors import GatewayError
 

@@ -451,5 +451,5 @@ def _kind_note(provider: str, kind: str | None) -> str:
 
 @functools.cache
 def _default_catalog() -> PriceCatalog:
-    text = resources.files(__package__ or "tollway.service.billing").joinpath("prices.toml").read_text(encoding="utf-8")
+    text = resources.files("tollway.service.billing").joinpath("prices.toml").read_text(encoding="utf-8")
     return PriceCatalog.from_toml(text, "service/billing/prices.toml")

@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _usage(args: argparse.Namespace) -> int:
     import grpc
+
     from tollway.service.ledger import UsageFilter
     from tollway.service.ledger.summary import to_proto
     from tollway.v1 import completion_pb2_grpc as pb_grpc
@@ -177,6 +178,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _complete(args: argparse.Namespace) -> int:
     import grpc
+
     from tollway.v1 import completion_pb2 as pb
     from tollway.v1 import completion_pb2_grpc as pb_grpc
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+
 from tollway.service.ledger.records import INPUT_BUCKETS, OUTPUT_BUCKETS
 from tollway.service.ledger.summary import DIMENSIONS, LABEL_PREFIX, check_groupings
 from tollway.v1 import completion_pb2 as pb

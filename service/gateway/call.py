@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from typing import Any, cast
 
 import grpc
+
 from tollway.service.admission.auth import Caller, authorize_model
 from tollway.service.admission.validation import check_capabilities, validate_request
 from tollway.service.config.loader import Config

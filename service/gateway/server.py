@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from tollway.service.config.loader import Config, ConfigError, load_config
 from tollway.service.gateway.servicer import CompletionServicer, Runtime, ServingState
 from tollway.service.ledger import Ledger

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import grpc
+
 from tollway.service.errors import GatewayError
 from tollway.service.gateway.call import REQUEST_ID_KEY, Call, ServingState
 from tollway.service.ledger import Ledger, StoreUnavailable, from_proto

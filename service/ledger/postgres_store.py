@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import psycopg
+
 from tollway.v1 import completion_pb2 as pb
 
 from .records import LedgerRecord

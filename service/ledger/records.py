@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import orjson
+
 from tollway.v1 import completion_pb2 as pb
 
 INPUT_BUCKETS = ("total", "text", "image", "audio", "video", "document", "cache_read", "cache_write_5m",

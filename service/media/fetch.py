@@ -14,6 +14,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 from google.protobuf.message import Message
 from httpx_aiohttp import AiohttpTransport
+
 from tollway.service.errors import GatewayError, invalid_argument
 from tollway.service.plugins.adapter import AnyRequest, Capabilities
 from tollway.v1 import completion_pb2 as pb

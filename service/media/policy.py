@@ -16,6 +16,7 @@ from urllib.parse import unquote_to_bytes
 
 import filetype
 import grpc
+
 from tollway.service.config.keys import reject_unknown
 from tollway.service.errors import GatewayError, invalid_argument
 from tollway.service.plugins.adapter import (

@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import httpx
 from httpx_sse import ServerSentEvent
+
 from tollway.service.errors import GatewayError
 from tollway.service.plugins.tools import ReasoningAssembler, ToolCallAssembler
 from tollway.v1 import completion_pb2 as pb

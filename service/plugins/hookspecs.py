@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pluggy
+
 from tollway.service.plugins.adapter import ProviderKind
 
 PROJECT = "tollway"

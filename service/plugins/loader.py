@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import pluggy
+
 from tollway.service.plugins import hookspecs
 from tollway.service.plugins.adapter import ProviderKind
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import grpc
+
 from tollway.service.config.keys import reject_unknown
 from tollway.service.config.loader import Config, ConfigError, ProviderConfig
 from tollway.service.errors import GatewayError

@@ -33,16 +33,30 @@ def is_minted(tool_call_id: str) -> bool:
     return tool_call_id.startswith(MINTED_ID_PREFIX)
 
 
+def json_object_or_none(text: str) -> dict[str, Any] | None:
+    """The text parsed when it is a JSON object; None for anything else (never guessed)."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def arguments_object(call: pb.ToolCall) -> dict[str, Any] | None:
+    """An echoed call's arguments as the object providers that take parsed arguments want
+    (Anthropic `input`, Gemini `args`): arguments_json parsed, or the parsed `arguments` when
+    only those were set, or {} for a call with neither; None when arguments_json is not a
+    JSON object (the adapter refuses it, naming the part)."""
+    if not call.arguments_json:
+        return struct_to_dict(call.arguments) if call.HasField("arguments") else {}
+    return json_object_or_none(call.arguments_json)
+
+
 def parsed_arguments(arguments_json: str) -> struct_pb2.Struct | None:
     """The arguments as a Struct when the text is a JSON object; None otherwise (never guessed:
     text that is not JSON, or JSON that is not an object, stays only in arguments_json)."""
-    if not arguments_json:
-        return None
-    try:
-        value = orjson.loads(arguments_json)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(value, dict):
+    value = json_object_or_none(arguments_json) if arguments_json else None
+    if value is None:
         return None
     out = struct_pb2.Struct()
     try:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import grpc
+
 from tollway.service.admission.validation import check_capabilities
 from tollway.service.errors import GatewayError
 from tollway.service.media.fetch import MediaFetcher

@@ -20,6 +20,7 @@ import grpc
 import httpx
 from httpx_aiohttp import AiohttpTransport
 from httpx_sse import ServerSentEvent
+
 from tollway.service.errors import GatewayError, bad_upstream_body
 from tollway.service.plugins.adapter import Adapter, AnyRequest, StreamDecoder
 from tollway.service.usage.estimate import answer_bytes, estimated_usage

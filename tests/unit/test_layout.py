@@ -43,6 +43,8 @@ PLUGIN_SEAM = [
     "is_minted",
     "parsed_arguments",
     "arguments_text",
+    "arguments_object",
+    "json_object_or_none",
     "struct_to_dict",
     "result_text",
     "calls_in",

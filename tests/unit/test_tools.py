@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from tollway.service.plugins.tools import (
     ReasoningAssembler,
     ToolCallAssembler,
+    arguments_object,
     calls_in,
     is_minted,
     mint_tool_call_id,
@@ -98,3 +99,11 @@ def test_struct_numbers_come_back_as_integers_where_they_were():
     value.update({"type": "object", "properties": {"n": {"type": "integer", "minimum": 1, "maximum": 2.5}}})
     assert struct_to_dict(value) == {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1,
                                                                             "maximum": 2.5}}}
+
+
+def test_an_echoed_calls_arguments_become_the_object_providers_take():
+    assert arguments_object(pb.ToolCall(arguments_json='{"city": "Paris"}')) == {"city": "Paris"}
+    assert arguments_object(pb.ToolCall()) == {}
+    assert arguments_object(pb.ToolCall(arguments=parsed_arguments('{"n": 3}'))) == {"n": 3}
+    assert arguments_object(pb.ToolCall(arguments_json="[1]")) is None
+    assert arguments_object(pb.ToolCall(arguments_json="{broken")) is None

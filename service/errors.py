@@ -6,7 +6,6 @@ an internal network detail.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +15,9 @@ import orjson
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]  # no py.typed
 from grpc_status import rpc_status
+
+# Re-exported: adapters and the plugin seam import scrub from here.
+from tollway.service.redaction import scrub as scrub
 
 Code = grpc.StatusCode
 
@@ -106,21 +108,6 @@ def _code_number(code: Code) -> int:
 
 
 assert _code_number(Code.UNAVAILABLE) == code_pb2.UNAVAILABLE
-
-# Shapes of credentials that must never reach a caller or a log, whatever the provider
-# echoes back: bearer tokens, OpenAI/Anthropic style keys, Google API keys.
-_SECRET_PATTERNS = re.compile(
-    r"(Bearer\s+[A-Za-z0-9._~+/=-]+|sk-[A-Za-z0-9_-]{8,}|AIza[0-9A-Za-z_-]{20,}|key=[A-Za-z0-9_-]{8,})"
-)
-
-
-def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """Remove known secrets and anything shaped like a credential from text."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "[redacted]")
-    return _SECRET_PATTERNS.sub("[redacted]", text)
-
 
 def parse_retry_after(value: str | None) -> float | None:
     """Retry-After as seconds: delta-seconds or an HTTP-date."""

@@ -1,4 +1,5 @@
-"""Logging: one line per request, plain or JSON. No log line ever carries a key."""
+"""Logging: one line per request, plain or JSON. No log line ever carries a key: every
+record's final text is scrubbed of every key configured in this process (redaction.scrub_log)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import sys
 from typing import Any
 
 import orjson
+
+from tollway.service.redaction import scrub_log
 
 REQUEST_LOGGER = "tollway.request"
 
@@ -29,7 +32,7 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             # Exceptions are logged by type only: a traceback may quote a request body.
             line["exception"] = record.exc_info[0].__name__ if record.exc_info[0] else None
-        return orjson.dumps(line).decode()
+        return scrub_log(orjson.dumps(line).decode())
 
 
 class PlainFormatter(logging.Formatter):
@@ -41,7 +44,7 @@ class PlainFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if fields:
             text += " " + " ".join(f"{k}={_plain(v)}" for k, v in fields.items() if v is not None and v != "")
-        return text
+        return scrub_log(text)
 
 
 def _plain(value: Any) -> str:

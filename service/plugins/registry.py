@@ -24,6 +24,7 @@ from tollway.service.plugins.adapter import (
     ProviderSettings,
     intersect_capabilities,
 )
+from tollway.service.redaction import remember_keys
 from tollway.service.routing.routes import Route, direct_route
 
 log = logging.getLogger("tollway.registry")
@@ -138,6 +139,8 @@ def build_registry(
             if target.provider not in providers:
                 raise ConfigError(f"route {route.name!r}: provider {target.provider!r} is not configured")
     secrets = tuple(k.adapter.settings.api_key for p in providers.values() for k in p.keys if k.adapter.settings.api_key)
+    # Log lines are scrubbed of these from now on, whichever registry serves.
+    remember_keys(secrets)
     registry = Registry(providers=MappingProxyType(providers), routes=MappingProxyType(dict(config.routes)),
                         secrets=secrets)
     route_caps = {name: _intersect_route(registry, route) for name, route in config.routes.items()}

@@ -46,6 +46,31 @@ def grpc_code_for_http_status(status: int) -> Code:
     return Code.FAILED_PRECONDITION
 
 
+# A caller-facing message fits the trailers with room to spare, whatever a caller sent: gRPC
+# sends it twice (grpc-message, percent-encoded at up to 3 bytes per byte, and inside
+# grpc-status-details-bin), and clients refuse trailers past 8 KiB by default; past that the
+# caller gets RESOURCE_EXHAUSTED instead of the status, and no tollway-request-id.
+MAX_MESSAGE_BYTES = 640
+# A value the caller chose (a model name, a tool name), as a message quotes it.
+MAX_QUOTED_CHARS = 100
+
+
+def quoted(value: str, limit: int = MAX_QUOTED_CHARS) -> str:
+    """A caller's value in a message: in double quotes, cut at limit characters."""
+    if len(value) <= limit:
+        return f'"{value}"'
+    return f'"{value[:limit]}..." ({len(value) - limit} more characters)'
+
+
+def bounded_message(text: str, max_bytes: int = MAX_MESSAGE_BYTES) -> str:
+    """text cut to max_bytes of UTF-8 (on a character boundary), saying how much was cut."""
+    data = text.encode()
+    if len(data) <= max_bytes:
+        return text
+    kept = data[:max_bytes].decode("utf-8", "ignore")
+    return f"{kept}...({len(data) - len(kept.encode())} more bytes)"
+
+
 @dataclass
 class FieldViolation:
     field: str
@@ -83,12 +108,13 @@ class GatewayError(Exception):
             details.append(
                 error_details_pb2.BadRequest(
                     field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                        error_details_pb2.BadRequest.FieldViolation(field=bounded_message(v.field),
+                                                                    description=bounded_message(v.description))
                         for v in self.violations
                     ]
                 )
             )
-        status = status_pb2.Status(code=_code_number(self.code), message=self.message)
+        status = status_pb2.Status(code=_code_number(self.code), message=bounded_message(self.message))
         for detail in details:
             status.details.add().Pack(detail)
         return rpc_status.to_status(status)

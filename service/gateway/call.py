@@ -157,11 +157,15 @@ class Call:
                             ((REQUEST_ID_KEY, self.request_id),))
 
     def log(self, status: str, error: str | None = None) -> None:
+        if self.caller is None:
+            # Refused at authentication: what the request says is a stranger's input, not logged.
+            log_request(request_id=self.request_id, rpc=self.rpc, status=status, error=error)
+            return
         usage = self.usage
         log_request(
             request_id=self.request_id,
             rpc=self.rpc,
-            caller=self.caller.name if self.caller else None,
+            caller=self.caller.name,
             model=self.request.model,
             provider=self.provider or self._target_provider() or None,
             upstream_model=self.upstream_model or self._target_model() or None,

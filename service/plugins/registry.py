@@ -16,7 +16,7 @@ import grpc
 
 from tollway.service.config.keys import reject_unknown
 from tollway.service.config.loader import Config, ConfigError, ProviderConfig
-from tollway.service.errors import GatewayError
+from tollway.service.errors import GatewayError, quoted
 from tollway.service.plugins.adapter import (
     Adapter,
     Capabilities,
@@ -76,20 +76,20 @@ class Registry:
                 known = ", ".join(sorted(self.routes)) or "none"
                 raise GatewayError(
                     grpc.StatusCode.NOT_FOUND,
-                    f'model: unknown route "{model}" (routes: {known}; or name "provider/model")',
+                    f'model: unknown route {quoted(model)} (routes: {known}; or name "provider/model")',
                 )
             return route
         name, _, upstream_model = model.partition("/")
         if not name or not upstream_model:
             raise GatewayError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f'model: "{model}" is not of the form "provider/model"',
+                f'model: {quoted(model)} is not of the form "provider/model"',
             )
         if name not in self.providers:
             known = ", ".join(sorted(self.providers)) or "none"
             raise GatewayError(
                 grpc.StatusCode.NOT_FOUND,
-                f'model: unknown provider "{name}" (configured: {known})',
+                f"model: unknown provider {quoted(name)} (configured: {known})",
             )
         return direct_route(name, upstream_model)
 

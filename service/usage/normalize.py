@@ -2,7 +2,8 @@
 
 Adapters say only what their provider stated, in a ReportedUsage (None or absent means
 "not stated"); normalize() applies the provider-neutral rules: cache figures come out of
-the modality buckets, what no figure covers goes to `unattributed` with a warning,
+the modality buckets, what no figure covers goes to `unattributed` (with a warning only
+when the provider stated a modality breakdown that does not add up to its total),
 sub-counts that exceed their total are clamped with a warning, and every bucket is >= 0
 and sums exactly to its total.
 """
@@ -101,7 +102,7 @@ def _fill_input(bucket: pb.InputUsage, r: ReportedUsage, warnings: set[pb.UsageW
                 left -= take
     fresh = _clamp_in_order(fresh_total, list(stated.items()), warnings)
     unattributed = fresh_total - sum(fresh.values())
-    if unattributed > 0:
+    if unattributed > 0 and _breakdown_stated(r.input_by_modality):
         warnings.add(W.USAGE_WARNING_INPUT_MODALITY_DETAILS_INCOMPLETE)
 
     bucket.total = total
@@ -118,12 +119,23 @@ def _fill_output(bucket: pb.OutputUsage, r: ReportedUsage, warnings: set[pb.Usag
         warnings,
     )
     unattributed = total - sum(parts.values())
-    if unattributed > 0:
+    if unattributed > 0 and _breakdown_stated(r.output_by_modality):
         warnings.add(W.USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE)
     bucket.total = total
     for name, value in parts.items():
         setattr(bucket, name, value)
     bucket.unattributed = unattributed
+
+
+def _breakdown_stated(by_modality: Mapping[str, int | None]) -> bool:
+    """Whether the provider stated a modality breakdown at all (USAGE.md rule 1).
+
+    Relays serialize every unset count as 0 (rule 2), so a breakdown of zeros, like OpenAI's
+    `prompt_tokens_details: {audio_tokens: 0}` on a text answer, is no breakdown: its figures
+    go to `unattributed` without a warning, which is normal for such a provider. Reasoning and
+    cache figures are not modalities and never make a breakdown.
+    """
+    return any((value or 0) > 0 for value in by_modality.values())
 
 
 def _clamp_in_order(total: int, figures: list[tuple[str, int]], warnings: set[pb.UsageWarning]) -> dict[str, int]:

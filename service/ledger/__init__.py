@@ -14,11 +14,11 @@ from .journal import JournalError
 from .records import AttemptRecord, CostLine, InputTokens, LedgerRecord, OutputTokens
 from .schema import SchemaTooNew
 from .store import RecordRejected, StoreUnavailable
-from .summary import UsageFilter, from_proto, label_grouping, to_proto
+from .summary import SummaryTooLarge, UsageFilter, from_proto, label_grouping, to_proto
 from .writer import Ledger, LedgerClosed, LedgerStats
 
 __all__ = [
     "AttemptRecord", "CostLine", "InputTokens", "JournalError", "Ledger", "LedgerClosed",
     "LedgerConfig", "LedgerRecord", "LedgerStats", "OutputTokens", "RecordRejected", "SchemaTooNew",
-    "StoreUnavailable", "UsageFilter", "from_proto", "label_grouping", "to_proto",
+    "StoreUnavailable", "SummaryTooLarge", "UsageFilter", "from_proto", "label_grouping", "to_proto",
 ]

@@ -29,6 +29,21 @@ _PROTO_DIMENSIONS = {
 }
 _SUMS = (*(f"input_{b}" for b in INPUT_BUCKETS), *(f"output_{b}" for b in OUTPUT_BUCKETS), "total_tokens")
 
+# Bounds on what one summary request may ask for. Every label filter and label grouping is a
+# subquery (SQLite) or a JSON lookup: thousands of them make the database refuse the statement
+# or work for minutes, and no real report needs more than a handful.
+MAX_LABEL_FILTERS = 16
+MAX_LABEL_GROUPINGS = 16
+MAX_LABEL_KEY_CHARS = 256
+MAX_FILTER_VALUE_CHARS = 1024
+# A summary answers at most this many rows (groups): more would be a multi-megabyte message
+# built in memory; a caller who needs more narrows the time range or groups by less.
+MAX_SUMMARY_ROWS = 10_000
+
+
+class SummaryTooLarge(Exception):
+    """The summary has more groups than MAX_SUMMARY_ROWS."""
+
 
 @dataclass(frozen=True)
 class UsageFilter:
@@ -71,6 +86,7 @@ def check_groupings(group_by: Sequence[str]) -> None:
 def from_proto(request: pb.GetUsageSummaryRequest) -> tuple[UsageFilter, list[str]]:
     """The filter and groupings a GetUsageSummaryRequest asks for; ValueError says what is wrong.
     Label keys in group_by_label_keys group by themselves; USAGE_GROUPING_LABEL needs at least one."""
+    _check_bounds(request)
     filters = UsageFilter(
         start=request.start_time.ToDatetime(timezone.utc) if request.HasField("start_time") else None,
         end=request.end_time.ToDatetime(timezone.utc) if request.HasField("end_time") else None,
@@ -92,6 +108,24 @@ def from_proto(request: pb.GetUsageSummaryRequest) -> tuple[UsageFilter, list[st
     group_by.extend(label_grouping(key) for key in request.group_by_label_keys if key)
     check_groupings(group_by)
     return filters, group_by
+
+
+def _check_bounds(request: pb.GetUsageSummaryRequest) -> None:
+    if len(request.labels) > MAX_LABEL_FILTERS:
+        raise ValueError(f"labels: {len(request.labels)} label filters, at most {MAX_LABEL_FILTERS} are allowed; "
+                         "filter on fewer labels")
+    if len(request.group_by_label_keys) > MAX_LABEL_GROUPINGS:
+        raise ValueError(f"group_by_label_keys: {len(request.group_by_label_keys)} label keys, at most "
+                         f"{MAX_LABEL_GROUPINGS} are allowed; group by fewer labels")
+    keys = [("labels", k) for k in request.labels] + [("group_by_label_keys", k) for k in request.group_by_label_keys]
+    for name, key in keys:
+        if len(key) > MAX_LABEL_KEY_CHARS:
+            raise ValueError(f"{name}: a key of {len(key)} characters, at most {MAX_LABEL_KEY_CHARS} are allowed")
+    values = [("labels", v) for v in request.labels.values()] + [
+        (name, getattr(request, name)) for name in ("caller", "provider", "model", "route")]
+    for name, value in values:
+        if len(value) > MAX_FILTER_VALUE_CHARS:
+            raise ValueError(f"{name}: a value of {len(value)} characters, at most {MAX_FILTER_VALUE_CHARS} are allowed")
 
 
 def to_proto(filters: UsageFilter, group_by: Sequence[str]) -> pb.GetUsageSummaryRequest:
@@ -160,12 +194,18 @@ def build_query(dialect: Dialect, filters: UsageFilter, group_by: Sequence[str])
         sql += " WHERE " + " AND ".join(where)
     if group_by:
         sql += " GROUP BY " + ", ".join(str(i + 1) for i in range(len(group_by)))
+        # One row past the cap tells rows_from_result the summary is too large.
+        sql += f" LIMIT {MAX_SUMMARY_ROWS + 1}"
     return sql, params
 
 
 def rows_from_result(group_by: Sequence[str], result: Sequence[Sequence[Any]]) -> list[pb.UsageSummaryRow]:
     """Proto rows in a stable order (by group values, missing values first), whatever the
-    database's collation, so SQLite and PostgreSQL answer identically."""
+    database's collation, so SQLite and PostgreSQL answer identically. SummaryTooLarge when
+    there are more than MAX_SUMMARY_ROWS groups."""
+    if len(result) > MAX_SUMMARY_ROWS:
+        raise SummaryTooLarge(f"the summary has more than {MAX_SUMMARY_ROWS} rows; narrow the time range or "
+                              "the filters, or group by fewer dimensions")
     rows = [_row_from_values(group_by, values) for values in result]
     order = sorted(range(len(rows)), key=lambda i: [(v is not None, v or "") for v in result[i][:len(group_by)]])
     return [rows[i] for i in order]

@@ -7,6 +7,7 @@
     store.py           the Store protocol; sqlite_store.py and postgres_store.py implement it
     schema.py          the table, versioned migrations, row conversion per SQL dialect
     summary.py         GetUsageSummary filters, groupings and the query
+    private_files.py   ledger directories 0700 and files 0600, whatever the umask
 """
 
 from .config import LedgerConfig

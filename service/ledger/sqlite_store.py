@@ -4,6 +4,7 @@ so the event loop never waits on the disk and the connection is never shared acr
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ from typing import Any, TypeVar, cast
 
 from tollway.v1 import completion_pb2 as pb
 
+from .private_files import make_private, open_private, private_directory
 from .records import LedgerRecord
 from .schema import (
     COLUMNS,
@@ -53,7 +55,17 @@ class SqliteStore:
             raise StoreUnavailable(f"SQLite ledger {self.path}: {exc}") from exc
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_directory(self.path.parent)
+        # The database is created 0600 here, before SQLite would create it by the umask; SQLite
+        # then gives its -wal and -shm files the database's mode. Those an earlier version left
+        # are made private too.
+        try:
+            os.close(open_private(self.path, os.O_RDWR))
+            for suffix in ("-wal", "-shm", "-journal"):
+                make_private(self.path.with_name(self.path.name + suffix))
+        except OSError as exc:
+            # Worded as SQLite words it (the path is named once, by the caller).
+            raise sqlite3.OperationalError(f"unable to open database file ({exc.strerror or exc})") from exc
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         conn.execute("PRAGMA journal_mode = WAL")

@@ -108,8 +108,20 @@ class SqliteStore:
 
     async def summary(self, filters: UsageFilter, group_by: Sequence[str]) -> list[pb.UsageSummaryRow]:
         sql, params = build_query(SQLITE, filters, group_by)
-        result = await self._run(self._read, sql, params, writer=False)
+        result = await self._run(self._read_sums, sql, params, filters, group_by, writer=False)
         return rows_from_result(group_by, result)
+
+    def _read_sums(self, sql: str, params: list[Any], filters: UsageFilter,
+                   group_by: Sequence[str]) -> list[tuple[Any, ...]]:
+        try:
+            return self._read(sql, params)
+        except sqlite3.OperationalError as exc:
+            if "integer overflow" not in str(exc):
+                raise
+        # A sum past int64 (SUM's exact integers fail on it): the same query with TOTAL, whose
+        # floats never overflow; rows_from_result saturates what is past int64.
+        sql, params = build_query(SQLITE, filters, group_by, sum_function="TOTAL")
+        return self._read(sql, params)
 
     async def get(self, request_id: str) -> LedgerRecord | None:
         rows = await self._run(self._read, f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE request_id = ?",

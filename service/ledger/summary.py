@@ -7,6 +7,7 @@ whose row leaves the key out of group.labels).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -39,6 +40,7 @@ MAX_FILTER_VALUE_CHARS = 1024
 # A summary answers at most this many rows (groups): more would be a multi-megabyte message
 # built in memory; a caller who needs more narrows the time range or groups by less.
 MAX_SUMMARY_ROWS = 10_000
+INT64_MAX = (1 << 63) - 1
 
 
 class SummaryTooLarge(Exception):
@@ -148,8 +150,10 @@ def to_proto(filters: UsageFilter, group_by: Sequence[str]) -> pb.GetUsageSummar
     return request
 
 
-def build_query(dialect: Dialect, filters: UsageFilter, group_by: Sequence[str]) -> tuple[str, list[Any]]:
-    """One SELECT: the group values first, then COUNT and the sums, in _row_from_values order."""
+def build_query(dialect: Dialect, filters: UsageFilter, group_by: Sequence[str], *,
+                sum_function: str = "SUM") -> tuple[str, list[Any]]:
+    """One SELECT: the group values first, then COUNT and the sums, in _row_from_values order.
+    SQLite's SUM fails on an int64 overflow; its TOTAL (a float) never does (see SqliteStore)."""
     check_groupings(group_by)
     select: list[str] = []
     params: list[Any] = []
@@ -162,13 +166,14 @@ def build_query(dialect: Dialect, filters: UsageFilter, group_by: Sequence[str])
             select.append(dialect.label_value_expr())
             params.append(grouping[len(LABEL_PREFIX):])
     select.append("COUNT(*)")
-    select.extend(f"SUM({column})" for column in _SUMS)
+    total = sum_function
+    select.extend(f"{total}({column})" for column in _SUMS)
     select.extend((
         # Unpriced requests carry a meaningless 0 total; they are counted, never summed.
-        "SUM(CASE WHEN unpriced THEN 0 ELSE cost_nano_usd END)",
+        f"{total}(CASE WHEN unpriced THEN 0 ELSE cost_nano_usd END)",
         "SUM(CASE WHEN unpriced THEN 1 ELSE 0 END)",
         "SUM(CASE WHEN estimated THEN 1 ELSE 0 END)",
-        "SUM(provider_cost_nano_usd)",
+        f"{total}(provider_cost_nano_usd)",
     ))
 
     where: list[str] = []
@@ -221,7 +226,7 @@ def _row_from_values(group_by: Sequence[str], values: Sequence[Any]) -> pb.Usage
             setattr(group, grouping, value)
         else:
             group.labels[grouping[len(LABEL_PREFIX):]] = value
-    numbers = [int(v) if v is not None else 0 for v in values[n:]]  # PostgreSQL sums are Decimal
+    numbers = [_int64(v) for v in values[n:]]
     requests, rest = numbers[0], numbers[1:]
     sums = dict(zip(_SUMS, rest[:len(_SUMS)]))
     cost, unpriced, estimated, provider_cost = rest[len(_SUMS):]
@@ -236,3 +241,14 @@ def _row_from_values(group_by: Sequence[str], values: Sequence[Any]) -> pb.Usage
         estimated_requests=estimated,
         provider_reported_cost_nano_usd=provider_cost,
     )
+
+
+def _int64(value: Any) -> int:
+    """A sum as an int64 field takes it: PostgreSQL sums are Decimal (never overflowing), SQLite's
+    TOTAL a float; a sum past the int64 range (records written before figures were bounded)
+    saturates instead of failing the whole summary."""
+    if value is None:
+        return 0
+    if isinstance(value, float) and not math.isfinite(value):
+        return INT64_MAX if value > 0 else -INT64_MAX
+    return max(-INT64_MAX, min(int(value), INT64_MAX))

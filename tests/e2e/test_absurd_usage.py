@@ -4,14 +4,15 @@ later GetUsageSummary that includes the record still answers, on SQLite and Post
 
 from __future__ import annotations
 
+import grpc
 import pytest
 from tollway.v1 import completion_pb2 as pb
 
 from tests.support.gateway import MIXROUTER_TEST_KEY, fixture_json, mixrouter_config
 from tests.support.ledger import pg_admin, pg_schema, with_schema  # noqa: F401 - fixtures
 from tests.support.ledger_calls import REQUEST_ID_KEY
-from tests.support.seed import seed_request
-from tests.support.upstream import Reply
+from tests.support.seed import recorded_stream, seed_request, seed_stream_request
+from tests.support.upstream import Reply, sse_events
 
 W = pb.UsageWarning
 
@@ -69,3 +70,19 @@ async def test_an_absurd_prompt_figure_is_refused_flagged_unpriced_and_summaries
     assert (row.requests, row.unpriced_requests, row.cost_nano_usd) == (2, 2, 0)
     assert (row.input.total, row.output.total, row.total_tokens) == (0, 166, 166)
 
+
+
+async def test_a_stream_whose_final_usage_is_absurd_ends_ok_with_the_figure_refused(gateway, upstream):
+    chunks = recorded_stream()
+    chunks[-1]["usage"] = {**chunks[-1]["usage"], "completion_tokens": 2**64 - 1}
+    upstream.reply(Reply(events=sse_events(chunks)))
+
+    call = gateway.stub.StreamComplete(seed_stream_request(), timeout=10)
+    summaries = [m.summary async for m in call if m.HasField("summary")]
+
+    assert await call.code() == grpc.StatusCode.OK
+    [summary] = summaries
+    assert list(summary.usage.refused_figures) == ["completion_tokens=18446744073709551615"]
+    assert W.USAGE_WARNING_FIGURE_OUT_OF_RANGE in summary.usage.warnings
+    assert summary.usage.output.total == 0
+    assert summary.cost.unpriced

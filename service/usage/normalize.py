@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tollway.v1 import completion_pb2 as pb
@@ -35,8 +35,10 @@ OUTPUT_MODALITIES = ("text", "audio", "image")
 # still fit the int64 columns and protobuf fields they go to.
 MAX_TOKEN_FIGURE = 10**12
 INT64_MAX = (1 << 63) - 1
-# A refused value is quoted up to this many characters (it may be anything a server sent).
+# A refused figure's name and value are quoted up to this many characters each (they may be
+# anything a server sent), and so many figures are named: the names reach the response, the ledger and the unpriced reason.
 _QUOTED_CHARS = 40
+_NAMED_REFUSALS = 8
 _COUNT_FIELDS = ("input_total", "cache_read", "cache_write_5m", "cache_write_1h", "cache_write_unknown_ttl",
                  "output_total", "reasoning", "provider_total", "tool_use_prompt_tokens",
                  "accepted_prediction_tokens", "rejected_prediction_tokens")
@@ -56,8 +58,11 @@ def is_token_count(value: Any) -> bool:
 
 
 def _quoted(name: str, value: Any) -> str:
-    text = repr(value)
-    return f"{name}={text if len(text) <= _QUOTED_CHARS else text[:_QUOTED_CHARS] + '...'}"
+    return f"{_shortened(name)}={_shortened(repr(value))}"
+
+
+def _shortened(text: str) -> str:
+    return text if len(text) <= _QUOTED_CHARS else text[:_QUOTED_CHARS] + "..."
 
 
 @dataclass
@@ -164,12 +169,9 @@ def _refusing_what_is_not_a_count(r: ReportedUsage) -> tuple[ReportedUsage, list
     if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int) or abs(cost) > INT64_MAX):
         refused.append(_quoted("cost_nano_usd", cost))
         changes["cost_nano_usd"] = None
-    if not changes:
-        return r, refused
-    copy = ReportedUsage(**{f.name: getattr(r, f.name) for f in fields(r)})
-    for name, value in changes.items():
-        setattr(copy, name, value)
-    return copy, refused
+    if len(refused) > _NAMED_REFUSALS:
+        refused[_NAMED_REFUSALS:] = [f"and {len(refused) - _NAMED_REFUSALS} more"]
+    return (replace(r, **changes) if changes else r), refused
 
 
 def _fill_input(bucket: pb.InputUsage, r: ReportedUsage, warnings: set[pb.UsageWarning]) -> None:

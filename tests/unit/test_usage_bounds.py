@@ -69,3 +69,18 @@ def test_a_long_refused_value_is_quoted_shortened():
     usage = normalize(reported_usage({"prompt_tokens": "x" * 5000}, "m", mixrouter.DIALECT))
 
     assert list(usage.refused_figures) == ["prompt_tokens='" + "x" * 39 + "..."]
+
+
+def test_only_the_first_refusals_are_named():
+    # A hostile upstream with thousands of bogus counters must not grow the ledger's record.
+    raw = {"prompt_tokens": 10, "prompt_tokens_details": {f"{m}_tokens": -1 for m in ("text", "image", "audio")},
+           "completion_tokens": -1, "total_tokens": -1, "claude_cache_creation_5_m_tokens": "x",
+           "claude_cache_creation_1_h_tokens": "y", "completion_tokens_details": {"reasoning_tokens": -2,
+                                                                                  "text_tokens": -3}}
+
+    usage = normalize(reported_usage(raw, "m", mixrouter.DIALECT))
+
+    # Nine refusals: eight named, then how many more.
+    assert len(usage.refused_figures) == 9
+    assert usage.refused_figures[:2] == ["completion_tokens=-1", "claude_cache_creation_5_m_tokens='x'"]
+    assert usage.refused_figures[-1] == "and 1 more"

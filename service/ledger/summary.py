@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 from tollway.v1 import completion_pb2 as pb
 
@@ -151,7 +151,7 @@ def to_proto(filters: UsageFilter, group_by: Sequence[str]) -> pb.GetUsageSummar
 
 
 def build_query(dialect: Dialect, filters: UsageFilter, group_by: Sequence[str], *,
-                sum_function: str = "SUM") -> tuple[str, list[Any]]:
+                sum_function: Literal["SUM", "TOTAL"] = "SUM") -> tuple[str, list[Any]]:
     """One SELECT: the group values first, then COUNT and the sums, in _row_from_values order.
     SQLite's SUM fails on an int64 overflow; its TOTAL (a float) never does (see SqliteStore)."""
     check_groupings(group_by)
@@ -166,7 +166,7 @@ def build_query(dialect: Dialect, filters: UsageFilter, group_by: Sequence[str],
             select.append(dialect.label_value_expr())
             params.append(grouping[len(LABEL_PREFIX):])
     select.append("COUNT(*)")
-    total = sum_function
+    total = sum_function  # of token and money columns; counts of requests never overflow
     select.extend(f"{total}({column})" for column in _SUMS)
     select.extend((
         # Unpriced requests carry a meaningless 0 total; they are counted, never summed.

@@ -94,6 +94,11 @@ class Call:
         self.provider, self.upstream_model, self.usage = provider, model, usage
         # In place: these are the attempts of the answer the caller is about to get.
         self.attempts = self._scrubbed(attempts)
+        if usage.refused_figures:
+            # They quote what the upstream sent as a figure, which may be anything, a key too;
+            # before pricing, whose unpriced reason quotes them again.
+            secrets = self.state.registry.secrets
+            usage.refused_figures[:] = [scrub(figure, secrets) for figure in usage.refused_figures]
         self.cost = self.state.config.prices.price(usage, provider, model, self.at,
                                                    kind=self.state.registry.providers[provider].kind)
         return self.cost

@@ -164,11 +164,14 @@ SERVE_ENV = {"TOLLWAY_LISTEN": "127.0.0.1:0", "TOLLWAY_CONFIG": ""}
     ("config_text", "code", "message"),
     [
         ("[server\nlisten = 1", 2, "is not valid TOML: "),
-        ("[server]\nlisten_on = '127.0.0.1:0'\n", 2, "unknown key(s) in [server]: listen_on"),
+        ("[server]\nlisten_on = '127.0.0.1:0'\n", 2, "unknown key(s) in [server]: listen_on (did you mean listen?)"),
+        ("[server]\nlistne = '127.0.0.1:0'\n", 2, "unknown key(s) in [server]: listne (did you mean listen?)"),
+        ("[providers.local]\nkind = 'openai_compatible'\nbase_url = 'http://127.0.0.1:9'\ntimeout = 5\n", 1,
+         "providers.local: unknown option(s) for kind openai_compatible: timeout (did you mean timeout_s?) (known: "),
         ("[server]\nlog_format = 'xml'\n", 2, 'server.log_format must be "plain" or "json"'),
         ("[providers.mine]\nkind = 'nosuchkind'\n", 1, "providers.mine: unknown kind 'nosuchkind' (installed: "),
     ],
-    ids=["not-toml", "unknown-key", "bad-value", "unknown-kind"],
+    ids=["not-toml", "unknown-key", "misspelled-key", "misspelled-provider-key", "bad-value", "unknown-kind"],
 )
 async def test_serve_refuses_a_bad_config(tmp_path: Path, config_text: str, code: int, message: str):
     config = tmp_path / "tollway.toml"

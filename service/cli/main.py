@@ -11,7 +11,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tollway.service.config.loader import DEFAULT_LISTEN, ConfigError, load_config
+from tollway.service.config.loader import DEFAULT_LISTEN, ConfigError, load_config, parse_listen
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -154,13 +154,13 @@ def _serve(args: argparse.Namespace) -> int:
     config_path = args.config or os.environ.get("TOLLWAY_CONFIG")
     try:
         config = load_config(config_path)
+        if args.listen is not None:
+            from dataclasses import replace
+
+            config = replace(config, server=replace(config.server, listen=parse_listen(args.listen, "--listen")))
     except ConfigError as exc:
         print(f"tollway: {exc}", file=sys.stderr)
         return 2
-    if args.listen:
-        from dataclasses import replace
-
-        config = replace(config, server=replace(config.server, listen=args.listen))
     configure_logging(config.server.log_format)
     try:
         import uvloop

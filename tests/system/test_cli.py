@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.gateway import fixture_json
-from tests.support.cli import ROOT, SUBPROCESS_TIMEOUT_S, tollway  # noqa: F401
+from tests.support.cli import ROOT, SUBPROCESS_TIMEOUT_S, tollway, without_file_permission_bypass  # noqa: F401
 from tests.support.upstream import FakeUpstream, Reply, sse_events
 
 MODEL = "mixrouter/gemini-2.0-flash"
@@ -197,3 +197,110 @@ async def test_serve_reads_the_config_file_from_the_environment(tmp_path: Path):
     code, out, err = await tollway("serve", env={**SERVE_ENV, "TOLLWAY_CONFIG": str(config)})
     assert code == 2
     assert err == "tollway: unknown top-level config table(s): nonsense\n"
+
+
+# -- serve: first run --------------------------------------------------------------------------
+
+
+def serve_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """SERVE_ENV with the ledger's default place inside the test's directory."""
+    return {**SERVE_ENV, "XDG_STATE_HOME": str(tmp_path / "state"), **extra}
+
+
+def assert_one_clean_line(err: str, line: str) -> None:
+    assert err == line + "\n"
+    assert "Traceback" not in err and "Unclosed" not in err
+
+
+async def test_serve_on_a_taken_port_says_so_in_one_line(tmp_path: Path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        code, out, err = await tollway("serve", "--listen", address, env=serve_env(tmp_path))
+    assert code == 1
+    assert_one_clean_line(err, f"tollway: cannot listen on {address}: address already in use")
+
+
+async def test_serve_on_a_taken_ipv6_port_says_so_in_one_line(tmp_path: Path):
+    import socket
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    with socket.socket(socket.AF_INET6) as taken:
+        try:
+            taken.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback on this machine")
+        taken.listen()
+        address = f"[::1]:{taken.getsockname()[1]}"
+        code, out, err = await tollway("serve", "--listen", address, env=serve_env(tmp_path))
+    assert code == 1
+    assert_one_clean_line(err, f"tollway: cannot listen on {address}: address already in use")
+
+
+BAD_LISTEN = [
+    ("localhost", "'localhost' is not HOST:PORT (e.g. 127.0.0.1:50051 or [::1]:50051)"),
+    ("127.0.0.1:", "'127.0.0.1:' is not HOST:PORT (e.g. 127.0.0.1:50051 or [::1]:50051)"),
+    (":50051", "':50051' is not HOST:PORT (e.g. 127.0.0.1:50051 or [::1]:50051)"),
+    ("localhost:https", "'localhost:https' is not HOST:PORT (e.g. 127.0.0.1:50051 or [::1]:50051)"),
+    ("127.0.0.1:70000", "'127.0.0.1:70000': port 70000 is out of range 0-65535"),
+    ("::1:50051", "'::1:50051' is not HOST:PORT: write an IPv6 host in brackets (e.g. 127.0.0.1:50051 or "
+                  "[::1]:50051)"),
+]
+
+
+@pytest.mark.parametrize(("value", "message"), BAD_LISTEN, ids=[v for v, _ in BAD_LISTEN])
+async def test_serve_refuses_a_listen_flag_that_is_not_host_port(tmp_path: Path, value: str, message: str):
+    code, out, err = await tollway("serve", "--listen", value, env=serve_env(tmp_path))
+    assert (code, out) == (2, "")
+    assert_one_clean_line(err, f"tollway: --listen {message}")
+
+
+@pytest.mark.parametrize(("value", "message"), BAD_LISTEN[:2], ids=[v for v, _ in BAD_LISTEN[:2]])
+async def test_serve_refuses_a_listen_env_that_is_not_host_port(tmp_path: Path, value: str, message: str):
+    code, out, err = await tollway("serve", env=serve_env(tmp_path, TOLLWAY_LISTEN=value))
+    assert (code, out) == (2, "")
+    assert_one_clean_line(err, f"tollway: TOLLWAY_LISTEN {message}")
+
+
+@pytest.mark.parametrize(("value", "message"), BAD_LISTEN[:2], ids=[v for v, _ in BAD_LISTEN[:2]])
+async def test_serve_refuses_a_listen_setting_that_is_not_host_port(tmp_path: Path, value: str, message: str):
+    config = tmp_path / "tollway.toml"
+    config.write_text(f"[server]\nlisten = {value!r}\n")
+    env = serve_env(tmp_path)
+    del env["TOLLWAY_LISTEN"]  # the setting is what decides
+    code, out, err = await tollway("serve", "--config", config, env=env)
+    assert (code, out) == (2, "")
+    assert_one_clean_line(err, f"tollway: server.listen {message}")
+
+
+async def test_serve_refuses_a_config_path_that_is_a_directory(tmp_path: Path):
+    code, out, err = await tollway("serve", "--config", tmp_path, env=serve_env(tmp_path))
+    assert (code, out) == (2, "")
+    assert_one_clean_line(err, f"tollway: cannot read config file {tmp_path}: is a directory")
+
+
+async def test_serve_refuses_a_config_file_it_may_not_read(tmp_path: Path):
+    config = tmp_path / "tollway.toml"
+    config.write_text("[server]\n")
+    config.chmod(0)
+    code, out, err = await tollway("serve", "--config", config, env=serve_env(tmp_path),
+                                   wrapper=without_file_permission_bypass())
+    assert (code, out) == (2, "")
+    assert_one_clean_line(err, f"tollway: cannot read config file {config}: permission denied")
+
+
+async def test_serve_names_a_ledger_place_it_cannot_create_and_closes_what_it_opened(tmp_path: Path):
+    # A file where the ledger's directory should be: fails for root too. The engine and the
+    # media fetcher are open by then; they must be closed again, silently.
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    config = tmp_path / "tollway.toml"
+    config.write_text(f"[ledger]\npath = {str(blocker / 'ledger.sqlite3')!r}\n")
+    code, out, err = await tollway("serve", "--config", config, env=serve_env(tmp_path))
+    assert (code, out) == (1, "")
+    assert_one_clean_line(err, f"tollway: cannot open the ledger journal {blocker / 'ledger.sqlite3.journal'}: "
+                               "Not a directory")

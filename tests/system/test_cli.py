@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -123,13 +124,14 @@ async def test_stream_error_prints_code_and_message(client, upstream: FakeUpstre
 
 
 async def test_media_the_provider_refuses_prints_the_field(client, upstream: FakeUpstream, tmp_path: Path):
-    unknown = tmp_path / "notes.unknownext"
-    unknown.write_bytes(b"\x00\x01")
+    # Plain text is a document the CLI sends (named by its extension); MixRouter takes PDFs only.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("minutes of the meeting\n")
     code, out, err = await tollway("complete", "--target", client.target, "--model", MODEL, "--text", "hi",
-                                   "--audio", unknown)
+                                   "--document", notes)
     assert code == 1
-    assert err.startswith("tollway: INVALID_ARGUMENT: messages[0].parts[1].audio.mime_type: "
-                          'provider "mixrouter" does not accept application/octet-stream (accepted: ')
+    assert err.startswith("tollway: INVALID_ARGUMENT: messages[0].parts[1].document.mime_type: "
+                          'provider "mixrouter" does not accept text/plain (accepted: ')
     assert upstream.received == []
 
 
@@ -304,3 +306,101 @@ async def test_serve_names_a_ledger_place_it_cannot_create_and_closes_what_it_op
     assert (code, out) == (1, "")
     assert_one_clean_line(err, f"tollway: cannot open the ledger journal {blocker / 'ledger.sqlite3.journal'}: "
                                "Not a directory")
+
+
+# -- complete: cost and local media types ------------------------------------------------------
+
+# The catalog's mixrouter/gemini-2.0-flash prices, nano-USD per million tokens: input text 100_000_000
+# (tokens without a stated modality are billed as text), input audio 700_000_000, output text 400_000_000.
+# The seed: (5 + 1806) * 100 + 175 * 700 + 83 * 400 = 336_800 nano-USD.
+COST_LINE = "cost: $0.0003368 (mixrouter/gemini-2.0-flash@2025-02-05)"
+# 1000 * 100 + 100 * 400 = 140_000 nano-USD.
+STREAM_COST_LINE = "cost: $0.00014 (mixrouter/gemini-2.0-flash@2025-02-05)"
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
+
+
+def sent_media_url(upstream: FakeUpstream, index: int = 1) -> str:
+    part = user_content(upstream)[index]
+    return part[part["type"]]["url"]
+
+
+async def test_complete_prints_the_cost_with_the_price_entry(client, upstream: FakeUpstream):
+    upstream.reply(Reply(body=fixture_json("mixrouter/seed_response.json")))
+    code, out, err = await tollway("complete", "--target", client.target, "--model", MODEL, "--text", "hi")
+    assert code == 0, err
+    [line] = [line for line in err.splitlines() if line.startswith("cost: ")]
+    assert line == COST_LINE
+    printed_usage(err)  # the usage JSON still follows whole
+
+
+async def test_complete_stream_prints_the_cost(client, upstream: FakeUpstream):
+    chunks = [{"id": "chatcmpl-cli", "model": "gemini-2.0-flash",
+               "choices": [{"index": 0, "delta": {"content": "Hi."}, "finish_reason": "stop"}],
+               "usage": {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100}}]
+    upstream.reply(Reply(events=sse_events(chunks)))
+    code, out, err = await tollway("complete", "--target", client.target, "--model", MODEL, "--text", "hi",
+                                   "--stream")
+    assert code == 0, err
+    [line] = [line for line in err.splitlines() if line.startswith("cost: ")]
+    assert line == STREAM_COST_LINE
+
+
+async def test_complete_prints_unpriced_with_the_reason(client, upstream: FakeUpstream):
+    upstream.reply(Reply(body={**fixture_json("mixrouter/seed_response.json"), "model": "no-price-model"}))
+    code, out, err = await tollway("complete", "--target", client.target, "--model", "mixrouter/no-price-model",
+                                   "--text", "hi")
+    assert code == 0, err
+    [line] = [line for line in err.splitlines() if line.startswith("cost: ")]
+    # The reason names the model and the moment the catalog was asked about.
+    assert re.fullmatch(r"cost: unpriced: no price for mixrouter/no-price-model at \d{4}-\d\d-\d\dT[\d:.]+Z", line), line
+
+
+async def test_a_png_named_jpg_is_sent_as_png(client, upstream: FakeUpstream, tmp_path: Path):
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(PNG)
+    upstream.reply(Reply(body=fixture_json("mixrouter/seed_response.json")))
+    code, out, err = await tollway("complete", "--target", client.target, "--model", MODEL, "--text", "hi",
+                                   "--image", photo)
+    assert code == 0, err
+    assert sent_media_url(upstream) == "data:image/png;base64," + base64.b64encode(PNG).decode()
+
+
+async def test_a_file_without_extension_is_typed_by_its_content(client, upstream: FakeUpstream, tmp_path: Path):
+    photo = tmp_path / "photo"
+    photo.write_bytes(PNG)
+    upstream.reply(Reply(body=fixture_json("mixrouter/seed_response.json")))
+    code, out, err = await tollway("complete", "--target", client.target, "--model", MODEL, "--text", "hi",
+                                   "--image", photo)
+    assert code == 0, err
+    assert sent_media_url(upstream) == "data:image/png;base64," + base64.b64encode(PNG).decode()
+
+
+async def test_a_text_file_given_as_image_is_refused(client, upstream: FakeUpstream, tmp_path: Path):
+    # The extension says PNG; the content is text. Nothing is sent.
+    fake = tmp_path / "photo.png"
+    fake.write_text("not a picture\n")
+    code, out, err = await tollway("complete", "--target", client.target, "--model", MODEL, "--text", "hi",
+                                   "--image", fake)
+    assert (code, out) == (2, "")
+    assert err == f"tollway: --image {fake}: the file's content is not an image of a type tollway recognizes\n"
+    assert upstream.received == []
+
+
+async def test_a_pdf_given_as_audio_is_refused_naming_what_it_is(client, upstream: FakeUpstream, tmp_path: Path):
+    pdf = tmp_path / "clip.mp3"
+    pdf.write_bytes(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
+    code, out, err = await tollway("complete", "--target", client.target, "--model", MODEL, "--text", "hi",
+                                   "--audio", pdf)
+    assert (code, out) == (2, "")
+    assert err == f"tollway: --audio {pdf}: the file holds application/pdf, not audio\n"
+    assert upstream.received == []
+
+
+async def test_unknown_bytes_as_audio_are_refused_before_sending(client, upstream: FakeUpstream, tmp_path: Path):
+    unknown = tmp_path / "notes.unknownext"
+    unknown.write_bytes(b"\x00\x01")
+    code, out, err = await tollway("complete", "--target", client.target, "--model", MODEL, "--text", "hi",
+                                   "--audio", unknown)
+    assert (code, out) == (2, "")
+    assert err == f"tollway: --audio {unknown}: the file's content is not audio of a type tollway recognizes\n"
+    assert upstream.received == []

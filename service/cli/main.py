@@ -11,7 +11,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tollway.service.config.loader import DEFAULT_LISTEN, ConfigError, load_config
+from tollway.service.config.loader import DEFAULT_LISTEN, ConfigError, load_config, parse_listen
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -154,13 +154,13 @@ def _serve(args: argparse.Namespace) -> int:
     config_path = args.config or os.environ.get("TOLLWAY_CONFIG")
     try:
         config = load_config(config_path)
+        if args.listen is not None:
+            from dataclasses import replace
+
+            config = replace(config, server=replace(config.server, listen=parse_listen(args.listen, "--listen")))
     except ConfigError as exc:
         print(f"tollway: {exc}", file=sys.stderr)
         return 2
-    if args.listen:
-        from dataclasses import replace
-
-        config = replace(config, server=replace(config.server, listen=args.listen))
     configure_logging(config.server.log_format)
     try:
         import uvloop
@@ -189,10 +189,13 @@ def _complete(args: argparse.Namespace) -> int:
     for kind in ("image", "audio", "video", "document"):
         for ref in getattr(args, kind):
             try:
-                media: dict[str, Any] = {kind: _media(ref)}  # one of Part's Media fields
+                media: dict[str, Any] = {kind: _media(kind, ref)}  # one of Part's Media fields
                 parts.append(pb.Part(**media))
             except OSError as exc:
                 print(f"tollway: --{kind} {ref}: {exc.strerror or exc}", file=sys.stderr)
+                return 2
+            except ValueError as exc:
+                print(f"tollway: --{kind} {ref}: {exc}", file=sys.stderr)
                 return 2
     messages.append(pb.Message(role=pb.ROLE_USER, parts=parts))
     fields = dict(model=args.model, messages=messages)
@@ -207,42 +210,90 @@ def _complete(args: argparse.Namespace) -> int:
         stub = pb_grpc.CompletionStub(channel)  # type: ignore[no-untyped-call]  # generated without annotations
         try:
             if args.stream:
-                usage = None
+                usage = cost = None
                 for message in stub.StreamComplete(pb.StreamCompleteRequest(**fields), timeout=args.timeout,
                                                    metadata=metadata):
                     if message.HasField("delta"):
                         sys.stdout.write(message.delta.text)
                         sys.stdout.flush()
                     else:
-                        usage = message.summary.usage
+                        usage, cost = message.summary.usage, message.summary.cost
                         sys.stdout.write("\n")
-                _print_usage(usage)
+                _print_usage(usage, cost)
             else:
                 response = stub.Complete(pb.CompleteRequest(**fields), timeout=args.timeout, metadata=metadata)
                 for choice in response.choices:
                     print("".join(p.text for p in choice.message.parts))
                 print(f"\n[{response.provider} {response.model}]", file=sys.stderr)
-                _print_usage(response.usage)
+                _print_usage(response.usage, response.cost)
         except grpc.RpcError as err:
             print(f"tollway: {err.code().name}: {err.details()}", file=sys.stderr)
             return 1
     return 0
 
 
-def _media(ref: str) -> pb.Media:
+def _media(kind: str, ref: str) -> pb.Media:
     from tollway.v1 import completion_pb2 as pb
 
     if ref.startswith(("http://", "https://", "data:")):
         return pb.Media(url=ref)
     path = Path(ref)
-    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return pb.Media(data=path.read_bytes(), mime_type=mime)
+    data = path.read_bytes()
+    return pb.Media(data=data, mime_type=local_media_type(kind, path, data))
 
 
-def _print_usage(usage: pb.Usage | None) -> None:
+def local_media_type(kind: str, path: Path, data: bytes) -> str:
+    """The media type of a local file, from its bytes: a PNG named .jpg is a PNG.
+
+    The name decides only for plain text documents, which carry no signature to sniff.
+    ValueError when the content is not of the flag's kind."""
+    import filetype
+
+    from tollway.service.media.policy import fits_kind, normalize_mime
+    from tollway.service.plugins.adapter import AUDIO, DOCUMENT, IMAGE, VIDEO
+
+    modality = {"image": IMAGE, "audio": AUDIO, "video": VIDEO, "document": DOCUMENT}[kind]
+    sniffed = filetype.guess_mime(data[:8192])
+    if sniffed:
+        mime = normalize_mime(sniffed)
+        if not fits_kind(modality, mime):
+            raise ValueError(f"the file holds {mime}, not {_NOUN[kind]}")
+        return mime
+    named = normalize_mime(mimetypes.guess_type(path.name)[0] or "text/plain")
+    if modality == DOCUMENT and named.startswith("text/"):
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("the file is neither a known document type nor UTF-8 text") from None
+        return named
+    raise ValueError(f"the file's content is not {_NOUN[kind]} of a type tollway recognizes")
+
+
+_NOUN = {"image": "an image", "audio": "audio", "video": "a video", "document": "a document"}
+
+
+def _print_usage(usage: pb.Usage | None, cost: pb.Cost | None) -> None:
     if usage is None:
         return
     from google.protobuf import json_format
 
+    if cost is not None:
+        print(describe_cost(cost), file=sys.stderr)
     print(json_format.MessageToJson(usage, indent=2), file=sys.stderr)
+
+
+def describe_cost(cost: pb.Cost) -> str:
+    """`cost: $0.00012345 (openai/gpt-4.1@2025-04-14)`, or `cost: unpriced: <reason>`; exact
+    dollars from the integer nano-USD, as `tollway usage` prints them."""
+    from .render import format_usd
+
+    if cost.unpriced:
+        line = f"cost: unpriced: {cost.unpriced_reason or 'no price for this model'}"
+    else:
+        line = f"cost: ${format_usd(cost.total_nano_usd)}"
+        if cost.price_entry:
+            line += f" ({cost.price_entry})"
+    if cost.HasField("provider_reported_nano_usd"):
+        line += f"; the provider reported ${format_usd(cost.provider_reported_nano_usd)}"
+    return line
 

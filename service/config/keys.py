@@ -6,19 +6,28 @@ table ([server], [media], [routing], [ledger], callers, routes, provider options
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 
 def reject_unknown(table: Mapping[str, Any], known: Iterable[str], where: str, *, noun: str = "key(s)",
                    show_known: bool = False, error: Callable[[str], Exception] = ValueError) -> None:
-    """Raise `error("unknown key(s) in [server]: x")` when table has keys outside known.
+    """Raise `error("unknown key(s) in [server]: listne (did you mean listen?)")` when table has
+    keys outside known.
 
     where: "in [server]", "for kind openai"; show_known adds "(known: ...)" to the message."""
     known = set(known)
     unknown = sorted(set(table) - known)
     if unknown:
-        message = f"unknown {noun}{' ' + where if where else ''}: {', '.join(unknown)}"
+        named = ", ".join(_with_suggestion(str(key), known) for key in unknown)
+        message = f"unknown {noun}{' ' + where if where else ''}: {named}"
         if show_known:
             message += f" (known: {', '.join(sorted(known)) or 'none'})"
         raise error(message)
+
+
+def _with_suggestion(key: str, known: Iterable[str]) -> str:
+    # A typo is the usual cause, so the nearest known key is most often the fix.
+    nearest = difflib.get_close_matches(key, sorted(known), n=1)
+    return f"{key} (did you mean {nearest[0]}?)" if nearest else key

@@ -104,6 +104,10 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] 
             raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
             raise ConfigError(f"config file {path} does not exist") from exc
+        except OSError as exc:
+            # A directory, a file without read permission: say which, in the words of the OS.
+            reason = (exc.strerror or str(exc)).lower()
+            raise ConfigError(f"cannot read config file {path}: {reason}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
         except UnicodeDecodeError as exc:
@@ -112,8 +116,28 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] 
     config = parse_config(raw, source)
     listen = environ.get("TOLLWAY_LISTEN")
     if listen:
-        config = _replace_server(config, listen=listen)
+        config = _replace_server(config, listen=parse_listen(listen, "TOLLWAY_LISTEN"))
     return config
+
+
+def parse_listen(value: object, where: str) -> str:
+    """value if it is HOST:PORT (IPv6 as [::1]:50051, port 0-65535), else a ConfigError naming where.
+
+    gRPC would take "localhost" alone and serve on port 443, which no one means."""
+    example = "(e.g. 127.0.0.1:50051 or [::1]:50051)"
+    if not isinstance(value, str):
+        raise ConfigError(f'{where} must be a string "HOST:PORT" {example}')
+    host, sep, port = value.rpartition(":")
+    ipv6 = host.startswith("[") and host.endswith("]") and len(host) > 2
+    if not sep or not host or not (port.isascii() and port.isdigit()) or any(c.isspace() for c in value):
+        raise ConfigError(f"{where} {value!r} is not HOST:PORT {example}")
+    if ("[" in host or "]" in host) and not ipv6:
+        raise ConfigError(f"{where} {value!r} is not HOST:PORT {example}")
+    if ":" in host and not ipv6:
+        raise ConfigError(f"{where} {value!r} is not HOST:PORT: write an IPv6 host in brackets {example}")
+    if int(port) > 65535:
+        raise ConfigError(f"{where} {value!r}: port {port} is out of range 0-65535")
+    return value
 
 
 def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
@@ -148,8 +172,7 @@ def _parse_server(table: Mapping[str, Any]) -> ServerConfig:
     allowed = {"listen", "log_format", "grace_period_s", "max_upstream_connections", "merge_stream_deltas"}
     _no_unknown(table, allowed, "server")
     server = ServerConfig(**table)
-    if not isinstance(server.listen, str):
-        raise ConfigError('server.listen must be a string ("host:port")')
+    parse_listen(server.listen, "server.listen")
     if server.log_format not in ("plain", "json"):
         raise ConfigError('server.log_format must be "plain" or "json"')
     if not _is_number(server.grace_period_s) or server.grace_period_s < 0:

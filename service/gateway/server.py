@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -105,14 +107,31 @@ async def start_gateway(
     environ = os.environ if environ is None else environ
     extra_plugins = tuple(extra_plugins)
     state = build_state(config, environ, extra_plugins)
+    # Whatever a later step fails on (the port, the ledger), what started before it is closed
+    # again, so a failed start leaves no open sessions, tasks or locks behind.
+    async with contextlib.AsyncExitStack() as started:
+        gateway = await _start(config, state, environ, extra_plugins, listen, config_path, started)
+        started.pop_all()
+    return gateway
+
+
+async def _start(config: Config, state: ServingState, environ: Mapping[str, str], extra_plugins: tuple[object, ...],
+                 listen: str | None, config_path: str | None, started: contextlib.AsyncExitStack) -> Gateway:
     registry = state.registry
+    address = listen or config.server.listen
+    # gRPC's own bind failure says neither why nor in one line (it logs its reason to stderr
+    # itself): a plain socket tries the address first, before anything is opened, and names the cause.
+    check_can_listen(address)
     engine = Engine(max_connections=config.server.max_upstream_connections,
                     merge_deltas=config.server.merge_stream_deltas)
     await engine.start()
+    started.push_async_callback(engine.aclose)
     media = MediaFetcher(config.media)
     await media.start()
+    started.push_async_callback(media.aclose)
     router = Router(engine, media, HealthBoard(config.routing.breaker))
     ledger = await Ledger.open(config.ledger)
+    started.push_async_callback(ledger.aclose)
     log.info("usage ledger: %s", config.ledger.describe())
     runtime = Runtime(state=state, engine=engine, media=media, router=router, ledger=ledger)
 
@@ -132,10 +151,13 @@ async def start_gateway(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
-    address = listen or config.server.listen
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise ListenError(f"cannot listen on {address}")
+    started.push_async_callback(server.stop, None)
     await server.start()
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -148,6 +170,32 @@ async def start_gateway(
              usable)
     return Gateway(server, health_servicer, runtime, port, config.server.grace_period_s, environ, extra_plugins,
                    config_path)
+
+
+class ListenError(OSError):
+    """The listen address cannot be bound; the message names it and the reason."""
+
+
+def check_can_listen(address: str) -> None:
+    """Raise ListenError("cannot listen on HOST:PORT: address already in use") when no address
+    HOST resolves to can be bound at PORT (gRPC serves when at least one can)."""
+    host, _, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        addresses = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, ValueError) as exc:
+        raise ListenError(f"cannot listen on {address}: cannot resolve {host!r}") from exc
+    reasons = []
+    for family, kind, proto, _, sockaddr in addresses:
+        try:
+            # SO_REUSEADDR as gRPC sets it: a port only left in TIME_WAIT by the last run is free.
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(sockaddr)
+            return
+        except OSError as exc:
+            reasons.append((exc.strerror or str(exc)).lower())
+    raise ListenError(f"cannot listen on {address}: {reasons[0] if reasons else 'no address to bind'}")
 
 
 async def serve_forever(config: Config, config_path: str | None = None) -> None:

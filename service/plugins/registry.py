@@ -15,7 +15,7 @@ from types import MappingProxyType
 import grpc
 
 from tollway.service.config.keys import reject_unknown
-from tollway.service.config.loader import Config, ConfigError, ProviderConfig
+from tollway.service.config.loader import _PROVIDER_KEYS, Config, ConfigError, ProviderConfig
 from tollway.service.errors import GatewayError, quoted
 from tollway.service.plugins.adapter import (
     Adapter,
@@ -153,7 +153,10 @@ def _build_provider(cfg: ProviderConfig, kinds: Mapping[str, ProviderKind], envi
         raise ConfigError(
             f"providers.{cfg.name}: unknown kind {cfg.kind!r} (installed: {', '.join(sorted(kinds)) or 'none'})"
         )
-    reject_unknown(cfg.options, kind.options, f"for kind {kind.name}", noun="option(s)", show_known=True,
+    # The keys every provider table takes count as known too: a misspelled timeout_s lands here,
+    # and the list (and the suggestion) must name it.
+    reject_unknown(cfg.options, kind.options | _PROVIDER_KEYS, f"for kind {kind.name}", noun="option(s)",
+                   show_known=True,
                    error=lambda message: ConfigError(f"providers.{cfg.name}: {message}"))
     base_url = environ.get(f"TOLLWAY_{cfg.name.upper()}_BASE_URL") or cfg.base_url or kind.default_base_url
     if not base_url:

@@ -122,7 +122,7 @@ async def test_keys_new_command_prints_the_key_once_and_the_config_line():
     ({"x": {"key_sha256": "abc"}}, "callers.x.key_sha256 must be 64 hex digits (tollway keys new x)"),
     ({"x": {"key_sha256": "0" * 64, "role": "root"}}, "callers.x.role must be one of user, admin"),
     ({"x": {"key_sha256": "0" * 64}, "y": {"key_sha256": "0" * 64}}, "callers.y.key_sha256 is the same as another caller's"),
-    ({"x": {"key_sha256": "0" * 64, "label": {}}}, "unknown key(s) in [callers.x]: label"),
+    ({"x": {"key_sha256": "0" * 64, "label": {}}}, "unknown key(s) in [callers.x]: label (did you mean labels?)"),
 ])
 def test_bad_caller_config_is_refused(table, message):
     from tollway.service.config.loader import ConfigError, parse_config

@@ -1076,8 +1076,8 @@ async def test_a_half_open_probe_is_not_stranded_when_the_budget_ends_before_the
      "routes[0].targets[0].priority must be an integer >= 1"),
     ({"routes": [{"name": "x", "targets": [target("a", region="eu")]}]}, "unknown key(s) in routes[0].targets[0]: region"),
     ({"routing": {"max_retries": -1}}, "routing.max_retries must be a number >= 0"),
-    ({"routing": {"retries": 2}}, "unknown key(s) in routing: retries"),
-    ({"routing": {"breaker": {"cooldown": 1}}}, "unknown key(s) in routing.breaker: cooldown"),
+    ({"routing": {"retries": 2}}, "unknown key(s) in routing: retries (did you mean max_retries?)"),
+    ({"routing": {"breaker": {"cooldown": 1}}}, "unknown key(s) in routing.breaker: cooldown (did you mean cooldown_s?)"),
     ({"routing": {"breaker": {"cooldown_s": "soon"}}}, "routing.breaker.cooldown_s must be a number >= 0"),
 ])
 def test_a_bad_route_or_routing_table_is_refused_naming_the_key(raw, message):

@@ -20,7 +20,7 @@ from tests.support.gateway import FIXTURES, fixture_json
 from tests.support.upstream import Reply
 from tollway.providers import anthropic
 from tollway.service.admission.validation import check_capabilities
-from tollway.service.config.loader import ConfigError, parse_config
+from tollway.service.config.loader import _PROVIDER_KEYS, ConfigError, parse_config
 from tollway.service.errors import GatewayError
 from tollway.service.plugins.adapter import ProviderSettings
 from tollway.service.plugins.loader import load_provider_kinds
@@ -210,7 +210,8 @@ def test_missing_max_tokens_gets_the_configured_default():
         ({"default_max_tokens": "4096"}, "default_max_tokens must be a positive integer, got '4096'"),
         ({"default_max_tokens": True}, "default_max_tokens must be a positive integer, got True"),
         ({"default_max_tokens": 2**31}, "default_max_tokens must be a positive integer, got 2147483648"),
-        ({"max_tokens": 100}, "unknown option(s) for kind anthropic: max_tokens (known: default_max_tokens)"),
+        ({"max_tokens": 100}, "unknown option(s) for kind anthropic: max_tokens (did you mean default_max_tokens?) "
+                              f"(known: {', '.join(sorted(_PROVIDER_KEYS | {'default_max_tokens'}))})"),
     ],
 )
 def test_bad_options_are_refused_at_start_up_naming_the_key(options, message):

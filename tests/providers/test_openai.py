@@ -35,7 +35,7 @@ from tests.support.adapters import (  # noqa: F401
 from tests.support.upstream import FakeUpstream, Reply
 from tollway.providers import openai as openai_provider
 from tollway.providers.openai_codec import reported_usage
-from tollway.service.config.loader import ConfigError, parse_config
+from tollway.service.config.loader import _PROVIDER_KEYS, ConfigError, parse_config
 from tollway.service.errors import GatewayError
 from tollway.service.plugins.loader import load_provider_kinds
 from tollway.service.plugins.registry import build_registry
@@ -202,7 +202,9 @@ def test_unknown_option_is_refused_by_name():
     with pytest.raises(ConfigError) as caught:
         build_registry(config, load_provider_kinds(), {"OPENAI_API_KEY": OPENAI_TEST_KEY})
 
-    assert str(caught.value) == "providers.openai: unknown option(s) for kind openai: max_tokens_field (known: none)"
+    # OpenAI takes no options of its own: only the keys every provider table takes are listed.
+    assert str(caught.value) == ("providers.openai: unknown option(s) for kind openai: max_tokens_field "
+                                 f"(known: {', '.join(sorted(_PROVIDER_KEYS))})")
 
 
 # -- response translation ----------------------------------------------------------------

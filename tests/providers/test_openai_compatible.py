@@ -33,7 +33,7 @@ from tests.support.upstream import Reply
 from tollway.providers import openai_compatible
 from tollway.providers.openai_codec import reported_usage
 from tollway.providers.openai_compatible import CompatibleOptions
-from tollway.service.config.loader import ConfigError, parse_config
+from tollway.service.config.loader import _PROVIDER_KEYS, ConfigError, parse_config
 from tollway.service.errors import GatewayError
 from tollway.service.plugins.loader import load_provider_kinds
 from tollway.service.plugins.registry import build_registry
@@ -45,6 +45,8 @@ W = pb.UsageWarning
 Code = grpc.StatusCode
 
 VLLM_TEST_KEY = "tw-test-vllm-key-0123456789abcdef"
+# What an unknown-option refusal lists: the keys every provider table takes, then the kind's own.
+KNOWN_OPTIONS = ", ".join(sorted(_PROVIDER_KEYS | load_provider_kinds()["openai_compatible"].options))
 
 
 def adapter(**options):
@@ -90,7 +92,7 @@ def test_an_unknown_option_is_refused_by_name_before_the_kind_sees_it():
         build_registry(config, load_provider_kinds(), {})
 
     assert str(caught.value) == ("providers.local: unknown option(s) for kind openai_compatible: max_token_field "
-                                 "(known: audio_style, features, max_tokens_field, modalities, reasoning_echo)")
+                                 f"(did you mean max_tokens_field?) (known: {KNOWN_OPTIONS})")
 
 
 @pytest.mark.parametrize(("options", "message"), [
@@ -440,7 +442,22 @@ async def test_an_unknown_option_is_a_config_error_naming_it(start_client, upstr
                                                     "modalitys": ["image"]}}})
 
     assert str(caught.value) == ("providers.local: unknown option(s) for kind openai_compatible: modalitys "
-                                 "(known: audio_style, features, max_tokens_field, modalities, reasoning_echo)")
+                                 f"(did you mean modalities?) (known: {KNOWN_OPTIONS})")
+
+
+def test_a_misspelled_common_key_is_listed_and_the_nearest_suggested():
+    """The keys every provider table takes are named too, not only the kind's own options."""
+    config = parse_config({"providers": {"local": {"kind": "openai_compatible", "base_url": "http://127.0.0.1:9",
+                                                   "timeout": 30}}})
+
+    with pytest.raises(ConfigError) as caught:
+        build_registry(config, load_provider_kinds(), {})
+
+    assert str(caught.value) == ("providers.local: unknown option(s) for kind openai_compatible: timeout "
+                                 f"(did you mean timeout_s?) (known: {KNOWN_OPTIONS})")
+    for common in ("kind", "base_url", "api_key_env", "api_key_envs", "timeout_s", "connect_timeout_s",
+                   "first_byte_timeout_s", "idle_timeout_s", "audio_style", "reasoning_echo"):
+        assert common in KNOWN_OPTIONS.split(", ")
 
 
 async def test_without_config_no_instance_is_served(start_client):

@@ -134,7 +134,7 @@ BAD_FILES = {
     "unknown kind": (None, "providers.c: unknown kind 'no-such-kind'"),
     "wrong type in [server]": (None, "server.grace_period_s must be a number >= 0"),
     "not UTF-8": (None, "is not UTF-8 text"),
-    "a directory": (None, "Is a directory"),
+    "a directory": (None, "tollway.toml: is a directory"),
 }
 
 

@@ -430,7 +430,7 @@ def usd_to_nano(value: Any) -> int | None:
         return None
     try:
         return int((Decimal(str(value)) * 1_000_000_000).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
-    except InvalidOperation:
+    except (InvalidOperation, ValueError):  # not a number, NaN (int() refuses it) or infinite
         return None
 
 
@@ -440,7 +440,7 @@ def ticks_to_nano(value: Any) -> int | None:
         return None
     try:
         return int((Decimal(str(value)) / 10).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
-    except InvalidOperation:  # infinite, or too many digits to be a real cost
+    except (InvalidOperation, ValueError):  # NaN (int() refuses it), infinite, or too many digits
         return None
 
 

@@ -17,6 +17,7 @@ from tollway.providers.openai_codec import (
     ChatStreamDecoder,
     parse_completion,
     reported_usage,
+    ticks_to_nano,
     usd_to_nano,
 )
 from tollway.service.usage.normalize import normalize
@@ -275,9 +276,14 @@ def test_cost_to_nano_usd(cost, nano):
     assert usd_to_nano(cost) == nano
 
 
-@pytest.mark.parametrize("cost", [None, True, "free", [0.1], {"usd": 0.1}])
+@pytest.mark.parametrize("cost", [None, True, "free", [0.1], {"usd": 0.1}, float("nan"), "NaN", float("inf"), "-inf"])
 def test_cost_that_is_not_a_number_is_not_kept(cost):
     assert usd_to_nano(cost) is None
+
+
+@pytest.mark.parametrize("ticks", [float("nan"), float("inf"), -1, "12"])
+def test_ticks_that_are_not_a_cost_are_not_kept(ticks):
+    assert ticks_to_nano(ticks) is None
 
 
 def test_provider_total_mismatch():

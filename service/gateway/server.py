@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tollway.service.config.loader import Config, ConfigError, load_config
+from tollway.service.gateway.decode import DecodeRequests
 from tollway.service.gateway.servicer import CompletionServicer, Runtime, ServingState
 from tollway.service.ledger import Ledger
 from tollway.service.media.fetch import MediaFetcher
@@ -119,6 +120,7 @@ async def start_gateway(
     # The receive limit matches the inline media limit, plus room for the text around it.
     max_bytes = config.media.max_request_bytes + 4 * 1024 * 1024
     server = grpc.aio.server(
+        interceptors=[DecodeRequests()],
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),

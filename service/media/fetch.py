@@ -27,6 +27,7 @@ from .policy import (
     parts_to_fetch,
     settle_mime_type,
 )
+from .urls import BadMediaURL, parse_http_url
 
 Code = grpc.StatusCode
 
@@ -120,13 +121,21 @@ class MediaFetcher:
                     self._check_target(part_path, url)
                     request = httpx.Request("GET", url, headers={"accept": "*/*", "user-agent": "tollway-media/0.1"})
                     _set_socket_timeouts(request, budget)
-                    response = await self._client.send(request, stream=True)
+                    try:
+                        response = await self._client.send(request, stream=True)
+                    except (httpx.InvalidURL, ValueError):
+                        # httpx builds the next hop of a 3xx eagerly: a Location it cannot parse
+                        # raises here, before the status is seen.
+                        raise invalid_argument(part_path, "the URL redirected to a malformed URL") from None
                     try:
                         if response.status_code in (301, 302, 303, 307, 308):
                             location = response.headers.get("location")
                             if not location:
                                 raise invalid_argument(part_path, "the URL redirected without a Location")
-                            url = str(response.url.join(location))
+                            try:
+                                url = str(response.url.join(location))
+                            except (httpx.InvalidURL, ValueError):
+                                raise invalid_argument(part_path, "the URL redirected to a malformed URL") from None
                             continue
                         if response.status_code >= 400:
                             raise invalid_argument(part_path, f"fetching the URL failed with HTTP {response.status_code}")
@@ -145,10 +154,11 @@ class MediaFetcher:
             raise invalid_argument(part_path, "could not fetch the URL") from None
 
     def _check_target(self, part_path: str, url: str) -> None:
-        parts = httpx.URL(url)
-        if parts.scheme not in ("http", "https") or not parts.host:
-            raise invalid_argument(part_path, "only http and https URLs can be fetched")
-        host = parts.host
+        # Redirect targets come from the media host, not the caller: parsed as strictly.
+        try:
+            host = parse_http_url(url).host
+        except BadMediaURL as exc:
+            raise invalid_argument(part_path, f"is not a valid http(s) URL ({exc})") from None
         # aiohttp does not resolve IP literals, so the resolver never sees them: check here.
         if _is_ip_literal(host) and not self.policy.host_is_trusted(host) and not self.policy.address_allowed(host):
             raise blocked_address(part_path)

@@ -20,7 +20,7 @@ from tollway.service.config.loader import Config
 from tollway.service.errors import GatewayError, scrub
 from tollway.service.gateway.logs import log_request
 from tollway.service.ledger import JournalError, Ledger, LedgerClosed, LedgerRecord
-from tollway.service.media.policy import check_inline_sizes
+from tollway.service.media.policy import check_request_media
 from tollway.service.plugins.adapter import AnyRequest
 from tollway.service.plugins.registry import Registry
 from tollway.service.routing.router import RoutedCall
@@ -77,7 +77,7 @@ class Call:
         self.labels = {**self.request.labels, **self.caller.labels}
         validate_request(self.request)
         authorize_model(self.caller, self.request.model)
-        check_inline_sizes(self.request, config.media)
+        check_request_media(self.request, config.media)
         route = registry.resolve(self.request.model)
         _check_route_accepts(registry, route, self.request)
         remaining = context.time_remaining()

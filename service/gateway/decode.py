@@ -8,21 +8,23 @@ handler, where a DecodeError becomes a clear refusal. The generated registration
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 from google.protobuf.message import DecodeError
 
 Deserializer = Callable[[bytes], Any]
 SERVICE_PREFIX = "/tollway.v1.Completion/"
+if TYPE_CHECKING:  # generic in the stubs only; annotations are not evaluated at run time
+    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
 
 
 class DecodeRequests(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         # Only the gateway's own service: health and reflection keep grpc's handling.

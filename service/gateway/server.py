@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from tollway.service.config.loader import Config, ConfigError, load_config
 from tollway.service.gateway.decode import DecodeRequests
+from tollway.service.gateway.heap import return_big_blocks_to_the_os
 from tollway.service.gateway.servicer import CompletionServicer, Runtime, ServingState
 from tollway.service.ledger import Ledger
 from tollway.service.media.fetch import MediaFetcher
@@ -154,6 +155,7 @@ async def start_gateway(
 
 async def serve_forever(config: Config, config_path: str | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain and return (the process exits 0). SIGHUP reloads."""
+    return_big_blocks_to_the_os()
     gateway = await start_gateway(config, config_path=config_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

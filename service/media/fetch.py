@@ -21,6 +21,7 @@ from tollway.v1 import completion_pb2 as pb
 
 from .policy import (
     MediaPolicy,
+    RequestBytes,
     blocked_address,
     check_inline_sizes,
     decode_data_url,
@@ -32,6 +33,7 @@ from .urls import BadMediaURL, parse_http_url
 Code = grpc.StatusCode
 
 CONNECT_TIMEOUT_S = 10.0
+POOL_SIZE = 100
 
 
 def _set_socket_timeouts(request: httpx.Request, timeout: float) -> None:
@@ -75,8 +77,11 @@ class MediaFetcher:
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
+        # One pool for every caller. Each request holds at most max_parallel_fetches_per_request
+        # of it, and one host at most a quarter, so a slow host cannot hold every connection.
         connector = aiohttp.TCPConnector(
-            limit=100, use_dns_cache=False, resolver=_GuardedResolver(self, self._resolver)
+            limit=POOL_SIZE, limit_per_host=POOL_SIZE // 4, use_dns_cache=False,
+            resolver=_GuardedResolver(self, self._resolver),
         )
         session = aiohttp.ClientSession(connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar())
         self._client = httpx.AsyncClient(transport=AiohttpTransport(client=session), timeout=None)
@@ -87,34 +92,47 @@ class MediaFetcher:
             self._client = None
 
     async def inline(self, request: AnyRequest, capabilities: Capabilities, time_left: float) -> AnyRequest:
-        """A copy of request with every URL the provider cannot take replaced by the fetched bytes."""
+        """A copy of request with every URL the provider cannot take replaced by the fetched bytes.
+
+        At most max_parallel_fetches_per_request fetches run at once; all of them count their
+        bytes against one RequestBytes, and the first failure cancels the others at once."""
         todo = list(parts_to_fetch(request, capabilities.takes_url))
         if not todo:
             return request
-        budget = min(self.policy.fetch_timeout_s, time_left)
+        policy = self.policy
+        budget = min(policy.fetch_timeout_s, time_left)
+        allowance = RequestBytes(policy.max_request_bytes, used=request.ByteSize())
+        slots = asyncio.Semaphore(policy.max_parallel_fetches_per_request)
+
+        async def fetch_one(i: int, j: int, kind: str, modality: pb.Modality) -> tuple[bytes, str]:
+            async with slots:
+                return await self.fetch(f"messages[{i}].parts[{j}].{kind}.url", modality,
+                                        getattr(request.messages[i].parts[j], kind), budget, allowance)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(fetch_one(*item)) for item in todo]
+        except BaseExceptionGroup as failed:
+            raise _first_failure(failed) from None
         copy = type(request)()
         # The same type as request, which mypy cannot pair across the union; Message takes either.
         cast(Message, copy).CopyFrom(request)
-        fetched = await asyncio.gather(
-            *(
-                self.fetch(f"messages[{i}].parts[{j}].{kind}.url", modality, getattr(request.messages[i].parts[j], kind),
-                           budget)
-                for i, j, kind, modality in todo
-            )
-        )
-        for (i, j, kind, _), (data, mime) in zip(todo, fetched):
+        for (i, j, kind, _), task in zip(todo, tasks):
+            data, mime = task.result()
             media = getattr(copy.messages[i].parts[j], kind)
             media.data = data
             media.mime_type = mime
-        check_inline_sizes(copy, self.policy)
+        del tasks  # the fetched bytes live on in the copy only
+        check_inline_sizes(copy, policy)
         return copy
 
-    async def fetch(self, part_path: str, modality: pb.Modality, media: pb.Media, budget: float) -> tuple[bytes, str]:
+    async def fetch(self, part_path: str, modality: pb.Modality, media: pb.Media, budget: float,
+                    allowance: RequestBytes | None = None) -> tuple[bytes, str]:
         if self._client is None:
             raise GatewayError(Code.UNAVAILABLE, "gateway is not started")
         url = media.url
         if url.startswith("data:"):
-            return decode_data_url(part_path, modality, url)
+            return decode_data_url(part_path, modality, url)  # its bytes are in the request already
         try:
             async with asyncio.timeout(budget):
                 for _ in range(self.policy.max_redirects + 1):
@@ -139,7 +157,7 @@ class MediaFetcher:
                             continue
                         if response.status_code >= 400:
                             raise invalid_argument(part_path, f"fetching the URL failed with HTTP {response.status_code}")
-                        data = await self._read_limited(part_path, response)
+                        data = await self._read_limited(part_path, response, allowance)
                         mime = settle_mime_type(part_path, modality, data, media.mime_type,
                                                 response.headers.get("content-type", ""))
                         return data, mime
@@ -163,19 +181,38 @@ class MediaFetcher:
         if _is_ip_literal(host) and not self.policy.host_is_trusted(host) and not self.policy.address_allowed(host):
             raise blocked_address(part_path)
 
-    async def _read_limited(self, part_path: str, response: httpx.Response) -> bytes:
+    async def _read_limited(self, part_path: str, response: httpx.Response, allowance: RequestBytes | None) -> bytes:
         limit = self.policy.max_fetch_bytes
         declared = response.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise invalid_argument(part_path, f"the media is larger than the {limit}-byte limit")
+        if declared and declared.isdigit():
+            if int(declared) > limit:
+                raise invalid_argument(part_path, f"the media is larger than the {limit}-byte limit")
+            if allowance is not None and not allowance.fits(int(declared)):
+                raise allowance.exceeded(part_path)
         chunks = []
         size = 0
         async for chunk in response.aiter_bytes():  # decoded: the limit holds for compressed bodies too
             size += len(chunk)
             if size > limit:  # stop reading at once: never buffer more than the limit
                 raise invalid_argument(part_path, f"the media is larger than the {limit}-byte limit")
+            if allowance is not None:
+                allowance.take(part_path, len(chunk))  # and never more than the whole request may hold
             chunks.append(chunk)
+        # One join, one copy; the chunks go with this frame.
         return b"".join(chunks)
+
+
+def _first_failure(failed: BaseExceptionGroup[BaseException]) -> BaseException:
+    """What a TaskGroup of fetches raised: the first fetch's own error (siblings were cancelled)."""
+    errors: list[BaseException] = []
+    pending: list[BaseException] = [failed]
+    while pending:
+        error = pending.pop(0)
+        if isinstance(error, BaseExceptionGroup):
+            pending[:0] = list(error.exceptions)
+        else:
+            errors.append(error)
+    return next((e for e in errors if isinstance(e, GatewayError)), errors[0])
 
 
 def _is_ip_literal(host: str) -> bool:

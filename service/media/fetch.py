@@ -109,11 +109,18 @@ class MediaFetcher:
                 return await self.fetch(f"messages[{i}].parts[{j}].{kind}.url", modality,
                                         getattr(request.messages[i].parts[j], kind), budget, allowance)
 
+        tasks: list[asyncio.Task[tuple[bytes, str]]] = []
+        failure: BaseException | None = None
         try:
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(fetch_one(*item)) for item in todo]
+                tasks.extend(group.create_task(fetch_one(*item)) for item in todo)
         except BaseExceptionGroup as failed:
-            raise _first_failure(failed) from None
+            failure = _first_failure(failed)
+        if failure is not None:
+            # Raised outside the except block, so the group (and every part's frames) is not
+            # its context; the finished parts' bytes go with the tasks.
+            tasks.clear()
+            raise failure
         copy = type(request)()
         # The same type as request, which mypy cannot pair across the union; Message takes either.
         cast(Message, copy).CopyFrom(request)
@@ -189,17 +196,22 @@ class MediaFetcher:
                 raise invalid_argument(part_path, f"the media is larger than the {limit}-byte limit")
             if allowance is not None and not allowance.fits(int(declared)):
                 raise allowance.exceeded(part_path)
-        chunks = []
-        size = 0
-        async for chunk in response.aiter_bytes():  # decoded: the limit holds for compressed bodies too
-            size += len(chunk)
-            if size > limit:  # stop reading at once: never buffer more than the limit
-                raise invalid_argument(part_path, f"the media is larger than the {limit}-byte limit")
-            if allowance is not None:
-                allowance.take(part_path, len(chunk))  # and never more than the whole request may hold
-            chunks.append(chunk)
-        # One join, one copy; the chunks go with this frame.
-        return b"".join(chunks)
+        # One growing buffer, not a list of chunks: the chunks (64 KiB, below the mmap threshold)
+        # are freed as they are copied, so the heap never holds the body in small pieces that it
+        # cannot give back; the buffer itself is big enough to be mmapped (see gateway/heap.py).
+        body = bytearray()
+        try:
+            async for chunk in response.aiter_bytes():  # decoded: the limit holds for compressed bodies too
+                if len(body) + len(chunk) > limit:  # stop reading at once: never buffer more than the limit
+                    raise invalid_argument(part_path, f"the media is larger than the {limit}-byte limit")
+                if allowance is not None:
+                    allowance.take(part_path, len(chunk))  # and never more than the whole request may hold
+                body += chunk
+            return bytes(body)  # the one copy
+        finally:
+            # An exception's traceback keeps this frame alive as long as the exception lives
+            # (gRPC keeps the last one of a call): it must not keep what was read.
+            del body[:]
 
 
 def _first_failure(failed: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -212,7 +224,13 @@ def _first_failure(failed: BaseExceptionGroup[BaseException]) -> BaseException:
             pending[:0] = list(error.exceptions)
         else:
             errors.append(error)
-    return next((e for e in errors if isinstance(e, GatewayError)), errors[0])
+    first = next((e for e in errors if isinstance(e, GatewayError)), errors[0])
+    if isinstance(first, GatewayError):
+        # A refusal for the caller, nothing to debug: without its traceback and context it
+        # holds no frame of a fetch (and none of the bytes such a frame may hold).
+        first.__traceback__ = None
+        first.__context__ = None
+    return first
 
 
 def _is_ip_literal(host: str) -> bool:

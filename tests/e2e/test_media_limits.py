@@ -154,3 +154,28 @@ def test_media_limit_keys_are_validated(key, value, message):
     with pytest.raises(ConfigError) as err:
         parse_config({"media": {key: value}})
     assert str(err.value) == message
+
+
+async def test_a_refused_request_keeps_none_of_the_bytes_it_read(start_client, upstream, media_host):
+    """The refusal's traceback outlives the call (gRPC keeps the call's last exception): it must
+    hold no fetched bytes. Measured with tracemalloc in this process, which runs the gateway."""
+    import gc
+    import tracemalloc
+
+    client = await start_with_media(start_client, upstream, max_url_parts=10, max_request_bytes=8 * MIB)
+    media_host.default = Reply(events=[PDF] + [b"x" * MIB] * 4, headers={"content-type": "application/pdf"})
+    urls = [f"{media_host.base_url}/{k}.pdf" for k in range(10)]
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before, _ = tracemalloc.get_traced_memory()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.stub.Complete(documents_request(urls), timeout=60)
+        gc.collect()
+        after, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert err.value.code() == Code.INVALID_ARGUMENT
+    assert err.value.details().endswith("fetching it takes the request over 8388608 bytes (media.max_request_bytes)")
+    assert peak - before > 8 * MIB  # it did read up to the limit
+    assert after - before < MIB

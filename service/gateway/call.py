@@ -15,6 +15,7 @@ from typing import Any, cast
 import grpc
 
 from tollway.service.admission.auth import Caller, authorize_model
+from tollway.service.admission.limits import check_request_limits
 from tollway.service.admission.validation import check_capabilities, validate_request
 from tollway.service.config.loader import Config
 from tollway.service.errors import GatewayError, scrub
@@ -72,6 +73,7 @@ class Call:
     def prepare(self, context: grpc.aio.ServicerContext[Any, Any]) -> RoutedCall:
         """Who is calling, every check that needs no network, then the call's deadline budget."""
         config, registry = self.state.config, self.state.registry
+        check_request_limits(self.request, config.limits)  # before anything logs or records them
         self.caller = config.callers.authenticate(context.invocation_metadata())
         # The caller's configured labels win over what the request says.
         self.labels = {**self.request.labels, **self.caller.labels}

@@ -12,8 +12,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from tollway.service.admission.limits import RpcSlots, grpc_receive_limit
 from tollway.service.config.loader import Config, ConfigError, load_config
-from tollway.service.gateway.decode import DecodeRequests
+from tollway.service.gateway.intake import Intake
 from tollway.service.gateway.heap import return_big_blocks_to_the_os
 from tollway.service.gateway.servicer import CompletionServicer, Runtime, ServingState
 from tollway.service.ledger import Ledger
@@ -118,10 +119,9 @@ async def start_gateway(
     log.info("usage ledger: %s", config.ledger.describe())
     runtime = Runtime(state=state, engine=engine, media=media, router=router, ledger=ledger)
 
-    # The receive limit matches the inline media limit, plus room for the text around it.
-    max_bytes = config.media.max_request_bytes + 4 * 1024 * 1024
+    max_bytes = grpc_receive_limit(config.limits)
     server = grpc.aio.server(
-        interceptors=[DecodeRequests()],
+        interceptors=[Intake(RpcSlots(config.limits.max_concurrent_rpcs))],
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),

@@ -62,7 +62,7 @@ class MediaPolicy:
     max_redirects: int = 3
     max_fetch_bytes: int = 20 * MIB
     fetch_timeout_s: float = 20.0
-    # Inline data limits; the gRPC receive limit is derived from max_request_bytes.
+    # Media per part, and per request (its whole size counted, fetched bytes included).
     max_part_bytes: int = 20 * MIB
     max_request_bytes: int = 48 * MIB
     # Media URLs (http/https) one request may carry, refused before any fetch.

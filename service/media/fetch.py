@@ -130,8 +130,15 @@ class MediaFetcher:
             media.data = data
             media.mime_type = mime
         del tasks  # the fetched bytes live on in the copy only
-        check_inline_sizes(copy, policy)
-        return copy
+        try:
+            check_inline_sizes(copy, policy)
+        except GatewayError as err:
+            refusal = err
+        else:
+            return copy
+        # Raised without this frame's copy: a refusal outlives the call (see _first_failure).
+        del copy, data
+        raise refusal.with_traceback(None)
 
     async def fetch(self, part_path: str, modality: pb.Modality, media: pb.Media, budget: float,
                     allowance: RequestBytes | None = None) -> tuple[bytes, str]:

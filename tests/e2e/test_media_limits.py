@@ -50,9 +50,12 @@ async def start_with_media(start_client, upstream, **media):
 
 
 async def until(condition, what: str) -> None:
-    async with asyncio.timeout(GUARD_S):
-        while not condition():
-            await asyncio.sleep(0.01)
+    try:
+        async with asyncio.timeout(GUARD_S):
+            while not condition():
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        pytest.fail(f"gave up waiting for {what}")
 
 
 async def test_too_many_media_urls_are_refused_before_any_fetch(start_client, upstream, media_host):
@@ -179,3 +182,14 @@ async def test_a_refused_request_keeps_none_of_the_bytes_it_read(start_client, u
     assert err.value.details().endswith("fetching it takes the request over 8388608 bytes (media.max_request_bytes)")
     assert peak - before > 8 * MIB  # it did read up to the limit
     assert after - before < MIB
+
+
+async def test_a_part_over_max_part_bytes_after_fetching_is_refused(start_client, upstream, media_host):
+    client = await start_with_media(start_client, upstream, max_part_bytes=100)
+    media_host.reply(Reply(body=PDF + b"x" * 200, headers={"content-type": "application/pdf"}))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.stub.Complete(documents_request([f"{media_host.base_url}/a.pdf"]), timeout=10)
+    assert err.value.code() == Code.INVALID_ARGUMENT
+    assert err.value.details() == (f"messages[0].parts[1].document: inline media is {len(PDF) + 200} bytes; "
+                                   "the limit per part is 100")
+    assert upstream.received == []

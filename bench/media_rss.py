@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import socket
 import sys
@@ -50,6 +51,8 @@ async def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--without-heap-fix", action="store_true")
     args = parser.parse_args()
+    # The media host sees the gateway hang up mid-body, by design: not an error worth a traceback.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
 
     upstream = await FakeUpstream().start()
     upstream.default = Reply(body=fixture_json("mixrouter/seed_response.json"))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 from tollway.service.errors import invalid_argument
 from tollway.service.media.policy import normalize_mime
+from tollway.service.media.urls import BadMediaURL, parse_http_url
 from tollway.service.plugins.adapter import (
     MEDIA_PARTS,
     PART_MODALITY,
@@ -54,6 +54,10 @@ def _validate_part(path: str, part: pb.Part) -> None:
     if kind is None:
         raise invalid_argument(path, "part is empty (set text, image, audio, video, document, tool_call, "
                                      "tool_result or reasoning)")
+    if kind == "text" and not part.text:
+        # An empty text part is a caller's mistake (a template that rendered nothing), and some
+        # providers reject it with a less helpful message: refuse it here, naming the part.
+        raise invalid_argument(f"{path}.text", "must not be empty")
     if kind not in MEDIA_PARTS:
         return
     media = getattr(part, kind)
@@ -66,8 +70,17 @@ def _validate_part(path: str, part: pb.Part) -> None:
         if not media.mime_type:
             raise invalid_argument(f"{path}.{kind}.mime_type", "is required with inline data")
         return
-    if not _is_valid_media_url(media.url):
+    if media.url.startswith("data:"):
+        header, sep, _ = media.url.partition(",")
+        if not (sep and "/" in header):
+            raise invalid_argument(f"{path}.{kind}.url", "is not a valid http(s) or data: URL")
+        return
+    if not media.url[:8].lower().startswith(("http://", "https://")):
         raise invalid_argument(f"{path}.{kind}.url", "is not a valid http(s) or data: URL")
+    try:
+        parse_http_url(media.url)
+    except BadMediaURL as exc:
+        raise invalid_argument(f"{path}.{kind}.url", f"is not a valid http(s) or data: URL ({exc})") from None
 
 
 # OpenAI's rule for function names, the strictest of the providers (Anthropic allows 128
@@ -107,6 +120,8 @@ def _check_part_role(path: str, part: pb.Part, role: pb.Role, call_ids: set[str]
         for k, inner in enumerate(result.parts):
             if inner.WhichOneof("content") != "text":
                 raise invalid_argument(f"{path}.tool_result.parts[{k}]", "tool results take text parts only")
+            if not inner.text:
+                raise invalid_argument(f"{path}.tool_result.parts[{k}].text", "must not be empty")
 
 
 def _validate_tools(request: AnyRequest) -> None:
@@ -145,18 +160,6 @@ def _validate_tools(request: AnyRequest) -> None:
     if request.HasField("reasoning") and request.reasoning.HasField("budget_tokens") \
             and request.reasoning.budget_tokens < 0:
         raise invalid_argument("reasoning.budget_tokens", "must be >= 0")
-
-
-def _is_valid_media_url(url: str) -> bool:
-    if url.startswith("data:"):
-        header, sep, _ = url.partition(",")
-        return bool(sep) and "/" in header
-    try:
-        parts = urlsplit(url)
-        parts.port  # raises ValueError on a malformed port
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in url)
 
 
 def media_mime_type(media: pb.Media) -> str:

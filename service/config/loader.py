@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tollway.service.admission.auth import Callers, parse_callers
+from tollway.service.admission.limits import RequestLimits
 from tollway.service.billing.catalog import PriceCatalog
 from tollway.service.config.keys import reject_unknown
 from tollway.service.ledger import LedgerConfig
@@ -87,6 +88,7 @@ class Config:
     callers: Callers = field(default_factory=Callers)
     # Read at start-up only: a reload keeps the ledger it has.
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    limits: RequestLimits = field(default_factory=RequestLimits)
     source: str = "embedded default"
 
 
@@ -141,7 +143,8 @@ def parse_listen(value: object, where: str) -> str:
 
 
 def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
-    reject_unknown(raw, {"server", "plugins", "providers", "media", "routes", "routing", "prices", "callers", "ledger"},
+    reject_unknown(raw, {"server", "plugins", "providers", "media", "routes", "routing", "prices", "callers", "ledger",
+                        "limits"},
                    "", noun="top-level config table(s)", error=ConfigError)
     server = _parse_server(_table(raw, "server"))
     plugins_raw = _table(raw, "plugins")
@@ -162,10 +165,11 @@ def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
         catalog = PriceCatalog.load_default().with_overrides(prices) if prices else PriceCatalog.load_default()
         callers = parse_callers(_table(raw, "callers"))
         ledger = LedgerConfig.from_table(_table(raw, "ledger"))
+        limits = RequestLimits.from_table(_table(raw, "limits"))
     except (TypeError, ValueError, RoutingConfigError) as exc:
         raise ConfigError(str(exc)) from None
     return Config(server=server, plugins=plugins, providers=providers, media=media, routes=routes, routing=routing,
-                  prices=catalog, callers=callers, ledger=ledger, source=source)
+                  prices=catalog, callers=callers, ledger=ledger, limits=limits, source=source)
 
 
 def _parse_server(table: Mapping[str, Any]) -> ServerConfig:

@@ -15,12 +15,13 @@ from typing import Any, cast
 import grpc
 
 from tollway.service.admission.auth import Caller, authorize_model
+from tollway.service.admission.limits import check_request_limits
 from tollway.service.admission.validation import check_capabilities, validate_request
 from tollway.service.config.loader import Config
 from tollway.service.errors import GatewayError, scrub
 from tollway.service.gateway.logs import log_request
 from tollway.service.ledger import JournalError, Ledger, LedgerClosed, LedgerRecord
-from tollway.service.media.policy import check_inline_sizes
+from tollway.service.media.policy import check_request_media
 from tollway.service.plugins.adapter import AnyRequest
 from tollway.service.plugins.registry import Registry
 from tollway.service.routing.router import RoutedCall
@@ -72,12 +73,13 @@ class Call:
     def prepare(self, context: grpc.aio.ServicerContext[Any, Any]) -> RoutedCall:
         """Who is calling, every check that needs no network, then the call's deadline budget."""
         config, registry = self.state.config, self.state.registry
+        check_request_limits(self.request, config.limits)  # before anything logs or records them
         self.caller = config.callers.authenticate(context.invocation_metadata())
         # The caller's configured labels win over what the request says.
         self.labels = {**self.request.labels, **self.caller.labels}
         validate_request(self.request)
         authorize_model(self.caller, self.request.model)
-        check_inline_sizes(self.request, config.media)
+        check_request_media(self.request, config.media)
         route = registry.resolve(self.request.model)
         _check_route_accepts(registry, route, self.request)
         remaining = context.time_remaining()

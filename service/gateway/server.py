@@ -14,7 +14,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from tollway.service.admission.limits import RpcSlots, grpc_receive_limit
 from tollway.service.config.loader import Config, ConfigError, load_config
+from tollway.service.gateway.intake import Intake
+from tollway.service.gateway.heap import return_big_blocks_to_the_os
 from tollway.service.gateway.servicer import CompletionServicer, Runtime, ServingState
 from tollway.service.ledger import Ledger
 from tollway.service.media.fetch import MediaFetcher
@@ -135,9 +138,9 @@ async def _start(config: Config, state: ServingState, environ: Mapping[str, str]
     log.info("usage ledger: %s", config.ledger.describe())
     runtime = Runtime(state=state, engine=engine, media=media, router=router, ledger=ledger)
 
-    # The receive limit matches the inline media limit, plus room for the text around it.
-    max_bytes = config.media.max_request_bytes + 4 * 1024 * 1024
+    max_bytes = grpc_receive_limit(config.limits)
     server = grpc.aio.server(
+        interceptors=[Intake(RpcSlots(config.limits.max_concurrent_rpcs))],
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
@@ -200,6 +203,7 @@ def check_can_listen(address: str) -> None:
 
 async def serve_forever(config: Config, config_path: str | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain and return (the process exits 0). SIGHUP reloads."""
+    return_big_blocks_to_the_os()
     gateway = await start_gateway(config, config_path=config_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -21,16 +21,19 @@ from tollway.v1 import completion_pb2 as pb
 
 from .policy import (
     MediaPolicy,
+    RequestBytes,
     blocked_address,
     check_inline_sizes,
     decode_data_url,
     parts_to_fetch,
     settle_mime_type,
 )
+from .urls import BadMediaURL, parse_http_url
 
 Code = grpc.StatusCode
 
 CONNECT_TIMEOUT_S = 10.0
+POOL_SIZE = 100
 
 
 def _set_socket_timeouts(request: httpx.Request, timeout: float) -> None:
@@ -74,8 +77,11 @@ class MediaFetcher:
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
+        # One pool for every caller. Each request holds at most max_parallel_fetches_per_request
+        # of it, and one host at most a quarter, so a slow host cannot hold every connection.
         connector = aiohttp.TCPConnector(
-            limit=100, use_dns_cache=False, resolver=_GuardedResolver(self, self._resolver)
+            limit=POOL_SIZE, limit_per_host=POOL_SIZE // 4, use_dns_cache=False,
+            resolver=_GuardedResolver(self, self._resolver),
         )
         session = aiohttp.ClientSession(connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar())
         self._client = httpx.AsyncClient(transport=AiohttpTransport(client=session), timeout=None)
@@ -86,51 +92,86 @@ class MediaFetcher:
             self._client = None
 
     async def inline(self, request: AnyRequest, capabilities: Capabilities, time_left: float) -> AnyRequest:
-        """A copy of request with every URL the provider cannot take replaced by the fetched bytes."""
+        """A copy of request with every URL the provider cannot take replaced by the fetched bytes.
+
+        At most max_parallel_fetches_per_request fetches run at once; all of them count their
+        bytes against one RequestBytes, and the first failure cancels the others at once."""
         todo = list(parts_to_fetch(request, capabilities.takes_url))
         if not todo:
             return request
-        budget = min(self.policy.fetch_timeout_s, time_left)
+        policy = self.policy
+        budget = min(policy.fetch_timeout_s, time_left)
+        allowance = RequestBytes(policy.max_request_bytes, used=request.ByteSize())
+        slots = asyncio.Semaphore(policy.max_parallel_fetches_per_request)
+
+        async def fetch_one(i: int, j: int, kind: str, modality: pb.Modality) -> tuple[bytes, str]:
+            async with slots:
+                return await self.fetch(f"messages[{i}].parts[{j}].{kind}.url", modality,
+                                        getattr(request.messages[i].parts[j], kind), budget, allowance)
+
+        tasks: list[asyncio.Task[tuple[bytes, str]]] = []
+        failure: BaseException | None = None
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks.extend(group.create_task(fetch_one(*item)) for item in todo)
+        except BaseExceptionGroup as failed:
+            failure = _first_failure(failed)
+        if failure is not None:
+            # Raised outside the except block, so the group (and every part's frames) is not
+            # its context; the finished parts' bytes go with the tasks.
+            tasks.clear()
+            raise failure
         copy = type(request)()
         # The same type as request, which mypy cannot pair across the union; Message takes either.
         cast(Message, copy).CopyFrom(request)
-        fetched = await asyncio.gather(
-            *(
-                self.fetch(f"messages[{i}].parts[{j}].{kind}.url", modality, getattr(request.messages[i].parts[j], kind),
-                           budget)
-                for i, j, kind, modality in todo
-            )
-        )
-        for (i, j, kind, _), (data, mime) in zip(todo, fetched):
+        for (i, j, kind, _), task in zip(todo, tasks):
+            data, mime = task.result()
             media = getattr(copy.messages[i].parts[j], kind)
             media.data = data
             media.mime_type = mime
-        check_inline_sizes(copy, self.policy)
-        return copy
+        del tasks  # the fetched bytes live on in the copy only
+        try:
+            check_inline_sizes(copy, policy)
+        except GatewayError as err:
+            refusal = err
+        else:
+            return copy
+        # Raised without this frame's copy: a refusal outlives the call (see _first_failure).
+        del copy, data
+        raise refusal.with_traceback(None)
 
-    async def fetch(self, part_path: str, modality: pb.Modality, media: pb.Media, budget: float) -> tuple[bytes, str]:
+    async def fetch(self, part_path: str, modality: pb.Modality, media: pb.Media, budget: float,
+                    allowance: RequestBytes | None = None) -> tuple[bytes, str]:
         if self._client is None:
             raise GatewayError(Code.UNAVAILABLE, "gateway is not started")
         url = media.url
         if url.startswith("data:"):
-            return decode_data_url(part_path, modality, url)
+            return decode_data_url(part_path, modality, url)  # its bytes are in the request already
         try:
             async with asyncio.timeout(budget):
                 for _ in range(self.policy.max_redirects + 1):
                     self._check_target(part_path, url)
                     request = httpx.Request("GET", url, headers={"accept": "*/*", "user-agent": "tollway-media/0.1"})
                     _set_socket_timeouts(request, budget)
-                    response = await self._client.send(request, stream=True)
+                    try:
+                        response = await self._client.send(request, stream=True)
+                    except (httpx.InvalidURL, ValueError):
+                        # httpx builds the next hop of a 3xx eagerly: a Location it cannot parse
+                        # raises here, before the status is seen.
+                        raise invalid_argument(part_path, "the URL redirected to a malformed URL") from None
                     try:
                         if response.status_code in (301, 302, 303, 307, 308):
                             location = response.headers.get("location")
                             if not location:
                                 raise invalid_argument(part_path, "the URL redirected without a Location")
-                            url = str(response.url.join(location))
+                            try:
+                                url = str(response.url.join(location))
+                            except (httpx.InvalidURL, ValueError):
+                                raise invalid_argument(part_path, "the URL redirected to a malformed URL") from None
                             continue
                         if response.status_code >= 400:
                             raise invalid_argument(part_path, f"fetching the URL failed with HTTP {response.status_code}")
-                        data = await self._read_limited(part_path, response)
+                        data = await self._read_limited(part_path, response, allowance)
                         mime = settle_mime_type(part_path, modality, data, media.mime_type,
                                                 response.headers.get("content-type", ""))
                         return data, mime
@@ -145,27 +186,58 @@ class MediaFetcher:
             raise invalid_argument(part_path, "could not fetch the URL") from None
 
     def _check_target(self, part_path: str, url: str) -> None:
-        parts = httpx.URL(url)
-        if parts.scheme not in ("http", "https") or not parts.host:
-            raise invalid_argument(part_path, "only http and https URLs can be fetched")
-        host = parts.host
+        # Redirect targets come from the media host, not the caller: parsed as strictly.
+        try:
+            host = parse_http_url(url).host
+        except BadMediaURL as exc:
+            raise invalid_argument(part_path, f"is not a valid http(s) URL ({exc})") from None
         # aiohttp does not resolve IP literals, so the resolver never sees them: check here.
         if _is_ip_literal(host) and not self.policy.host_is_trusted(host) and not self.policy.address_allowed(host):
             raise blocked_address(part_path)
 
-    async def _read_limited(self, part_path: str, response: httpx.Response) -> bytes:
+    async def _read_limited(self, part_path: str, response: httpx.Response, allowance: RequestBytes | None) -> bytes:
         limit = self.policy.max_fetch_bytes
         declared = response.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise invalid_argument(part_path, f"the media is larger than the {limit}-byte limit")
-        chunks = []
-        size = 0
-        async for chunk in response.aiter_bytes():  # decoded: the limit holds for compressed bodies too
-            size += len(chunk)
-            if size > limit:  # stop reading at once: never buffer more than the limit
+        if declared and declared.isdigit():
+            if int(declared) > limit:
                 raise invalid_argument(part_path, f"the media is larger than the {limit}-byte limit")
-            chunks.append(chunk)
-        return b"".join(chunks)
+            if allowance is not None and not allowance.fits(int(declared)):
+                raise allowance.exceeded(part_path)
+        # One growing buffer, not a list of chunks: the chunks (64 KiB, below the mmap threshold)
+        # are freed as they are copied, so the heap never holds the body in small pieces that it
+        # cannot give back; the buffer itself is big enough to be mmapped (see gateway/heap.py).
+        body = bytearray()
+        try:
+            async for chunk in response.aiter_bytes():  # decoded: the limit holds for compressed bodies too
+                if len(body) + len(chunk) > limit:  # stop reading at once: never buffer more than the limit
+                    raise invalid_argument(part_path, f"the media is larger than the {limit}-byte limit")
+                if allowance is not None:
+                    allowance.take(part_path, len(chunk))  # and never more than the whole request may hold
+                body += chunk
+            return bytes(body)  # the one copy
+        finally:
+            # An exception's traceback keeps this frame alive as long as the exception lives
+            # (gRPC keeps the last one of a call): it must not keep what was read.
+            del body[:]
+
+
+def _first_failure(failed: BaseExceptionGroup[BaseException]) -> BaseException:
+    """What a TaskGroup of fetches raised: the first fetch's own error (siblings were cancelled)."""
+    errors: list[BaseException] = []
+    pending: list[BaseException] = [failed]
+    while pending:
+        error = pending.pop(0)
+        if isinstance(error, BaseExceptionGroup):
+            pending[:0] = list(error.exceptions)
+        else:
+            errors.append(error)
+    first = next((e for e in errors if isinstance(e, GatewayError)), errors[0])
+    if isinstance(first, GatewayError):
+        # A refusal for the caller, nothing to debug: without its traceback and context it
+        # holds no frame of a fetch (and none of the bytes such a frame may hold).
+        first.__traceback__ = None
+        first.__context__ = None
+    return first
 
 
 def _is_ip_literal(host: str) -> bool:

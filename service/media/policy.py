@@ -62,14 +62,19 @@ class MediaPolicy:
     max_redirects: int = 3
     max_fetch_bytes: int = 20 * MIB
     fetch_timeout_s: float = 20.0
-    # Inline data limits; the gRPC receive limit is derived from max_request_bytes.
+    # Media per part, and per request (its whole size counted, fetched bytes included).
     max_part_bytes: int = 20 * MIB
     max_request_bytes: int = 48 * MIB
+    # Media URLs (http/https) one request may carry, refused before any fetch.
+    max_url_parts: int = 16
+    # Fetches of one request in flight at once: kept well under the shared pool's size, so
+    # one request with many slow parts cannot make other callers' fetches wait for a connection.
+    max_parallel_fetches_per_request: int = 4
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> "MediaPolicy":
         allowed = {"allow_hosts", "allow_networks", "max_redirects", "max_fetch_bytes", "fetch_timeout_s",
-                   "max_part_bytes", "max_request_bytes"}
+                   "max_part_bytes", "max_request_bytes", "max_url_parts", "max_parallel_fetches_per_request"}
         reject_unknown(table, allowed, "in [media]")
         try:
             networks = tuple(ipaddress.ip_network(n, strict=False) for n in table.get("allow_networks", ()))
@@ -83,10 +88,16 @@ class MediaPolicy:
             fetch_timeout_s=float(table.get("fetch_timeout_s", cls.fetch_timeout_s)),
             max_part_bytes=int(table.get("max_part_bytes", cls.max_part_bytes)),
             max_request_bytes=int(table.get("max_request_bytes", cls.max_request_bytes)),
+            max_url_parts=int(table.get("max_url_parts", cls.max_url_parts)),
+            max_parallel_fetches_per_request=int(table.get("max_parallel_fetches_per_request",
+                                                           cls.max_parallel_fetches_per_request)),
         )
-        for name in ("max_redirects", "max_fetch_bytes", "fetch_timeout_s", "max_part_bytes", "max_request_bytes"):
+        for name in ("max_redirects", "max_fetch_bytes", "fetch_timeout_s", "max_part_bytes", "max_request_bytes",
+                     "max_url_parts"):
             if getattr(policy, name) < 0:
                 raise ValueError(f"media.{name} must be >= 0")
+        if policy.max_parallel_fetches_per_request < 1:
+            raise ValueError("media.max_parallel_fetches_per_request must be >= 1")
         return policy
 
     def host_is_trusted(self, host: str) -> bool:
@@ -182,6 +193,46 @@ def check_inline_sizes(request: AnyRequest, policy: MediaPolicy) -> None:
     if total > policy.max_request_bytes:
         raise invalid_argument("messages",
                                f"inline media totals {total} bytes; the limit per request is {policy.max_request_bytes}")
+
+
+def check_request_media(request: AnyRequest, policy: MediaPolicy) -> None:
+    """The per-request media limits that need no fetch: URL parts, then inline bytes."""
+    urls = sum(1 for message in request.messages for part in message.parts
+               if part.WhichOneof("content") in MEDIA_PARTS and _is_fetchable_url(getattr(part, part.WhichOneof("content"))))
+    if urls > policy.max_url_parts:
+        raise invalid_argument("messages", f"the request has {urls} media URLs; the limit per request is "
+                                           f"{policy.max_url_parts} (media.max_url_parts)")
+    check_inline_sizes(request, policy)
+
+
+def _is_fetchable_url(media: pb.Media) -> bool:
+    return media.WhichOneof("source") == "url" and not media.url.startswith("data:")
+
+
+class RequestBytes:
+    """One request's byte count against media.max_request_bytes, shared by all its fetches.
+
+    It starts at the serialized request (text and inline media included) and grows with every
+    chunk any fetch reads, so the request is refused as soon as the whole passes the limit,
+    however many parts it is spread over."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int, used: int = 0) -> None:
+        self.limit = limit
+        self.used = used
+
+    def fits(self, size: int) -> bool:
+        return self.used + size <= self.limit
+
+    def take(self, part_path: str, size: int) -> None:
+        self.used += size
+        if self.used > self.limit:
+            raise self.exceeded(part_path)
+
+    def exceeded(self, part_path: str) -> GatewayError:
+        return invalid_argument(part_path, f"fetching it takes the request over {self.limit} bytes "
+                                           f"(media.max_request_bytes)")
 
 
 def parts_to_fetch(request: AnyRequest,

@@ -62,6 +62,8 @@ class FakeUpstream:
         # through to the queue and the default.
         self.responder: Callable[[Received], Reply | None] | None = None
         self.active = 0  # requests being answered right now (a stalled one stays until its client leaves)
+        # Bytes of streamed (events) bodies written so far: what a client actually made this server send.
+        self.sent_bytes = 0
         self.port = 0
         self._runner: web.AppRunner | None = None
         self.disconnected = asyncio.Event()
@@ -94,6 +96,7 @@ class FakeUpstream:
         self.default = None
         self.responder = None
         self.disconnects = 0
+        self.sent_bytes = 0
         self.disconnected = asyncio.Event()
 
     def reply(self, *replies: Reply) -> None:
@@ -152,10 +155,10 @@ class FakeUpstream:
         for event in reply.events or ():
             if reply.event_delay_s:
                 await asyncio.sleep(reply.event_delay_s)
-            if isinstance(event, bytes):
-                await response.write(event)
-            else:
-                await response.write(f"data: {event}{nl}{nl}".encode())
+            data = event if isinstance(event, bytes) else f"data: {event}{nl}{nl}".encode()
+            # write() waits while the client's socket is full, so the count follows what it reads.
+            await response.write(data)
+            self.sent_bytes += len(data)
             if reply.fault == "stall":
                 await asyncio.sleep(3600)
         if reply.fault == "cut":

@@ -1,0 +1,88 @@
+"""What happens to a Completion RPC before the servicer sees it: it takes one of the gateway's
+slots (limits.max_concurrent_rpcs) and its bytes are decoded.
+
+grpc.aio decodes a request before the handler runs; when the deserializer raises, the caller
+gets UNKNOWN and the server log a traceback. Here the decode happens inside the handler, where
+a DecodeError becomes INVALID_ARGUMENT. gRPC's own maximum_concurrent_rpcs is not used: it
+counts health checks too and its message names no limit. The generated registration stays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from tollway.service.admission.limits import RpcSlots
+from tollway.service.errors import GatewayError
+
+Deserializer = Callable[[bytes], Any]
+SERVICE_PREFIX = "/tollway.v1.Completion/"
+if TYPE_CHECKING:  # generic in the stubs only; annotations are not evaluated at run time
+    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+    Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+
+class Intake(grpc.aio.ServerInterceptor):
+    def __init__(self, slots: RpcSlots) -> None:
+        self.slots = slots
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        # Only the gateway's own service: health and reflection keep grpc's handling.
+        if handler is None or not method.startswith(SERVICE_PREFIX) or handler.request_streaming \
+                or handler.request_deserializer is None:
+            return handler
+        decode: Deserializer = handler.request_deserializer
+        replaced: dict[str, Any] = {"request_deserializer": None}
+        if handler.unary_unary is not None:
+            replaced["unary_unary"] = self._unary(handler.unary_unary, decode, method)
+        elif handler.unary_stream is not None:
+            replaced["unary_stream"] = self._unary_stream(handler.unary_stream, decode, method)
+        else:
+            return handler
+        # The handlers grpc builds are namedtuples.
+        return handler._replace(**replaced)  # type: ignore[attr-defined,no-any-return]
+
+    def _unary(self, behavior: Callable[..., Any], decode: Deserializer, method: str) -> Callable[..., Any]:
+        async def handle(raw: bytes, context: Context) -> Any:
+            await self._take_slot(context)
+            try:
+                return await behavior(await _decoded(raw, decode, method, context), context)
+            finally:
+                self.slots.give_back()
+
+        return handle
+
+    def _unary_stream(self, behavior: Callable[..., Any], decode: Deserializer, method: str) -> Callable[..., Any]:
+        async def handle(raw: bytes, context: Context) -> AsyncIterator[Any]:
+            await self._take_slot(context)
+            try:
+                request = await _decoded(raw, decode, method, context)
+                async for message in behavior(request, context):
+                    yield message
+            finally:
+                self.slots.give_back()
+
+        return handle
+
+    async def _take_slot(self, context: Context) -> None:
+        try:
+            self.slots.take()
+        except GatewayError as err:
+            await context.abort(err.code, err.message)
+
+
+async def _decoded(raw: bytes, decode: Deserializer, method: str, context: Context) -> Any:
+    try:
+        return decode(raw)
+    except (DecodeError, ValueError, TypeError):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"the request is not a valid protobuf message for {method}")

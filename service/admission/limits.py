@@ -15,7 +15,7 @@ import grpc
 
 from tollway.service.config.keys import reject_unknown
 from tollway.service.errors import GatewayError, invalid_argument
-from tollway.service.plugins.adapter import AnyRequest
+from tollway.service.plugins.adapter import MEDIA_PARTS, AnyRequest
 
 MIB = 1024 * 1024
 # Shown of an over-long label key: enough to recognize it, never the whole of it.
@@ -26,6 +26,10 @@ _KEY_PREVIEW = 32
 class RequestLimits:
     # The serialized request, text and inline media included; gRPC's receive limit follows it.
     max_request_bytes: int = 64 * MIB
+    # Every part that is not media (text, tool calls and results, reasoning), serialized. 16 MiB is
+    # about 4 million tokens, twice the largest context window offered today: text beyond it can
+    # only fail upstream, after the gateway held it (and its JSON copy) in memory.
+    max_text_bytes: int = 16 * MIB
     max_labels: int = 64
     max_label_key_chars: int = 64
     max_label_value_chars: int = 256
@@ -62,6 +66,11 @@ def check_request_limits(request: AnyRequest, limits: RequestLimits) -> None:
         if len(value) > limits.max_label_value_chars:
             raise invalid_argument(f"labels[{shown!r}]", f"is {len(value)} characters; the limit is "
                                                          f"{limits.max_label_value_chars} (limits.max_label_value_chars)")
+    text = sum(part.ByteSize() for message in request.messages for part in message.parts
+               if part.WhichOneof("content") not in MEDIA_PARTS)
+    if text > limits.max_text_bytes:
+        raise invalid_argument("messages", f"text parts total {text} bytes; the limit is {limits.max_text_bytes} "
+                                           f"(limits.max_text_bytes)")
     size = request.ByteSize()
     if size > limits.max_request_bytes:
         raise invalid_argument("request", f"is {size} bytes serialized; the limit is {limits.max_request_bytes} "

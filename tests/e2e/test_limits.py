@@ -87,6 +87,16 @@ async def test_the_whole_request_counts_text_included(start_client, upstream):
     assert upstream.received == []
 
 
+async def test_text_has_a_limit_of_its_own(start_client, upstream):
+    client = await start(start_client, upstream, {"max_text_bytes": 4096})
+    message = request(text="t" * 5000)
+    error = await refused(client, message)
+    assert error.code() == Code.INVALID_ARGUMENT
+    assert error.details() == (f"messages: text parts total {message.messages[0].parts[0].ByteSize()} bytes; "
+                               "the limit is 4096 (limits.max_text_bytes)")
+    assert upstream.received == []
+
+
 async def test_far_over_the_size_limit_grpc_refuses_it_unread(start_client, upstream):
     """gRPC's receive limit is limits.max_request_bytes plus 1 MiB: beyond it, gRPC's own refusal."""
     client = await start(start_client, upstream, {"max_request_bytes": 4096})
@@ -139,7 +149,7 @@ async def _complete(client):
     ({"max_model_chars": "256"}, "limits.max_model_chars must be an integer >= 1"),
     ({"max_concurrent_rpcs": True}, "limits.max_concurrent_rpcs must be an integer >= 1"),
     ({"max_request_bytes": 100}, "limits.max_request_bytes must be at least 1024"),
-    ({"max_label": 3}, "unknown key(s) in [limits]: max_label"),
+    ({"max_label": 3}, "unknown key(s) in [limits]: max_label (did you mean max_labels?)"),
 ])
 def test_limits_table_is_validated(table, message):
     with pytest.raises(ConfigError) as err:
@@ -151,3 +161,4 @@ def test_defaults():
     limits = parse_config({}).limits
     assert (limits.max_request_bytes, limits.max_labels, limits.max_label_key_chars, limits.max_label_value_chars,
             limits.max_model_chars, limits.max_concurrent_rpcs) == (64 * MIB, 64, 64, 256, 256, 1000)
+    assert limits.max_text_bytes == 16 * MIB

@@ -55,6 +55,8 @@ class RoutedCall:
     target: Target | None = None
     # True once any attempt went out to a provider: such a call gets a ledger record.
     reached_upstream: bool = False
+    # Seconds until the first key of a target skipped for 429 cool-downs is free again.
+    first_key_free_s: float | None = None
 
 
 class Router:
@@ -129,6 +131,7 @@ class Router:
                             yield message
                     return
                 except GatewayError as err:
+                    err.retry_after = policy.capped_retry_after(err.retry_after)
                     if committed:
                         self._record(call, target, err.code, err.message, started)
                         if err.code == Code.UNAVAILABLE or err.attempt_timeout:
@@ -161,22 +164,31 @@ class Router:
             yield target, provider
 
     def _pick_key(self, provider: Provider, target: Target, call: RoutedCall) -> ProviderKey | None:
-        """Round-robin over keys that are not cooling down and whose breaker admits a call."""
+        """Round-robin over keys that are not cooling down for the target's model and whose
+        breaker admits a call."""
         keys = provider.keys
         start = self._next_key.get(provider.name, 0)
         self._next_key[provider.name] = start + 1
-        cooling = open_ = 0
+        cooling: list[float] = []
+        open_ = 0
         for offset in range(len(keys)):
             key = keys[(start + offset) % len(keys)]
-            if self.board.is_cooling(provider.name, key.key_id):
-                cooling += 1
+            left = self.board.cooling_for(provider.name, target.model, key.key_id)
+            if left > 0:
+                cooling.append(left)
                 continue
             if not self.board.breaker(provider.name, target.model, key.key_id).allow():
                 open_ += 1
                 continue
             return key
-        reason = "circuit breaker open" if open_ else "every key is cooling down after 429"
-        self._record(call, target, Code.UNAVAILABLE, f"skipped: {reason}")
+        if open_:
+            self._record(call, target, Code.UNAVAILABLE, "skipped: circuit breaker open")
+        else:
+            # Rate limited, not unhealthy: the caller may come back once the first key is free.
+            self._record(call, target, Code.RESOURCE_EXHAUSTED, "skipped: every key is cooling down after 429")
+            first_free = min(cooling)
+            if call.first_key_free_s is None or first_free < call.first_key_free_s:
+                call.first_key_free_s = first_free
         return None
 
     def _timeouts(self, provider: Provider, call: RoutedCall, policy: RoutingPolicy) -> AttemptTimeouts:
@@ -212,6 +224,9 @@ class Router:
     def _after_failure(self, provider: Provider, target: Target, key: ProviderKey, call: RoutedCall,
                        err: GatewayError, started: float, retry: int, policy: RoutingPolicy) -> float | None:
         """Record the attempt and decide: raise (final), None (next target), or seconds to wait."""
+        # An upstream's Retry-After is believed up to a limit, for the cool-down, the wait and
+        # the caller's RetryInfo alike.
+        err.retry_after = policy.capped_retry_after(err.retry_after)
         loop_time = asyncio.get_running_loop().time()
         spent = call.deadline - loop_time < policy.min_attempt_s
         if err.attempt_timeout and spent:
@@ -222,7 +237,7 @@ class Router:
         breaker = self.board.breaker(provider.name, target.model, key.key_id)
         if err.code == Code.RESOURCE_EXHAUSTED:
             # Rate limits say nothing about health: cool the key, leave the breaker alone.
-            self.board.cool_down(provider.name, key.key_id,
+            self.board.cool_down(provider.name, target.model, key.key_id,
                                  err.retry_after if err.retry_after is not None else policy.key_cooldown_s)
             breaker.release_probe()
         elif _retryable(err):
@@ -235,7 +250,7 @@ class Router:
             return None
         wait = policy.backoff(retry, self._rng)
         other_key_ready = err.code == Code.RESOURCE_EXHAUSTED and any(
-            not self.board.is_cooling(provider.name, k.key_id) for k in provider.keys
+            not self.board.is_cooling(provider.name, target.model, k.key_id) for k in provider.keys
         )
         if err.retry_after is not None and not other_key_ready:
             wait = max(wait, err.retry_after)
@@ -267,5 +282,12 @@ class Router:
             # Nothing usable is configured: an operator must act, a retry will not help.
             return GatewayError(Code.FAILED_PRECONDITION, "; ".join(
                 f"{a.provider}: {a.message.removeprefix('skipped: ')}" for a in call.attempts))
+        rate_limited = {Code.FAILED_PRECONDITION.value[0], Code.RESOURCE_EXHAUSTED.value[0]}
+        if call.first_key_free_s is not None and all(a.code in rate_limited for a in call.attempts):
+            # Every target that could serve is rate limited: a retry after the wait will do.
+            wait = call.first_key_free_s
+            return GatewayError(Code.RESOURCE_EXHAUSTED, f"{call.route.name}: rate limited: every key is cooling "
+                                f"down after HTTP 429 from the provider; the first is free again in {wait:.3g}s, "
+                                "retry then", retry_after=wait)
         return GatewayError(Code.UNAVAILABLE, f"{call.route.name}: no target could be tried ("
                             + "; ".join(f"{a.provider}/{a.model}: {a.message}" for a in call.attempts) + ")")

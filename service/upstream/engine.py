@@ -12,6 +12,7 @@ connection is closed at once.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ import grpc
 import httpx
 from httpx_aiohttp import AiohttpTransport
 from httpx_sse import ServerSentEvent
+from yarl import URL
 
 from tollway.service.errors import GatewayError, bad_upstream_body
 from tollway.service.plugins.adapter import Adapter, AnyRequest, StreamDecoder
@@ -29,7 +31,7 @@ from tollway.v1 import completion_pb2 as pb
 from .sse import SSEDecoder
 
 Code = grpc.StatusCode
-
+log = logging.getLogger("tollway.upstream")
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class Engine:
         except TimeoutError:
             raise _timeout(name, f"did not answer within {timeouts.total:.3g}s") from None
         except httpx.HTTPError as exc:
-            raise _transport_error(name, exc, connect_s=timeouts.connect) from None
+            raise _transport_error(name, exc, connect_s=timeouts.connect, base_url=adapter.settings.base_url) from None
         if response.status_code >= 400:
             raise adapter.parse_error(response)
         parsed = adapter.parse_response(response, request, model)
@@ -114,7 +116,7 @@ class Engine:
         except TimeoutError:
             raise _timeout(name, waiting_for) from None
         except httpx.HTTPError as exc:
-            raise _transport_error(name, exc, connect_s=timeouts.connect) from None
+            raise _transport_error(name, exc, connect_s=timeouts.connect, base_url=adapter.settings.base_url) from None
         chunks: AsyncIterator[bytes] | None = None
         delivered = False
         started = False
@@ -250,6 +252,21 @@ def _join_into(head: pb.TextDelta | None, texts: list[str]) -> None:
         head.text = "".join(texts)
 
 
+def operator_address(base_url: str | None) -> str:
+    """scheme://host:port/path of a base URL: no user info, query or fragment, where a key
+    could ride along."""
+    if not base_url:
+        return "(no base URL)"
+    try:
+        url = URL(base_url)
+    except (ValueError, TypeError):
+        return "(unparsable base URL)"
+    if not url.is_absolute() or not url.host:
+        return "(unparsable base URL)"
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return f"{url.scheme}://{host}:{url.port}{url.path}"
+
+
 def _timeout(name: str, what: str) -> GatewayError:
     return GatewayError(Code.DEADLINE_EXCEEDED, f"{name}: upstream {what}", attempt_timeout=True)
 
@@ -272,7 +289,7 @@ def _with_partial(err: GatewayError, decoder: StreamDecoder, delivered: bool, re
 
 
 def _transport_error(name: str, exc: httpx.HTTPError, *, mid_stream: bool = False,
-                     connect_s: float | None = None) -> GatewayError:
+                     connect_s: float | None = None, base_url: str | None = None) -> GatewayError:
     """Classify by the underlying aiohttp error: the transport maps every connection error to ConnectTimeout."""
     cause = exc.__cause__ or exc
     if isinstance(cause, aiohttp.ConnectionTimeoutError) and connect_s is not None:
@@ -284,6 +301,10 @@ def _transport_error(name: str, exc: httpx.HTTPError, *, mid_stream: bool = Fals
     ):
         return GatewayError(Code.DEADLINE_EXCEEDED, f"{name}: upstream timed out", attempt_timeout=True)
     if isinstance(cause, aiohttp.ClientConnectorError):
+        # The caller hears only the provider's name (internal addresses stay internal); the
+        # operator needs to know where the gateway tried to connect.
+        log.warning("%s: cannot connect to upstream at %s: %s", name, operator_address(base_url),
+                    cause.os_error.strerror or type(cause.os_error).__name__)
         return GatewayError(Code.UNAVAILABLE, f"{name}: cannot connect to upstream")
     if mid_stream or isinstance(cause, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)):
         return GatewayError(Code.UNAVAILABLE, f"{name}: upstream closed the connection")

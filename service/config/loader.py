@@ -64,6 +64,10 @@ class ServerConfig:
     # one message (the first delta always goes alone, and nothing waits to be merged). Fewer
     # messages cost less CPU; callers see the same text, in fewer pieces.
     merge_stream_deltas: bool = False
+    # Upstream answers: a unary body, and one stream line or event, are refused (UNAVAILABLE)
+    # once past these, counted as they arrive; an error body is read to 64 KiB at most.
+    max_upstream_body_bytes: int = 32 * 1024 * 1024
+    max_upstream_event_bytes: int = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,8 @@ def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
 
 
 def _parse_server(table: Mapping[str, Any]) -> ServerConfig:
-    allowed = {"listen", "log_format", "grace_period_s", "max_upstream_connections", "merge_stream_deltas"}
+    allowed = {"listen", "log_format", "grace_period_s", "max_upstream_connections", "merge_stream_deltas",
+               "max_upstream_body_bytes", "max_upstream_event_bytes"}
     _no_unknown(table, allowed, "server")
     server = ServerConfig(**table)
     if not isinstance(server.listen, str):
@@ -159,6 +164,10 @@ def _parse_server(table: Mapping[str, Any]) -> ServerConfig:
         raise ConfigError("server.max_upstream_connections must be an integer >= 1")
     if not isinstance(server.merge_stream_deltas, bool):
         raise ConfigError("server.merge_stream_deltas must be true or false")
+    for key in ("max_upstream_body_bytes", "max_upstream_event_bytes"):
+        value = getattr(server, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1024:
+            raise ConfigError(f"server.{key} must be an integer >= 1024 (bytes)")
     return server
 
 

@@ -65,6 +65,8 @@ class Gateway:
         router = self.runtime.router
         router.board = router.board.with_policy(config.routing.breaker)
         self.runtime.media.policy = config.media
+        self.runtime.engine.max_body_bytes = config.server.max_upstream_body_bytes
+        self.runtime.engine.max_event_bytes = config.server.max_upstream_event_bytes
         self.runtime.state = state
         log.info("config reloaded from %s; providers: %s; routes: %s", config.source,
                  ", ".join(p.name for p in state.registry.usable()) or "none",
@@ -107,7 +109,9 @@ async def start_gateway(
     state = build_state(config, environ, extra_plugins)
     registry = state.registry
     engine = Engine(max_connections=config.server.max_upstream_connections,
-                    merge_deltas=config.server.merge_stream_deltas)
+                    merge_deltas=config.server.merge_stream_deltas,
+                    max_body_bytes=config.server.max_upstream_body_bytes,
+                    max_event_bytes=config.server.max_upstream_event_bytes)
     await engine.start()
     media = MediaFetcher(config.media)
     await media.start()
@@ -118,6 +122,7 @@ async def start_gateway(
 
     # The receive limit matches the inline media limit, plus room for the text around it.
     max_bytes = config.media.max_request_bytes + 4 * 1024 * 1024
+    runtime.max_send_bytes = max_bytes
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_bytes),

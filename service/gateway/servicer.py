@@ -32,6 +32,9 @@ class Runtime:
     media: MediaFetcher
     router: Router
     ledger: Ledger
+    # The server's grpc.max_send_message_length: an answer larger than this never reaches
+    # the caller, so it must not be recorded as OK.
+    max_send_bytes: int = 4 * 1024 * 1024
 
 
 class CompletionServicer(pb_grpc.CompletionServicer):
@@ -52,6 +55,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
             routed = call.prepare(context)
             response = await self._runtime.router.complete(call.state.registry, call.state.config.routing, routed)
             response.cost.CopyFrom(call.settle(response.provider, response.model, response.usage, response.attempts))
+            _check_sendable(response, self._runtime.max_send_bytes)
             await call.succeed()
         except GatewayError as err:
             await call.fail(context, err)
@@ -165,6 +169,17 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         except GatewayError as err:
             await context.abort(err.code, err.message)
         return pb.GetUsageSummaryResponse(rows=rows)
+
+
+def _check_sendable(response: pb.CompleteResponse, limit: int) -> None:
+    """gRPC sends a unary answer after the handler returns and fails it there when it is too
+    large: refuse it here, so the log line and the ledger record (with the usage the provider
+    billed) say what the caller got."""
+    size = response.ByteSize()
+    if size > limit:
+        raise GatewayError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"{response.provider}: the answer is {size} bytes, more than the gateway sends in one "
+                           f"message ({limit} bytes): ask for less (max_tokens) or use StreamComplete")
 
 
 def _deadline_passed(context: grpc.aio.ServicerContext[Any, Any]) -> bool:

@@ -68,6 +68,9 @@ class ServerConfig:
     # once past these, counted as they arrive; an error body is read to 64 KiB at most.
     max_upstream_body_bytes: int = 32 * 1024 * 1024
     max_upstream_event_bytes: int = 8 * 1024 * 1024
+    # Streams: a message the caller does not take within this long ends the stream, so a
+    # caller that stops reading cannot hold an upstream connection forever.
+    stream_send_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
 
 def _parse_server(table: Mapping[str, Any]) -> ServerConfig:
     allowed = {"listen", "log_format", "grace_period_s", "max_upstream_connections", "merge_stream_deltas",
-               "max_upstream_body_bytes", "max_upstream_event_bytes"}
+               "max_upstream_body_bytes", "max_upstream_event_bytes", "stream_send_timeout_s"}
     _no_unknown(table, allowed, "server")
     server = ServerConfig(**table)
     if not isinstance(server.listen, str):
@@ -164,6 +167,8 @@ def _parse_server(table: Mapping[str, Any]) -> ServerConfig:
         raise ConfigError("server.max_upstream_connections must be an integer >= 1")
     if not isinstance(server.merge_stream_deltas, bool):
         raise ConfigError("server.merge_stream_deltas must be true or false")
+    if not _is_number(server.stream_send_timeout_s) or server.stream_send_timeout_s <= 0:
+        raise ConfigError("server.stream_send_timeout_s must be a number > 0 (seconds)")
     for key in ("max_upstream_body_bytes", "max_upstream_event_bytes"):
         value = getattr(server, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1024:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Any, cast
@@ -17,6 +16,7 @@ from tollway.service.media.fetch import MediaFetcher
 from tollway.service.plugins.adapter import Adapter, AnyRequest, Capabilities
 from tollway.service.routing.router import Router
 from tollway.service.upstream.engine import Engine
+from tollway.service.usage.estimate import estimated_usage
 from tollway.v1 import completion_pb2 as pb
 from tollway.v1 import completion_pb2_grpc as pb_grpc
 
@@ -73,10 +73,14 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         self,
         request: pb.StreamCompleteRequest,
         context: grpc.aio.ServicerContext[pb.StreamCompleteRequest, pb.StreamCompleteResponse],
-    ) -> AsyncGenerator[pb.StreamCompleteResponse, None]:
+    ) -> None:
+        # Written with context.write rather than yielded: an async-generator handler gives no
+        # hold on the send, and a caller that stops reading would block it (and the upstream
+        # connection behind it) forever. write() waits for the caller's flow-control window.
         call = self._call("StreamComplete", request)
         try:
             routed = call.prepare(context)
+            send_timeout = call.state.config.server.stream_send_timeout_s
             stream = self._runtime.router.stream(call.state.registry, call.state.config.routing, routed)
             async with aclosing(stream) as messages:
                 async for message in messages:
@@ -84,19 +88,24 @@ class CompletionServicer(pb_grpc.CompletionServicer):
                     if event != "summary":
                         call.first_delta()
                         call.streamed_bytes += _output_bytes(message, event)
+                        await _send(context, message, send_timeout, call)
                     else:
                         summary = message.summary
                         summary.cost.CopyFrom(call.settle(summary.provider, summary.model, summary.usage,
                                                           summary.attempts))
+                        await _send(context, message, send_timeout, call)
+                        # After the send: a summary that never reached the caller is not recorded OK.
                         await call.succeed()
-                    yield message
         except GatewayError as err:
             await call.fail(context, err)
-        except (asyncio.CancelledError, GeneratorExit):
-            # GeneratorExit: the caller went away while gRPC was sending it a message; the
-            # stream is then closed where it stood, and that is a cancel too.
+        except asyncio.CancelledError:
             call.cancelled(_deadline_passed(context))
             raise
+        except _CallerGone:
+            # The caller went away while a message was on its way: a cancel too, and the call
+            # is over, so there is no status left to send.
+            call.cancelled(_deadline_passed(context))
+            return
         except Exception:
             await call.crash(context)
         finally:
@@ -169,6 +178,29 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         except GatewayError as err:
             await context.abort(err.code, err.message)
         return pb.GetUsageSummaryResponse(rows=rows)
+
+
+class _CallerGone(Exception):
+    """A stream message could not be written: the call ended under it."""
+
+
+async def _send(context: grpc.aio.ServicerContext[Any, Any], message: pb.StreamCompleteResponse,
+                timeout_s: float, call: Call) -> None:
+    """One stream message to the caller, within server.stream_send_timeout_s."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await context.write(message)
+    except TimeoutError:
+        # The caller stopped reading: end the stream (the upstream connection closes as the
+        # router's generator does), and record the output forwarded so far, estimated.
+        partial = pb.StreamSummary(usage=estimated_usage(call.request, call.streamed_bytes))
+        raise GatewayError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"the caller read nothing for {timeout_s:.3g}s while a message waited "
+                           f"(server.stream_send_timeout_s = {timeout_s:.3g}): the stream was ended; "
+                           "read a stream as it arrives", partial_summary=partial) from None
+    except Exception as exc:
+        # grpc.aio fails the write (ExecuteBatchError) once the caller has gone.
+        raise _CallerGone() from exc
 
 
 def _check_sendable(response: pb.CompleteResponse, limit: int) -> None:

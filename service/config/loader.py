@@ -49,6 +49,9 @@ class ProviderConfig:
     connect_timeout_s: float = 10.0
     first_byte_timeout_s: float = 120.0
     idle_timeout_s: float = 60.0
+    # Streams open at once to this provider; None: server.max_upstream_connections (beyond
+    # it a stream would only wait for a connection).
+    max_concurrent_streams: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -98,7 +101,7 @@ class Config:
 
 
 _PROVIDER_KEYS = {"kind", "base_url", "api_key_env", "api_key_envs", "timeout_s", "connect_timeout_s",
-                  "first_byte_timeout_s", "idle_timeout_s"}
+                  "first_byte_timeout_s", "idle_timeout_s", "max_concurrent_streams"}
 _PROVIDER_TIMEOUTS = ("timeout_s", "connect_timeout_s", "first_byte_timeout_s", "idle_timeout_s")
 
 
@@ -201,8 +204,13 @@ def _parse_provider(name: str, table: Any) -> ProviderConfig:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{where}.{key} must be a positive number")
             timeouts[key] = float(value)
+    max_streams = known.get("max_concurrent_streams")
+    if max_streams is not None and (not isinstance(max_streams, int) or isinstance(max_streams, bool)
+                                    or max_streams < 1):
+        raise ConfigError(f"{where}.max_concurrent_streams must be an integer >= 1")
     return ProviderConfig(
         name=name,
+        max_concurrent_streams=max_streams,
         kind=known.get("kind", name),
         base_url=known.get("base_url"),
         api_key_envs=tuple(key_envs),

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import aclosing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import grpc
 
+from tollway.service.admission.auth import Caller
+from tollway.service.admission.stream_limits import OpenStreams
 from tollway.service.errors import GatewayError
 from tollway.service.gateway.call import REQUEST_ID_KEY, Call, ServingState
 from tollway.service.ledger import Ledger, StoreUnavailable, from_proto
@@ -35,6 +37,8 @@ class Runtime:
     # The server's grpc.max_send_message_length: an answer larger than this never reaches
     # the caller, so it must not be recorded as OK.
     max_send_bytes: int = 4 * 1024 * 1024
+    # Streams open per configured caller, against routing.max_streams_per_caller.
+    caller_streams: OpenStreams = field(default_factory=OpenStreams)
 
 
 class CompletionServicer(pb_grpc.CompletionServicer):
@@ -78,8 +82,10 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         # hold on the send, and a caller that stops reading would block it (and the upstream
         # connection behind it) forever. write() waits for the caller's flow-control window.
         call = self._call("StreamComplete", request)
+        holder: str | None = None  # the caller whose stream slot this call holds
         try:
             routed = call.prepare(context)
+            holder = self._take_stream_slot(call)
             send_timeout = call.state.config.server.stream_send_timeout_s
             stream = self._runtime.router.stream(call.state.registry, call.state.config.routing, routed)
             async with aclosing(stream) as messages:
@@ -109,8 +115,27 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         except Exception:
             await call.crash(context)
         finally:
+            if holder is not None:
+                self._runtime.caller_streams.release(holder)
             call.ledger.call_ended()
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
+
+    def _take_stream_slot(self, call: Call) -> str | None:
+        """Count the stream against its caller, or RESOURCE_EXHAUSTED at the caller's limit.
+        Anonymous calls share no identity to count: the per-provider limit bounds them."""
+        caller = cast(Caller, call.caller)  # prepare() authenticated it
+        if call.state.config.callers.anonymous:
+            return None
+        limit, setting = caller.max_streams, f"callers.{caller.name}.max_streams"
+        if limit is None:
+            limit, setting = call.state.config.routing.max_streams_per_caller, "routing.max_streams_per_caller"
+        open_now = self._runtime.caller_streams.count(caller.name)
+        if open_now >= limit:
+            raise GatewayError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f'caller "{caller.name}" has {_streams(open_now)} open (limit {setting} = {limit}): '
+                               "close one before opening another")
+        self._runtime.caller_streams.take(caller.name)
+        return caller.name
 
     async def ListModels(
         self,
@@ -201,6 +226,10 @@ async def _send(context: grpc.aio.ServicerContext[Any, Any], message: pb.StreamC
     except Exception as exc:
         # grpc.aio fails the write (ExecuteBatchError) once the caller has gone.
         raise _CallerGone() from exc
+
+
+def _streams(count: int) -> str:
+    return f"{count} stream" if count == 1 else f"{count} streams"
 
 
 def _check_sendable(response: pb.CompleteResponse, limit: int) -> None:

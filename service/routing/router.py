@@ -17,6 +17,7 @@ from typing import cast
 
 import grpc
 
+from tollway.service.admission.stream_limits import OpenStreams
 from tollway.service.admission.validation import check_capabilities
 from tollway.service.errors import GatewayError
 from tollway.service.media.fetch import MediaFetcher
@@ -57,6 +58,8 @@ class RoutedCall:
     reached_upstream: bool = False
     # Seconds until the first key of a target skipped for 429 cool-downs is free again.
     first_key_free_s: float | None = None
+    # Targets skipped because their provider had as many streams open as it may.
+    stream_limits: list[str] = field(default_factory=list)
 
 
 class Router:
@@ -66,6 +69,8 @@ class Router:
         self.board = board
         self._rng = rng or random.Random()
         self._next_key: dict[str, int] = {}
+        # Streams open per provider, against providers.<name>.max_concurrent_streams.
+        self.open_streams = OpenStreams()
 
     async def complete(self, registry: Registry, policy: RoutingPolicy, call: RoutedCall) -> pb.CompleteResponse:
         last_error: GatewayError | None = None
@@ -108,6 +113,8 @@ class Router:
             for retry in range(policy.max_retries + 1):
                 timeouts = self._timeouts(provider, call, policy)
                 request = await self._inline(call, provider, timeouts.first_byte)
+                if self._stream_limit_reached(provider, target, call):
+                    break
                 key = self._pick_key(provider, target, call)
                 if key is None:
                     break
@@ -115,6 +122,7 @@ class Router:
                 started = asyncio.get_running_loop().time()
                 call.reached_upstream = True
                 committed = settled = False
+                self.open_streams.take(provider.name)
                 try:
                     async with aclosing(self.engine.stream(key.adapter, request, target.model, timeouts)) as messages:
                         async for message in messages:
@@ -149,6 +157,8 @@ class Router:
                     if not committed:
                         breaker.release_probe()
                     raise
+                finally:
+                    self.open_streams.release(provider.name)
         raise self._exhausted(call, last_error)
 
     # -- the steps -------------------------------------------------------------------
@@ -190,6 +200,19 @@ class Router:
             if call.first_key_free_s is None or first_free < call.first_key_free_s:
                 call.first_key_free_s = first_free
         return None
+
+    def _stream_limit_reached(self, provider: Provider, target: Target, call: RoutedCall) -> bool:
+        limit = provider.config.max_concurrent_streams or self.engine.max_connections
+        open_now = self.open_streams.count(provider.name)
+        if open_now < limit:
+            return False
+        setting = (f"providers.{provider.name}.max_concurrent_streams" if provider.config.max_concurrent_streams
+                   else "server.max_upstream_connections")
+        reason = (f'provider "{provider.name}" has {open_now} stream{"" if open_now == 1 else "s"} open '
+                  f"(limit {setting} = {limit})")
+        self._record(call, target, Code.RESOURCE_EXHAUSTED, f"skipped: {reason}")
+        call.stream_limits.append(reason)
+        return True
 
     def _timeouts(self, provider: Provider, call: RoutedCall, policy: RoutingPolicy) -> AttemptTimeouts:
         remaining = call.deadline - asyncio.get_running_loop().time()
@@ -282,12 +305,16 @@ class Router:
             # Nothing usable is configured: an operator must act, a retry will not help.
             return GatewayError(Code.FAILED_PRECONDITION, "; ".join(
                 f"{a.provider}: {a.message.removeprefix('skipped: ')}" for a in call.attempts))
-        rate_limited = {Code.FAILED_PRECONDITION.value[0], Code.RESOURCE_EXHAUSTED.value[0]}
-        if call.first_key_free_s is not None and all(a.code in rate_limited for a in call.attempts):
-            # Every target that could serve is rate limited: a retry after the wait will do.
+        limited = {Code.FAILED_PRECONDITION.value[0], Code.RESOURCE_EXHAUSTED.value[0]}
+        if (call.first_key_free_s is not None or call.stream_limits) and all(a.code in limited for a in call.attempts):
+            # Every target that could serve is rate limited or at its stream limit: a retry
+            # later will do.
+            reasons = list(call.stream_limits)
             wait = call.first_key_free_s
-            return GatewayError(Code.RESOURCE_EXHAUSTED, f"{call.route.name}: rate limited: every key is cooling "
-                                f"down after HTTP 429 from the provider; the first is free again in {wait:.3g}s, "
-                                "retry then", retry_after=wait)
+            if wait is not None:
+                reasons.insert(0, "rate limited: every key is cooling down after HTTP 429 from the provider; "
+                                  f"the first is free again in {wait:.3g}s, retry then")
+            return GatewayError(Code.RESOURCE_EXHAUSTED, f"{call.route.name}: " + "; ".join(reasons),
+                                retry_after=wait)
         return GatewayError(Code.UNAVAILABLE, f"{call.route.name}: no target could be tried ("
                             + "; ".join(f"{a.provider}/{a.model}: {a.message}" for a in call.attempts) + ")")

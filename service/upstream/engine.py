@@ -65,6 +65,10 @@ class Engine:
         self._merge_deltas = merge_deltas
         self._transport: AiohttpTransport | None = None
 
+    @property
+    def max_connections(self) -> int:
+        return self._max_connections
+
     async def start(self) -> None:
         """Create the shared transport; must run inside the serving event loop."""
         connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)

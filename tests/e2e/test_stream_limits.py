@@ -9,13 +9,11 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_status import rpc_status
 from tollway.service.config.loader import ConfigError, parse_config
-from tollway.v1 import completion_pb2 as pb
 
-from tests.support.answers import stream_chunks, stream_request
+from tests.support.answers import chunk, ok, request, stream_chunks, stream_request
 from tests.support.gateway import MIXROUTER_TEST_KEY
-from tests.support.ledger_calls import REQUEST_ID_KEY, until_records
+from tests.support.ledger_calls import REQUEST_ID_KEY, auth, sha, until_records
 from tests.support.upstream import Reply, sse_events
 
 Code = grpc.StatusCode
@@ -81,3 +79,130 @@ async def test_a_caller_that_reads_slowly_within_the_limit_gets_everything(start
 def test_stream_send_timeout_s_must_be_positive(value):
     with pytest.raises(ConfigError, match=r"^server.stream_send_timeout_s must be a number > 0 \(seconds\)$"):
         parse_config({"server": {"stream_send_timeout_s": value}})
+
+
+# -- concurrent streams per caller and per provider ----------------------------------------------
+
+KEY_A, KEY_B = "tw-test-caller-a-0001", "tw-test-caller-b-0001"
+
+
+def stalled() -> Reply:
+    """A stream that sends one delta, then nothing: it stays open until its caller leaves."""
+    return Reply(events=sse_events([chunk("held ")], done=False), fault="stall")
+
+
+async def open_stream(client, key: str | None = None):
+    """A stream that has delivered its first message (so it is open end to end)."""
+    call = client.stub.StreamComplete(stream_request("mixrouter/m"), timeout=60,
+                                      metadata=auth(key) if key else None)
+    assert (await call.read()).delta.text == "held "
+    return call
+
+
+async def refused_stream(client, key: str | None = None) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in client.stub.StreamComplete(stream_request("mixrouter/m"), timeout=10,
+                                                  metadata=auth(key) if key else None):
+            pass
+    return caught.value
+
+
+async def until(predicate, timeout_s: float = 10.0) -> None:
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout_s)
+
+
+def with_callers(max_streams_a: int | None = None) -> dict[str, Any]:
+    team_a: dict[str, Any] = {"key_sha256": sha(KEY_A)}
+    if max_streams_a is not None:
+        team_a["max_streams"] = max_streams_a
+    return {"team-a": team_a, "team-b": {"key_sha256": sha(KEY_B)}}
+
+
+async def caller_gateway(start_client, upstream, routing: dict[str, Any], callers: dict[str, Any]):
+    config = {"providers": {"mixrouter": {"base_url": f"{upstream.base_url}/v1"}},
+              "routing": {"max_retries": 0, **routing}, "callers": callers}
+    return await start_client(config, {"MIXROUTER_API_KEY": MIXROUTER_TEST_KEY})
+
+
+async def test_a_caller_at_its_stream_limit_is_refused_and_others_are_not(start_client, upstream):
+    client = await caller_gateway(start_client, upstream, {"max_streams_per_caller": 2}, with_callers())
+    upstream.default = stalled()
+    held = [await open_stream(client, KEY_A) for _ in range(2)]
+
+    error = await refused_stream(client, KEY_A)
+
+    assert (error.code(), error.details()) == (
+        Code.RESOURCE_EXHAUSTED,
+        'caller "team-a" has 2 streams open (limit routing.max_streams_per_caller = 2): '
+        "close one before opening another")
+    assert len(upstream.received) == 2  # the refused stream never reached the provider
+    other = await open_stream(client, KEY_B)
+    # A stream closed frees its slot.
+    held[0].cancel()
+    await until(lambda: upstream.disconnects == 1 and client.gateway.runtime.caller_streams.count("team-a") == 1)
+    again = await open_stream(client, KEY_A)
+    for call in (held[1], other, again):
+        call.cancel()
+
+
+async def test_a_callers_own_max_streams_wins(start_client, upstream):
+    client = await caller_gateway(start_client, upstream, {"max_streams_per_caller": 5}, with_callers(1))
+    upstream.default = stalled()
+    held = await open_stream(client, KEY_A)
+
+    error = await refused_stream(client, KEY_A)
+
+    assert (error.code(), error.details()) == (
+        Code.RESOURCE_EXHAUSTED,
+        'caller "team-a" has 1 stream open (limit callers.team-a.max_streams = 1): close one before opening another')
+    held.cancel()
+
+
+async def test_a_provider_at_its_stream_limit_refuses_more_streams_but_not_unary_calls(start_client, upstream):
+    client = await gateway(start_client, upstream, max_concurrent_streams=2)
+    upstream.responder = lambda received: stalled() if received.json().get("stream") else ok()
+    held = [await open_stream(client) for _ in range(2)]
+
+    error = await refused_stream(client)
+
+    assert (error.code(), error.details()) == (
+        Code.RESOURCE_EXHAUSTED,
+        'mixrouter/m: provider "mixrouter" has 2 streams open (limit providers.mixrouter.max_concurrent_streams = 2)')
+    assert len(upstream.received) == 2
+    assert (await client.stub.Complete(request("mixrouter/m"), timeout=10)).provider == "mixrouter"
+    held[0].cancel()
+    await until(lambda: upstream.disconnects == 1 and client.gateway.runtime.router.open_streams.count("mixrouter") == 1)
+    again = await open_stream(client)
+    for call in (held[1], again):
+        call.cancel()
+
+
+async def test_by_default_a_provider_takes_as_many_streams_as_upstream_connections(start_client, upstream):
+    client = await gateway(start_client, upstream, server={"max_upstream_connections": 1})
+    upstream.default = stalled()
+    held = await open_stream(client)
+
+    error = await refused_stream(client)
+
+    assert (error.code(), error.details()) == (
+        Code.RESOURCE_EXHAUSTED,
+        'mixrouter/m: provider "mixrouter" has 1 stream open (limit server.max_upstream_connections = 1)')
+    held.cancel()
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"routing": {"max_streams_per_caller": 0}}, "routing.max_streams_per_caller must be an integer >= 1"),
+    ({"routing": {"max_streams_per_caller": 2.5}}, "routing.max_streams_per_caller must be an integer >= 1"),
+    ({"providers": {"mixrouter": {"max_concurrent_streams": 0}}},
+     "providers.mixrouter.max_concurrent_streams must be an integer >= 1"),
+    ({"callers": {"team-a": {"key_sha256": "0" * 64, "max_streams": "many"}}},
+     "callers.team-a.max_streams must be an integer >= 1"),
+])
+def test_stream_limits_are_validated(config, message):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(config)
+    assert str(caught.value) == message

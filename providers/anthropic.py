@@ -545,34 +545,25 @@ def parse_error(settings: ProviderSettings, response: httpx.Response) -> Gateway
 # -- usage -------------------------------------------------------------------------------
 
 
-def _count(mapping: Any, key: str) -> int:
-    if not isinstance(mapping, Mapping):
-        return 0
-    value = mapping.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        return 0
-    return int(value)
-
-
 def _add_sampling(r: ReportedUsage, u: Mapping[str, Any]) -> None:
     """Add one sampling's figures (top-level usage or one iteration) in Anthropic's sense:
     input_tokens excludes cache reads and cache writes, so all three add up to the input."""
     split = u.get("cache_creation")
-    write_5m = _count(split, "ephemeral_5m_input_tokens")
-    write_1h = _count(split, "ephemeral_1h_input_tokens")
-    writes = _count(u, "cache_creation_input_tokens")
+    write_5m = r.figure(split, "ephemeral_5m_input_tokens")
+    write_1h = r.figure(split, "ephemeral_1h_input_tokens")
+    writes = r.figure(u, "cache_creation_input_tokens")
     if write_5m + write_1h > writes:
         # A split larger than its total: trust the split (it is what each TTL is billed at).
         if "cache_creation_input_tokens" in u:
             r.warnings.add(W.USAGE_WARNING_DETAILS_EXCEED_TOTAL)
         writes = write_5m + write_1h
-    cache_read = _count(u, "cache_read_input_tokens")
-    r.input_total += _count(u, "input_tokens") + cache_read + writes
+    cache_read = r.figure(u, "cache_read_input_tokens")
+    r.input_total += r.figure(u, "input_tokens") + cache_read + writes
     r.cache_read += cache_read
     r.cache_write_5m += write_5m
     r.cache_write_1h += write_1h
     r.cache_write_unknown_ttl += writes - write_5m - write_1h
-    r.output_total += _count(u, "output_tokens")
+    r.output_total += r.figure(u, "output_tokens")
 
 
 def _iterations(u: Mapping[str, Any], kind: str) -> list[Mapping[str, Any]]:
@@ -594,7 +585,7 @@ def reported_usage(u: Mapping[str, Any], *, estimated: bool = False) -> Reported
     _add_sampling(r, u)
     for compaction in _iterations(u, "compaction"):
         _add_sampling(r, compaction)
-    r.reasoning = _count(u.get("output_tokens_details"), "thinking_tokens")
+    r.reasoning = r.figure(u.get("output_tokens_details"), "thinking_tokens")
     return r
 
 
@@ -606,18 +597,20 @@ def other_models(u: Mapping[str, Any]) -> list[pb.ModelUsage]:
     return [pb.ModelUsage(model=model, usage=normalize(r)) for model, r in per_model.items()]
 
 
-def server_tool_use(u: Mapping[str, Any]) -> list[pb.ServerToolUse]:
+def server_tool_use(u: Mapping[str, Any], r: ReportedUsage) -> list[pb.ServerToolUse]:
+    """Calls per server-side tool; a count that is not one is left out and noted in r.refused."""
     counters = u.get("server_tool_use")
     if not isinstance(counters, Mapping):
         return []
-    return [pb.ServerToolUse(tool=str(tool), count=_count(counters, tool))
-            for tool in sorted(counters) if _count(counters, tool)]
+    counts = {str(tool): r.figure(counters, tool) for tool in sorted(counters)}
+    return [pb.ServerToolUse(tool=tool, count=count) for tool, count in counts.items() if count]
 
 
 def usage_from(u: Mapping[str, Any], *, estimated: bool = False) -> pb.Usage:
-    usage = normalize(reported_usage(u, estimated=estimated))
+    reported = reported_usage(u, estimated=estimated)
+    tools = server_tool_use(u, reported)
+    usage = normalize(reported)
     usage.other_models.extend(other_models(u))
-    tools = server_tool_use(u)
     if tools:  # extending with nothing would still mark provider_reported as set
         usage.provider_reported.server_tool_use.extend(tools)
     return usage

@@ -604,12 +604,7 @@ def parse_error(settings: ProviderSettings, response: httpx.Response) -> Gateway
 # -- usage -------------------------------------------------------------------------------
 
 
-def _count(mapping: Mapping[str, Any], key: str) -> int:
-    value = mapping.get(key)
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else 0
-
-
-def _by_modality(*lists: Any) -> dict[str, int]:
+def _by_modality(r: ReportedUsage, *lists: Any) -> dict[str, int]:
     """ModalityTokenCount lists summed per bucket; unknown modalities are left out (they
     end up unattributed, never guessed)."""
     out: dict[str, int] = {}
@@ -619,30 +614,29 @@ def _by_modality(*lists: Any) -> dict[str, int]:
                 continue
             name = MODALITIES.get(str(entry.get("modality", "")))
             if name:
-                out[name] = out.get(name, 0) + _count(entry, "tokenCount")
+                out[name] = out.get(name, 0) + r.figure(entry, "tokenCount")
     return out
 
 
 def reported_usage(u: Mapping[str, Any]) -> ReportedUsage:
     """usageMetadata in the provider-neutral sense (USAGE.md, Gemini rules)."""
-    prompt = _count(u, "promptTokenCount")  # includes cachedContentTokenCount
-    tool_use = _count(u, "toolUsePromptTokenCount")  # outside promptTokenCount
-    candidates = _count(u, "candidatesTokenCount")  # excludes thoughtsTokenCount
-    thoughts = _count(u, "thoughtsTokenCount")
-    total = u.get("totalTokenCount")
-    total = int(total) if isinstance(total, int) and not isinstance(total, bool) else None
+    r = ReportedUsage()
+    count = r.figure  # a figure that is not a token count is 0 here, and named in r.refused
+    prompt = count(u, "promptTokenCount")  # includes cachedContentTokenCount
+    tool_use = count(u, "toolUsePromptTokenCount")  # outside promptTokenCount
+    candidates = count(u, "candidatesTokenCount")  # excludes thoughtsTokenCount
+    thoughts = count(u, "thoughtsTokenCount")
+    total = r.stated_figure(u, "totalTokenCount")
 
-    r = ReportedUsage(
-        input_total=prompt + tool_use,
-        input_by_modality=_by_modality(u.get("promptTokensDetails"), u.get("toolUsePromptTokensDetails")),
-        cache_read=_count(u, "cachedContentTokenCount"),
-        # An empty or absent list is no breakdown: cache reads then come out in rule-4 order.
-        cache_read_by_modality=_by_modality(u.get("cacheTokensDetails")) if u.get("cacheTokensDetails") else None,
-        reasoning=thoughts,
-        provider_total=total,
-        tool_use_prompt_tokens=tool_use if "toolUsePromptTokenCount" in u else None,
-    )
-    output_by_modality = _by_modality(u.get("candidatesTokensDetails"))
+    r.input_total = prompt + tool_use
+    r.input_by_modality = _by_modality(r, u.get("promptTokensDetails"), u.get("toolUsePromptTokensDetails"))
+    r.cache_read = count(u, "cachedContentTokenCount")
+    # An empty or absent list is no breakdown: cache reads then come out in rule-4 order.
+    r.cache_read_by_modality = _by_modality(r, u.get("cacheTokensDetails")) if u.get("cacheTokensDetails") else None
+    r.reasoning = thoughts
+    r.provider_total = total
+    r.tool_use_prompt_tokens = tool_use if "toolUsePromptTokenCount" in u else None
+    output_by_modality = _by_modality(r, u.get("candidatesTokensDetails"))
     if thoughts and total is not None and total == prompt + tool_use + candidates:
         # The provider's own total proves the thoughts are already inside the candidates.
         r.output_total = candidates

@@ -415,14 +415,6 @@ def parse_error(settings: ProviderSettings, response: httpx.Response) -> Gateway
 # -- usage -------------------------------------------------------------------------------
 
 
-def _int(mapping: Mapping[str, Any] | None, key: str) -> int:
-    """A count as stated, or 0 for a missing, null, negative or non-numeric one."""
-    if not mapping:
-        return 0
-    value = mapping.get(key)
-    return int(value) if _is_number(value) and value > 0 else 0
-
-
 def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -446,40 +438,43 @@ def ticks_to_nano(value: Any) -> int | None:
     """xAI-style `cost_in_usd_ticks` (1 USD = 10^10 ticks) as nano-USD, rounded half-even."""
     if not _is_number(value) or value < 0:
         return None
-    return int((Decimal(str(value)) / 10).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+    try:
+        return int((Decimal(str(value)) / 10).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+    except InvalidOperation:  # infinite, or too many digits to be a real cost
+        return None
 
 
 def reported_usage(u: Mapping[str, Any], model: str, dialect: ChatDialect) -> ReportedUsage:
     """OpenAI Chat usage, and the relay family's variations, in the provider-neutral sense."""
-    prompt = _int(u, "prompt_tokens")
-    completion = _int(u, "completion_tokens")
+    r = ReportedUsage()
+    count = r.figure  # a figure that is not a token count is 0 here, and named in r.refused
+    prompt = count(u, "prompt_tokens")
+    completion = count(u, "completion_tokens")
     pd = _mapping(u.get("prompt_tokens_details"))
     cd = _mapping(u.get("completion_tokens_details"))
-    cache_read = _int(pd, "cached_tokens")
-    write_5m = _int(u, "claude_cache_creation_5_m_tokens")
-    write_1h = _int(u, "claude_cache_creation_1_h_tokens")
+    cache_read = count(pd, "cached_tokens")
+    write_5m = count(u, "claude_cache_creation_5_m_tokens")
+    write_1h = count(u, "claude_cache_creation_1_h_tokens")
     # new-api reports the total of Claude cache writes as cached_creation_tokens;
     # OpenRouter reports cache writes (no TTL) as cache_write_tokens.
-    writes_total = max(_int(pd, "cached_creation_tokens"), _int(pd, "cache_write_tokens"), write_5m + write_1h)
+    cached_creation = count(pd, "cached_creation_tokens")
+    writes_total = max(cached_creation, count(pd, "cache_write_tokens"), write_5m + write_1h)
     write_unknown = writes_total - write_5m - write_1h
 
-    r = ReportedUsage(
-        input_by_modality={m: _int(pd, f"{m}_tokens") for m in ("text", "image", "audio", "video")},
-        cache_read=cache_read,
-        cache_write_5m=write_5m,
-        cache_write_1h=write_1h,
-        cache_write_unknown_ttl=write_unknown,
-        output_by_modality={m: _int(cd, f"{m}_tokens") for m in ("text", "audio", "image")},
-        reasoning=_int(cd, "reasoning_tokens"),
-    )
-    total = u.get("total_tokens")
-    total = int(total) if _is_number(total) else None
+    r.input_by_modality = {m: count(pd, f"{m}_tokens") for m in ("text", "image", "audio", "video")}
+    r.cache_read = cache_read
+    r.cache_write_5m = write_5m
+    r.cache_write_1h = write_1h
+    r.cache_write_unknown_ttl = write_unknown
+    r.output_by_modality = {m: count(cd, f"{m}_tokens") for m in ("text", "audio", "image")}
+    r.reasoning = count(cd, "reasoning_tokens")
+    total = r.stated_figure(u, "total_tokens")
     reasoning_outside, cache_outside = _outside_the_counts(prompt, completion, total, r.reasoning, cache_read)
     claude_upstream = dialect.relay_usage and (
         "claude" in model.lower()
         or write_5m > 0
         or write_1h > 0
-        or _int(pd, "cached_creation_tokens") > 0
+        or cached_creation > 0
         or cache_read > prompt
     )
     if claude_upstream:
@@ -504,9 +499,8 @@ def reported_usage(u: Mapping[str, Any], model: str, dialect: ChatDialect) -> Re
         r.warnings.add(W.USAGE_WARNING_REASONING_EXCLUDED_FROM_COMPLETION)
     # Rejected prediction tokens are inside completion_tokens and in no modality, so they
     # end up in output.unattributed; both prediction figures are kept as stated.
-    for key in ("accepted_prediction_tokens", "rejected_prediction_tokens"):
-        if _is_number(cd.get(key)):
-            setattr(r, key, _int(cd, key))
+    r.accepted_prediction_tokens = r.stated_figure(cd, "accepted_prediction_tokens")
+    r.rejected_prediction_tokens = r.stated_figure(cd, "rejected_prediction_tokens")
     if "cost" in u:
         r.cost_nano_usd = usd_to_nano(u.get("cost"))
     elif "cost_in_usd_ticks" in u:

@@ -7,7 +7,6 @@ an internal network detail.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,9 @@ import orjson
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]  # no py.typed
 from grpc_status import rpc_status
+
+# Re-exported: adapters and the plugin seam import scrub from here.
+from tollway.service.redaction import scrub as scrub
 
 Code = grpc.StatusCode
 
@@ -43,6 +45,31 @@ def grpc_code_for_http_status(status: int) -> Code:
     # Any other 4xx (402 payment required, 409, ...) is the provider refusing this
     # gateway's request for a reason a retry will not fix.
     return Code.FAILED_PRECONDITION
+
+
+# A caller-facing message fits the trailers with room to spare, whatever a caller sent: gRPC
+# sends it twice (grpc-message, percent-encoded at up to 3 bytes per byte, and inside
+# grpc-status-details-bin), and clients refuse trailers past 8 KiB by default; past that the
+# caller gets RESOURCE_EXHAUSTED instead of the status, and no tollway-request-id.
+MAX_MESSAGE_BYTES = 640
+# A value the caller chose (a model name, a tool name), as a message quotes it.
+MAX_QUOTED_CHARS = 100
+
+
+def quoted(value: str, limit: int = MAX_QUOTED_CHARS) -> str:
+    """A caller's value in a message: in double quotes, cut at limit characters."""
+    if len(value) <= limit:
+        return f'"{value}"'
+    return f'"{value[:limit]}..." ({len(value) - limit} more characters)'
+
+
+def bounded_message(text: str, max_bytes: int = MAX_MESSAGE_BYTES) -> str:
+    """text cut to max_bytes of UTF-8 (on a character boundary), saying how much was cut."""
+    data = text.encode()
+    if len(data) <= max_bytes:
+        return text
+    kept = data[:max_bytes].decode("utf-8", "ignore")
+    return f"{kept}...({len(data) - len(kept.encode())} more bytes)"
 
 
 @dataclass
@@ -82,12 +109,13 @@ class GatewayError(Exception):
             details.append(
                 error_details_pb2.BadRequest(
                     field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                        error_details_pb2.BadRequest.FieldViolation(field=bounded_message(v.field),
+                                                                    description=bounded_message(v.description))
                         for v in self.violations
                     ]
                 )
             )
-        status = status_pb2.Status(code=_code_number(self.code), message=self.message)
+        status = status_pb2.Status(code=_code_number(self.code), message=bounded_message(self.message))
         for detail in details:
             status.details.add().Pack(detail)
         return rpc_status.to_status(status)
@@ -107,21 +135,6 @@ def _code_number(code: Code) -> int:
 
 
 assert _code_number(Code.UNAVAILABLE) == code_pb2.UNAVAILABLE
-
-# Shapes of credentials that must never reach a caller or a log, whatever the provider
-# echoes back: bearer tokens, OpenAI/Anthropic style keys, Google API keys.
-_SECRET_PATTERNS = re.compile(
-    r"(Bearer\s+[A-Za-z0-9._~+/=-]+|sk-[A-Za-z0-9_-]{8,}|AIza[0-9A-Za-z_-]{20,}|key=[A-Za-z0-9_-]{8,})"
-)
-
-
-def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """Remove known secrets and anything shaped like a credential from text."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "[redacted]")
-    return _SECRET_PATTERNS.sub("[redacted]", text)
-
 
 def parse_retry_after(value: str | None) -> float | None:
     """Retry-After as seconds: delta-seconds or an HTTP-date; None when it is neither.

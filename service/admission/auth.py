@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 
 from tollway.service.config.keys import reject_unknown
-from tollway.service.errors import GatewayError
+from tollway.service.errors import GatewayError, quoted
 
 Code = grpc.StatusCode
 
@@ -89,7 +89,7 @@ class Callers:
 
 def authorize_model(caller: Caller, model: str) -> None:
     if not caller.may_use(model):
-        raise GatewayError(Code.PERMISSION_DENIED, f'model: caller "{caller.name}" may not use "{model}"')
+        raise GatewayError(Code.PERMISSION_DENIED, f'model: caller "{caller.name}" may not use {quoted(model)}')
 
 
 def _bearer(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:

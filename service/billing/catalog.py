@@ -35,7 +35,8 @@ Rounding
 Unpriced
     A response is unpriced, never $0, when no version is in effect for its provider and model
     at its time, when it has tokens of a class its version gives no price, when its usage is
-    not a consistent breakdown (a negative bucket, buckets that do not add up to their total),
+    not a consistent breakdown (a negative bucket, buckets that do not add up to their total,
+    a figure the provider stated that is not a token count and so is in no bucket),
     or when usage billed to another model in the same response cannot be priced. The cost
     then has no line items, a total of 0, and `unpriced_reason` says why. A cost the provider
     reported itself is copied beside Tollway's figure either way.
@@ -420,7 +421,11 @@ def _in_effect(versions: tuple[PriceVersion, ...], moment: datetime) -> PriceVer
 
 
 def _check_breakdown(usage: pb.Usage, counts: list[tuple[pb.TokenClass, int]], model: str) -> None:
-    """Prices apply to buckets; buckets that do not make up their totals would bill wrongly."""
+    """Prices apply to buckets; buckets that do not make up their totals would bill wrongly, and
+    buckets that left out a figure the provider stated (refused_figures) would bill too little."""
+    if usage.refused_figures or pb.USAGE_WARNING_FIGURE_OUT_OF_RANGE in usage.warnings:
+        raise _Unpriced(f"usage for {model} has figures that are not token counts: "
+                        f"{', '.join(usage.refused_figures) or 'not named'}")
     for token_class, tokens in counts:
         if tokens < 0:
             raise _Unpriced(f"usage for {model} has a negative {CLASS_KEYS[token_class]} count")

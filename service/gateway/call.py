@@ -92,7 +92,8 @@ class Call:
     def settle(self, provider: str, model: str, usage: pb.Usage, attempts: Iterable[pb.Attempt]) -> pb.Cost:
         """The answer is in: price it and keep what the log line and ledger record need."""
         self.provider, self.upstream_model, self.usage = provider, model, usage
-        self.attempts = list(attempts)
+        # In place: these are the attempts of the answer the caller is about to get.
+        self.attempts = self._scrubbed(attempts)
         self.cost = self.state.config.prices.price(usage, provider, model, self.at,
                                                    kind=self.state.registry.providers[provider].kind)
         return self.cost
@@ -126,21 +127,18 @@ class Call:
 
     async def fail(self, context: grpc.aio.ServicerContext[Any, Any], err: GatewayError) -> None:
         # Whatever an adapter quoted from a provider, no configured key ever leaves.
-        secrets = self.state.registry.secrets
-        err.message = scrub(err.message, secrets)
+        err.message = scrub(err.message, self.state.registry.secrets)
         if err.partial_summary is not None:
             partial = err.partial_summary
             self.settle(partial.provider or self._target_provider(), partial.model or self._target_model(),
                         partial.usage, ())
-        self.attempts = list(self.routed.attempts) if self.routed else []
+        self.attempts = self._scrubbed(self.routed.attempts) if self.routed else []
         self.log(err.code.name, err.message)
         if self.routed is not None and self.routed.reached_upstream:
             self._record_nowait(err.code.name)
         details = []
         if self.routed is not None and (self.routed.attempts or self.usage is not None):
-            failure = pb.CallFailure(route=self.routed.route.name, attempts=self.routed.attempts)
-            for attempt in failure.attempts:
-                attempt.message = scrub(attempt.message, secrets)
+            failure = pb.CallFailure(route=self.routed.route.name, attempts=self.attempts)
             if self.usage is not None:
                 failure.usage.CopyFrom(self.usage)
             details.append(failure)
@@ -159,11 +157,15 @@ class Call:
                             ((REQUEST_ID_KEY, self.request_id),))
 
     def log(self, status: str, error: str | None = None) -> None:
+        if self.caller is None:
+            # Refused at authentication: what the request says is a stranger's input, not logged.
+            log_request(request_id=self.request_id, rpc=self.rpc, status=status, error=error)
+            return
         usage = self.usage
         log_request(
             request_id=self.request_id,
             rpc=self.rpc,
-            caller=self.caller.name if self.caller else None,
+            caller=self.caller.name,
             model=self.request.model,
             provider=self.provider or self._target_provider() or None,
             upstream_model=self.upstream_model or self._target_model() or None,
@@ -187,7 +189,8 @@ class Call:
             provider=self.provider or self._target_provider(),
             model=self.upstream_model or self._target_model(),
             status=status,
-            attempts=self.attempts or (self.routed.attempts if self.routed else ()),
+            # Scrubbed already on every path that gets here; again because this is what stays on disk.
+            attempts=self._scrubbed(self.attempts or (self.routed.attempts if self.routed else ())),
             latency_ms=(time.perf_counter() - self.started) * 1000,
             ttft_ms=self.ttft_ms,
             usage=self.usage,
@@ -203,6 +206,16 @@ class Call:
             self.ledger.record_nowait(self._record(status))
         except (JournalError, LedgerClosed) as exc:
             log.error("usage record %s not journaled: %s", self.request_id, exc)
+
+    def _scrubbed(self, attempts: Iterable[pb.Attempt]) -> list[pb.Attempt]:
+        """The attempts, their messages cleaned of every configured key in place (the caller's
+        answer, its CallFailure and the ledger record all hold these objects or copies of them)."""
+        secrets = self.state.registry.secrets
+        attempts = list(attempts)
+        for attempt in attempts:
+            if attempt.message:
+                attempt.message = scrub(attempt.message, secrets)
+        return attempts
 
     def _estimate_abandoned_usage(self) -> None:
         """A stream the caller abandoned: the provider's final figures never came, so estimate

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
@@ -13,7 +14,7 @@ from tollway.service.admission.auth import Caller
 from tollway.service.admission.stream_limits import OpenStreams
 from tollway.service.errors import GatewayError
 from tollway.service.gateway.call import REQUEST_ID_KEY, Call, ServingState
-from tollway.service.ledger import Ledger, StoreUnavailable, from_proto
+from tollway.service.ledger import Ledger, StoreUnavailable, SummaryTooLarge, from_proto
 from tollway.service.media.fetch import MediaFetcher
 from tollway.service.plugins.adapter import Adapter, AnyRequest, Capabilities
 from tollway.service.routing.router import Router
@@ -199,7 +200,12 @@ class CompletionServicer(pb_grpc.CompletionServicer):
             try:
                 rows = await self._runtime.ledger.summary(filters, group_by)
             except StoreUnavailable as exc:
-                raise GatewayError(grpc.StatusCode.UNAVAILABLE, f"usage ledger unavailable: {exc}") from None
+                # The cause names the database (a file path, a host): the operator's log has it,
+                # the caller gets what to do.
+                logging.getLogger("tollway.ledger").warning("GetUsageSummary: usage ledger unavailable: %s", exc)
+                raise GatewayError(grpc.StatusCode.UNAVAILABLE, "usage ledger unavailable; retry later") from None
+            except SummaryTooLarge as exc:
+                raise GatewayError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
         except GatewayError as err:
             await context.abort(err.code, err.message)
         return pb.GetUsageSummaryResponse(rows=rows)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import cast
 
+from .private_files import open_private, private_directory
 from .records import LedgerRecord
 
 try:
@@ -92,7 +93,7 @@ class Journal:
         """Lock the directory and open a fresh active segment; returns the segments a previous
         process left, sealed and marked for replay."""
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            private_directory(self.directory)
             self._lock_directory()
             leftovers = []
             for path in sorted(self.directory.glob(f"{_PREFIX}*{_SUFFIX}")):
@@ -114,7 +115,7 @@ class Journal:
     def _lock_directory(self) -> None:
         if fcntl is None:
             return  # type: ignore[unreachable]  # mypy assumes fcntl imports; it does not on Windows
-        fd = os.open(self.directory / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        fd = open_private(self.directory / ".lock", os.O_WRONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -125,7 +126,7 @@ class Journal:
     def _start_segment(self) -> None:
         seq = self._last_seq + 1
         path = self.directory / f"{_PREFIX}{seq:012d}{_SUFFIX}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = open_private(path, os.O_WRONLY | os.O_APPEND)
         self._last_seq = seq
         self.active = self.segments[seq] = Segment(seq, path, fd)
         self._sync_dir = True
@@ -262,7 +263,7 @@ class Journal:
 
     def write_rejected(self, records: Sequence[LedgerRecord], reason: str) -> None:
         """Records the database refuses outright go to rejected.jsonl, never silently away."""
-        with open(self.directory / REJECTED_FILE, "ab") as f:
+        with open(open_private(self.directory / REJECTED_FILE, os.O_WRONLY | os.O_APPEND), "ab") as f:
             for rec in records:
                 f.write(rec.to_json() + b"\n")
             f.flush()

@@ -4,6 +4,7 @@ so the event loop never waits on the disk and the connection is never shared acr
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ from typing import Any, TypeVar, cast
 
 from tollway.v1 import completion_pb2 as pb
 
+from .private_files import make_private, open_private, private_directory
 from .records import LedgerRecord
 from .schema import (
     COLUMNS,
@@ -53,7 +55,17 @@ class SqliteStore:
             raise StoreUnavailable(f"SQLite ledger {self.path}: {exc}") from exc
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_directory(self.path.parent)
+        # The database is created 0600 here, before SQLite would create it by the umask; SQLite
+        # then gives its -wal and -shm files the database's mode. Those an earlier version left
+        # are made private too.
+        try:
+            os.close(open_private(self.path, os.O_RDWR))
+            for suffix in ("-wal", "-shm", "-journal"):
+                make_private(self.path.with_name(self.path.name + suffix))
+        except OSError as exc:
+            # Worded as SQLite words it (the path is named once, by the caller).
+            raise sqlite3.OperationalError(f"unable to open database file ({exc.strerror or exc})") from exc
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         conn.execute("PRAGMA journal_mode = WAL")
@@ -96,8 +108,20 @@ class SqliteStore:
 
     async def summary(self, filters: UsageFilter, group_by: Sequence[str]) -> list[pb.UsageSummaryRow]:
         sql, params = build_query(SQLITE, filters, group_by)
-        result = await self._run(self._read, sql, params, writer=False)
+        result = await self._run(self._read_sums, sql, params, filters, group_by, writer=False)
         return rows_from_result(group_by, result)
+
+    def _read_sums(self, sql: str, params: list[Any], filters: UsageFilter,
+                   group_by: Sequence[str]) -> list[tuple[Any, ...]]:
+        try:
+            return self._read(sql, params)
+        except sqlite3.OperationalError as exc:
+            if "integer overflow" not in str(exc):
+                raise
+        # A sum past int64 (SUM's exact integers fail on it): the same query with TOTAL, whose
+        # floats never overflow; rows_from_result saturates what is past int64.
+        sql, params = build_query(SQLITE, filters, group_by, sum_function="TOTAL")
+        return self._read(sql, params)
 
     async def get(self, request_id: str) -> LedgerRecord | None:
         rows = await self._run(self._read, f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE request_id = ?",

@@ -16,7 +16,7 @@ import grpc
 
 from tollway.service.config.keys import reject_unknown
 from tollway.service.config.loader import Config, ConfigError, ProviderConfig
-from tollway.service.errors import GatewayError
+from tollway.service.errors import GatewayError, quoted
 from tollway.service.plugins.adapter import (
     Adapter,
     Capabilities,
@@ -24,6 +24,7 @@ from tollway.service.plugins.adapter import (
     ProviderSettings,
     intersect_capabilities,
 )
+from tollway.service.redaction import remember_keys
 from tollway.service.routing.routes import Route, direct_route
 
 log = logging.getLogger("tollway.registry")
@@ -75,20 +76,20 @@ class Registry:
                 known = ", ".join(sorted(self.routes)) or "none"
                 raise GatewayError(
                     grpc.StatusCode.NOT_FOUND,
-                    f'model: unknown route "{model}" (routes: {known}; or name "provider/model")',
+                    f'model: unknown route {quoted(model)} (routes: {known}; or name "provider/model")',
                 )
             return route
         name, _, upstream_model = model.partition("/")
         if not name or not upstream_model:
             raise GatewayError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f'model: "{model}" is not of the form "provider/model"',
+                f'model: {quoted(model)} is not of the form "provider/model"',
             )
         if name not in self.providers:
             known = ", ".join(sorted(self.providers)) or "none"
             raise GatewayError(
                 grpc.StatusCode.NOT_FOUND,
-                f'model: unknown provider "{name}" (configured: {known})',
+                f"model: unknown provider {quoted(name)} (configured: {known})",
             )
         return direct_route(name, upstream_model)
 
@@ -138,6 +139,8 @@ def build_registry(
             if target.provider not in providers:
                 raise ConfigError(f"route {route.name!r}: provider {target.provider!r} is not configured")
     secrets = tuple(k.adapter.settings.api_key for p in providers.values() for k in p.keys if k.adapter.settings.api_key)
+    # Log lines are scrubbed of these from now on, whichever registry serves.
+    remember_keys(secrets)
     registry = Registry(providers=MappingProxyType(providers), routes=MappingProxyType(dict(config.routes)),
                         secrets=secrets)
     route_caps = {name: _intersect_route(registry, route) for name, route in config.routes.items()}

@@ -2,15 +2,24 @@
 
 Adapters say only what their provider stated, in a ReportedUsage (None or absent means
 "not stated"); normalize() applies the provider-neutral rules: cache figures come out of
-the modality buckets, what no figure covers goes to `unattributed` with a warning,
+the modality buckets, what no figure covers goes to `unattributed` (with a warning only
+when the provider stated a modality breakdown that does not add up to its total),
 sub-counts that exceed their total are clamped with a warning, and every bucket is >= 0
 and sums exactly to its total.
+
+Figures that are not token counts (a string, a negative or fractional number, more than
+MAX_TOKEN_FIGURE) are refused: ReportedUsage.figure() reads counts out of a provider's JSON
+and notes the ones it refuses, normalize() checks every figure an adapter set once more,
+and either way the figure stays out of the buckets, is named in Usage.refused_figures with
+USAGE_WARNING_FIGURE_OUT_OF_RANGE, and billing leaves the response unpriced.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from tollway.v1 import completion_pb2 as pb
 
@@ -20,6 +29,40 @@ W = pb.UsageWarning
 CACHE_DEDUCTION_ORDER = ("text", "image", "video", "document", "audio")
 INPUT_MODALITIES = CACHE_DEDUCTION_ORDER
 OUTPUT_MODALITIES = ("text", "audio", "image")
+
+# The largest token figure believed: a thousand times the largest context window there is, so
+# no real response comes near it, while sums of such figures over billions of ledger records
+# still fit the int64 columns and protobuf fields they go to.
+MAX_TOKEN_FIGURE = 10**12
+INT64_MAX = (1 << 63) - 1
+# A refused figure's name and value are quoted up to this many characters each (they may be
+# anything a server sent), and so many figures are named: the names reach the response, the ledger and the unpriced reason.
+_QUOTED_CHARS = 40
+_NAMED_REFUSALS = 8
+_COUNT_FIELDS = ("input_total", "cache_read", "cache_write_5m", "cache_write_1h", "cache_write_unknown_ttl",
+                 "output_total", "reasoning", "provider_total", "tool_use_prompt_tokens",
+                 "accepted_prediction_tokens", "rejected_prediction_tokens")
+_OPTIONAL_FIELDS = ("provider_total", "tool_use_prompt_tokens", "accepted_prediction_tokens",
+                    "rejected_prediction_tokens")
+_BY_MODALITY_FIELDS = ("input_by_modality", "cache_read_by_modality", "output_by_modality")
+
+
+def is_token_count(value: Any) -> bool:
+    """A whole, non-negative number of tokens no larger than MAX_TOKEN_FIGURE (12.0 counts, 12.5
+    and "12" do not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        return False
+    return 0 <= value <= MAX_TOKEN_FIGURE
+
+
+def _quoted(name: str, value: Any) -> str:
+    return f"{_shortened(name)}={_shortened(repr(value))}"
+
+
+def _shortened(text: str) -> str:
+    return text if len(text) <= _QUOTED_CHARS else text[:_QUOTED_CHARS] + "..."
 
 
 @dataclass
@@ -54,10 +97,33 @@ class ReportedUsage:
     # Provider-specific findings (REASONING_EXCLUDED_FROM_COMPLETION, ...).
     warnings: set[pb.UsageWarning] = field(default_factory=set)
     estimated: bool = False
+    # Figures the provider stated that are not token counts, as "name=value" (see figure()).
+    refused: list[str] = field(default_factory=list)
+
+    def figure(self, mapping: Any, key: str) -> int:
+        """The token count `mapping[key]` as the provider stated it; 0 when absent or null, and
+        0 for a value that is not a count (is_token_count), which is noted in `refused`."""
+        stated = self.stated_figure(mapping, key)
+        return stated if stated is not None else 0
+
+    def stated_figure(self, mapping: Any, key: str) -> int | None:
+        """As figure(), but None when absent, null or refused (figures kept beside the buckets)."""
+        if not isinstance(mapping, Mapping):
+            return None
+        value = mapping.get(key)
+        if value is None:
+            return None
+        if not is_token_count(value):
+            self.refused.append(_quoted(key, value))
+            return None
+        return int(value)
 
 
 def normalize(reported: ReportedUsage) -> pb.Usage:
+    reported, refused = _refusing_what_is_not_a_count(reported)
     warnings = set(reported.warnings)
+    if refused:
+        warnings.add(W.USAGE_WARNING_FIGURE_OUT_OF_RANGE)
     usage = pb.Usage(estimated=reported.estimated)
     _fill_input(usage.input, reported, warnings)
     _fill_output(usage.output, reported, warnings)
@@ -67,8 +133,45 @@ def normalize(reported: ReportedUsage) -> pb.Usage:
     if usage.input.cache_write_unknown_ttl > 0:
         warnings.add(W.USAGE_WARNING_CACHE_TTL_UNKNOWN)
     usage.warnings.extend(sorted(warnings))
+    usage.refused_figures.extend(refused)
     _fill_provider_reported(usage.provider_reported, reported)
     return usage
+
+
+def _refusing_what_is_not_a_count(r: ReportedUsage) -> tuple[ReportedUsage, list[str]]:
+    """A copy of r with every figure that is not a count (is_token_count) set to 0 (None for
+    the figures kept beside the buckets), and the names and values of those figures: what the
+    adapter refused while reading, then what it set (a plugin's own arithmetic included)."""
+    refused = list(r.refused)
+    changes: dict[str, Any] = {}
+    for name in _COUNT_FIELDS:
+        value = getattr(r, name)
+        if value is None or type(value) is int and 0 <= value <= MAX_TOKEN_FIGURE:
+            continue
+        if is_token_count(value):
+            changes[name] = int(value)  # 12.0: protobuf takes only an int
+        else:
+            refused.append(_quoted(name, value))
+            changes[name] = None if name in _OPTIONAL_FIELDS else 0
+    for name in _BY_MODALITY_FIELDS:
+        by_modality: Mapping[str, Any] | None = getattr(r, name)
+        if not by_modality or all(v is None or type(v) is int and 0 <= v <= MAX_TOKEN_FIGURE
+                                  for v in by_modality.values()):
+            continue
+        kept: dict[str, int | None] = {}
+        for modality, value in by_modality.items():
+            if value is None or is_token_count(value):
+                kept[modality] = None if value is None else int(value)
+            else:
+                refused.append(_quoted(f"{name}[{modality}]", value))
+        changes[name] = kept
+    cost = r.cost_nano_usd
+    if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int) or abs(cost) > INT64_MAX):
+        refused.append(_quoted("cost_nano_usd", cost))
+        changes["cost_nano_usd"] = None
+    if len(refused) > _NAMED_REFUSALS:
+        refused[_NAMED_REFUSALS:] = [f"and {len(refused) - _NAMED_REFUSALS} more"]
+    return (replace(r, **changes) if changes else r), refused
 
 
 def _fill_input(bucket: pb.InputUsage, r: ReportedUsage, warnings: set[pb.UsageWarning]) -> None:
@@ -101,7 +204,7 @@ def _fill_input(bucket: pb.InputUsage, r: ReportedUsage, warnings: set[pb.UsageW
                 left -= take
     fresh = _clamp_in_order(fresh_total, list(stated.items()), warnings)
     unattributed = fresh_total - sum(fresh.values())
-    if unattributed > 0:
+    if unattributed > 0 and _breakdown_stated(r.input_by_modality):
         warnings.add(W.USAGE_WARNING_INPUT_MODALITY_DETAILS_INCOMPLETE)
 
     bucket.total = total
@@ -118,12 +221,23 @@ def _fill_output(bucket: pb.OutputUsage, r: ReportedUsage, warnings: set[pb.Usag
         warnings,
     )
     unattributed = total - sum(parts.values())
-    if unattributed > 0:
+    if unattributed > 0 and _breakdown_stated(r.output_by_modality):
         warnings.add(W.USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE)
     bucket.total = total
     for name, value in parts.items():
         setattr(bucket, name, value)
     bucket.unattributed = unattributed
+
+
+def _breakdown_stated(by_modality: Mapping[str, int | None]) -> bool:
+    """Whether the provider stated a modality breakdown at all (USAGE.md rule 1).
+
+    Relays serialize every unset count as 0 (rule 2), so a breakdown of zeros, like OpenAI's
+    `prompt_tokens_details: {audio_tokens: 0}` on a text answer, is no breakdown: its figures
+    go to `unattributed` without a warning, which is normal for such a provider. Reasoning and
+    cache figures are not modalities and never make a breakdown.
+    """
+    return any((value or 0) > 0 for value in by_modality.values())
 
 
 def _clamp_in_order(total: int, figures: list[tuple[str, int]], warnings: set[pb.UsageWarning]) -> dict[str, int]:

@@ -254,12 +254,8 @@ async def test_stream_without_usage_is_estimated(client, upstream):
     assert len(deltas) == 4
     usage = summaries[0].usage
     assert usage.estimated
-    # No modality is known for an estimate, so both breakdowns are incomplete as well.
-    assert set(usage.warnings) == {
-        W.USAGE_WARNING_USAGE_MISSING,
-        W.USAGE_WARNING_INPUT_MODALITY_DETAILS_INCOMPLETE,
-        W.USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE,
-    }
+    # An estimate states no modality breakdown, so only the missing usage is warned about.
+    assert set(usage.warnings) == {W.USAGE_WARNING_USAGE_MISSING}
     # The estimate is about four bytes a token of the text that went each way (media sizes
     # say nothing about their token counts), all unattributed.
     output_bytes = len("The image Two people shows an office.at work.".encode())

@@ -107,7 +107,7 @@ SEED_USAGE_JSON = {
     "input": {"total": "1986", "text": "5", "audio": "175", "unattributed": "1806"},
     "output": {"total": "83", "unattributed": "83"},
     "totalTokens": "2069",
-    "warnings": ["USAGE_WARNING_INPUT_MODALITY_DETAILS_INCOMPLETE", "USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE"],
+    "warnings": ["USAGE_WARNING_INPUT_MODALITY_DETAILS_INCOMPLETE"],
     "providerReported": {"totalTokens": "2069"},
 }
 
@@ -260,8 +260,7 @@ async def test_node_grpc_js_client(client, upstream: FakeUpstream):
     assert usage["output"] == {"total": "83", "text": "0", "audio": "0", "image": "0", "reasoning": "0",
                                "unattributed": "83"}
     assert (usage["total_tokens"], usage["estimated"]) == ("2069", False)
-    assert usage["warnings"] == ["USAGE_WARNING_INPUT_MODALITY_DETAILS_INCOMPLETE",
-                                 "USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE"]
+    assert usage["warnings"] == ["USAGE_WARNING_INPUT_MODALITY_DETAILS_INCOMPLETE"]
 
     stream = result["stream"]
     assert stream["status"] == "OK"

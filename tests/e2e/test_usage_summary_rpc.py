@@ -522,8 +522,8 @@ async def test_a_summary_while_the_postgresql_ledger_is_away_is_unavailable_and_
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await gateway.stub.GetUsageSummary(summary_request(), timeout=10)
         assert caught.value.code() == Code.UNAVAILABLE
-        assert caught.value.details() == ("usage ledger unavailable: PostgreSQL ledger: connection failed: connection "
-                                          f'to server at "127.0.0.1", port {proxy.port} failed: Connection refused')
+        # The database's address is the operator's business (their log has it), not the caller's.
+        assert caught.value.details() == "usage ledger unavailable; retry later"
 
         await proxy.up()
         await _flush(gateway)

@@ -37,9 +37,8 @@ MODEL = "claude-sonnet-4-5"
 PDF = b"%PDF-1.4\n%not-a-real-document\n"
 PNG = b"\x89PNG\r\n\x1a\n-not-a-real-image"
 
-# What every Anthropic response says about modalities: nothing (USAGE.md rule 1).
-NO_MODALITIES = {W.USAGE_WARNING_INPUT_MODALITY_DETAILS_INCOMPLETE,
-                 W.USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE}
+# Anthropic states no modality breakdown: its figures are unattributed, with no modality
+# warning (USAGE.md rule 1).
 
 
 def make_adapter(**options) -> anthropic.AnthropicAdapter:
@@ -322,7 +321,7 @@ def test_api_reference_response():
     # thinking_tokens 0: no reasoning; the 503 output tokens have no stated modality.
     assert usage.output == pb.OutputUsage(total=503, unattributed=503)
     assert usage.total_tokens == 6700 == 6197 + 503
-    assert set(usage.warnings) == NO_MODALITIES | {W.USAGE_WARNING_CACHE_TTL_UNKNOWN}
+    assert set(usage.warnings) == {W.USAGE_WARNING_CACHE_TTL_UNKNOWN}
     assert not usage.estimated
     # web_search_requests 0 is not a call; web_fetch_requests 2 are.
     assert [(t.tool, t.count) for t in usage.provider_reported.server_tool_use] == [("web_fetch_requests", 2)]
@@ -349,7 +348,7 @@ def test_recorded_tool_use_response():
     assert usage.input == pb.InputUsage(total=415, unattributed=415)
     assert usage.output == pb.OutputUsage(total=76, unattributed=76)
     assert usage.total_tokens == 491
-    assert set(usage.warnings) == NO_MODALITIES
+    assert set(usage.warnings) == set()
     assert not usage.HasField("provider_reported") or len(usage.provider_reported.server_tool_use) == 0
 
 
@@ -362,7 +361,7 @@ def test_prompt_caching_writes_split_by_ttl():
     assert usage.output == pb.OutputUsage(total=503, unattributed=503)
     assert usage.total_tokens == 4599
     # Every write has a TTL: no CACHE_TTL_UNKNOWN.
-    assert set(usage.warnings) == NO_MODALITIES
+    assert set(usage.warnings) == set()
 
 
 def test_compaction_iteration_is_added_to_the_top_level():
@@ -390,7 +389,7 @@ def test_advisor_iteration_is_usage_of_another_model():
     assert advisor.usage.input == pb.InputUsage(total=823, unattributed=823)
     assert advisor.usage.output == pb.OutputUsage(total=1612, unattributed=1612)
     assert advisor.usage.total_tokens == 2435
-    assert set(advisor.usage.warnings) == NO_MODALITIES
+    assert set(advisor.usage.warnings) == set()
 
 
 def test_thinking_blocks_are_reasoning_parts_not_visible_text():
@@ -577,7 +576,7 @@ def test_docs_basic_stream():
     assert usage.input == pb.InputUsage(total=25, unattributed=25)
     assert usage.output == pb.OutputUsage(total=15, unattributed=15)
     assert usage.total_tokens == 40
-    assert set(usage.warnings) == NO_MODALITIES
+    assert set(usage.warnings) == set()
     assert not usage.estimated
 
 
@@ -594,7 +593,7 @@ def test_sdk_stream_message_delta_overwrites_each_field_it_carries():
     # 8 output tokens, of which thinking_tokens says 3 were thinking.
     assert usage.output == pb.OutputUsage(total=8, reasoning=3, unattributed=5)
     assert usage.total_tokens == 67
-    assert set(usage.warnings) == NO_MODALITIES | {W.USAGE_WARNING_CACHE_TTL_UNKNOWN}
+    assert set(usage.warnings) == {W.USAGE_WARNING_CACHE_TTL_UNKNOWN}
     assert [(t.tool, t.count) for t in usage.provider_reported.server_tool_use] == [("web_search_requests", 1)]
 
 
@@ -644,8 +643,7 @@ def test_docs_thinking_stream_sends_thinking_as_reasoning_and_estimates_the_miss
     assert usage.output == pb.OutputUsage(total=output_tokens, unattributed=output_tokens)
     input_tokens = (len("What is the greatest common divisor of 1071 and 462?".encode()) + 3) // 4
     assert usage.input == pb.InputUsage(total=input_tokens, unattributed=input_tokens)
-    assert set(usage.warnings) == {W.USAGE_WARNING_INPUT_MODALITY_DETAILS_INCOMPLETE,
-                                   W.USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE, W.USAGE_WARNING_USAGE_MISSING}
+    assert set(usage.warnings) == {W.USAGE_WARNING_USAGE_MISSING}
 
 
 def test_stream_usage_with_iterations_and_advisor():

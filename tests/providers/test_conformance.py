@@ -307,6 +307,36 @@ async def test_an_answer_without_usage_is_estimated_and_says_so(case, gateway, u
     assert_buckets_add_up(usage)
 
 
+# Where each kind states its input token count in a unary answer.
+PROMPT_FIGURE = {
+    "mixrouter": ("usage", "prompt_tokens"),
+    "openai": ("usage", "prompt_tokens"),
+    "openai_compatible": ("usage", "prompt_tokens"),
+    "anthropic": ("usage", "input_tokens"),
+    "gemini": ("usageMetadata", "promptTokenCount"),
+}
+
+
+@pytest.mark.parametrize("value, quoted", [
+    ("1200", "'1200'"), (-5, "-5"), (5 * 10**18, "5000000000000000000"), (1e30, "1e+30")])
+async def test_an_input_figure_that_is_not_a_count_is_refused_flagged_and_unpriced(case, gateway, upstream,
+                                                                                  value, quoted):
+    body = payload(case.unary_fixture)
+    usage_key, figure = PROMPT_FIGURE[case.kind]
+    body[usage_key][figure] = value
+    upstream.reply(Reply(body=body))
+
+    response = await gateway.stub.Complete(unary(case))
+
+    usage = response.usage
+    assert list(usage.refused_figures) == [f"{figure}={quoted}"]
+    assert W.USAGE_WARNING_FIGURE_OUT_OF_RANGE in usage.warnings
+    assert_buckets_add_up(usage)
+    assert usage.input.total < 10**12
+    assert response.cost.unpriced and response.cost.total_nano_usd == 0
+    assert response.cost.unpriced_reason.endswith(f"has figures that are not token counts: {figure}={quoted}")
+
+
 async def test_media_the_provider_cannot_take_is_refused_before_any_request(case, gateway, upstream):
     request = unary(case, pb.Part(text=PROMPT), case.unsupported_media)
 

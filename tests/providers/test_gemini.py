@@ -332,7 +332,6 @@ def test_thinking_reply_bills_thoughts_and_returns_the_summary_as_reasoning():
         input=pb.InputUsage(total=14, text=14),
         output=pb.OutputUsage(total=26, reasoning=24, unattributed=2),
         total_tokens=40,
-        warnings=[W.USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE],
         provider_reported=pb.ProviderReportedUsage(total_tokens=40),
     )
 
@@ -349,8 +348,6 @@ def test_explicit_cache_without_details():
         input=pb.InputUsage(total=323388, cache_read=323383, unattributed=5),
         output=pb.OutputUsage(total=397, unattributed=397),
         total_tokens=323785,
-        warnings=[W.USAGE_WARNING_INPUT_MODALITY_DETAILS_INCOMPLETE,
-                  W.USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE],
         provider_reported=pb.ProviderReportedUsage(total_tokens=323785),
     )
 
@@ -366,7 +363,6 @@ def test_implicit_cache_with_cache_details_and_thinking():
         input=pb.InputUsage(total=12013, text=770, cache_read=11243),
         output=pb.OutputUsage(total=88, reasoning=73, unattributed=15),
         total_tokens=12101,
-        warnings=[W.USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE],
         provider_reported=pb.ProviderReportedUsage(total_tokens=12101),
     )
 
@@ -382,7 +378,6 @@ def test_tool_use_prompt_tokens_are_added_to_input():
         input=pb.InputUsage(total=439, text=439),
         output=pb.OutputUsage(total=244, reasoning=142, unattributed=102),
         total_tokens=683,
-        warnings=[W.USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE],
         provider_reported=pb.ProviderReportedUsage(total_tokens=683, tool_use_prompt_tokens=424),
     )
 
@@ -536,7 +531,6 @@ def test_stream_thinking_keeps_thoughts_out_of_the_text_and_keeps_the_last_usage
         input=pb.InputUsage(total=10, text=10),
         output=pb.OutputUsage(total=588, reasoning=540, unattributed=48),
         total_tokens=598,
-        warnings=[W.USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE],
         provider_reported=pb.ProviderReportedUsage(total_tokens=598),
     )
 
@@ -552,7 +546,6 @@ def test_stream_with_tool_use_prompt_tokens():
         input=pb.InputUsage(total=1057, text=1057),
         output=pb.OutputUsage(total=120, reasoning=39, unattributed=81),
         total_tokens=1177,
-        warnings=[W.USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE],
         provider_reported=pb.ProviderReportedUsage(total_tokens=1177, tool_use_prompt_tokens=619),
     )
 

@@ -44,10 +44,9 @@ def test_seed_usage():
     # completion_tokens_details are all zero: 83 output tokens, none attributed.
     assert usage.output == pb.OutputUsage(total=83, unattributed=83)
     assert usage.total_tokens == 1986 + 83 == 2069
-    assert warnings(usage) == {
-        W.USAGE_WARNING_INPUT_MODALITY_DETAILS_INCOMPLETE,
-        W.USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE,
-    }
+    # The input breakdown was stated and does not add up: warned. The output one is all
+    # zeros, that is none stated (rule 2): no warning.
+    assert warnings(usage) == {W.USAGE_WARNING_INPUT_MODALITY_DETAILS_INCOMPLETE}
     # The relay's own total (2069) agrees, and is kept beside the buckets.
     assert usage.provider_reported.total_tokens == 2069
     assert not usage.provider_reported.HasField("cost_nano_usd")
@@ -85,10 +84,8 @@ def test_relay_zeros_are_not_figures():
     assert usage.input == pb.InputUsage(total=100, unattributed=100)
     assert usage.output == pb.OutputUsage(total=20, unattributed=20)
     assert usage.total_tokens == 120
-    assert warnings(usage) == {
-        W.USAGE_WARNING_INPUT_MODALITY_DETAILS_INCOMPLETE,
-        W.USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE,
-    }
+    # Details of zeros state no breakdown: nothing to warn about (rule 1).
+    assert warnings(usage) == set()
 
 
 def test_null_details_are_not_figures():
@@ -122,7 +119,7 @@ def test_claude_behind_relay_adds_cache_to_the_prompt():
     assert usage.output == pb.OutputUsage(total=200, unattributed=200)
     assert usage.total_tokens == 4550 + 200 == 4750
     # Every write has its TTL, so no CACHE_TTL_UNKNOWN.
-    assert warnings(usage) == {W.USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE}
+    assert warnings(usage) == set()
 
 
 def test_claude_signalled_by_cache_writes_without_a_claude_model_name():
@@ -216,10 +213,7 @@ def test_xai_reasoning_outside_completion():
     # output = 530 + 233 = 763: reasoning 233, the 530 visible tokens unattributed.
     assert usage.output == pb.OutputUsage(total=763, reasoning=233, unattributed=530)
     assert usage.total_tokens == 37 + 763 == 800
-    assert warnings(usage) == {
-        W.USAGE_WARNING_REASONING_EXCLUDED_FROM_COMPLETION,
-        W.USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE,
-    }
+    assert warnings(usage) == {W.USAGE_WARNING_REASONING_EXCLUDED_FROM_COMPLETION}
     assert usage.provider_reported.accepted_prediction_tokens == 0
     assert usage.provider_reported.rejected_prediction_tokens == 0
 
@@ -259,11 +253,7 @@ def test_openrouter_cost_and_cache_writes():
     assert usage.total_tokens == 1500
     # $0.0012345 = 1,234,500 nano-USD, exactly.
     assert usage.provider_reported.cost_nano_usd == 1_234_500
-    assert warnings(usage) == {
-        W.USAGE_WARNING_CACHE_TTL_UNKNOWN,
-        W.USAGE_WARNING_INPUT_MODALITY_DETAILS_INCOMPLETE,
-        W.USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE,
-    }
+    assert warnings(usage) == {W.USAGE_WARNING_CACHE_TTL_UNKNOWN}
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,6 @@ import pytest
 
 from tests.support.adapters import (
     FIXTURES,
-    INCOMPLETE,
     MP3,
     PDF,
     PNG,
@@ -190,8 +189,7 @@ def test_xai_reasoning_outside_completion_tokens():
     # 291 + 26 + 189 = 506 = total_tokens: the 189 reasoning tokens are outside the 26.
     assert usage.output == pb.OutputUsage(total=215, reasoning=189, unattributed=26)
     assert usage.total_tokens == 506
-    assert list(usage.warnings) == [W.USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE,
-                                    W.USAGE_WARNING_REASONING_EXCLUDED_FROM_COMPLETION]
+    assert list(usage.warnings) == [W.USAGE_WARNING_REASONING_EXCLUDED_FROM_COMPLETION]
     # cost_in_usd_ticks 1399000 at 10^10 ticks a dollar = 139900 nano-USD.
     assert usage.provider_reported == pb.ProviderReportedUsage(
         total_tokens=506, accepted_prediction_tokens=0, rejected_prediction_tokens=0, cost_nano_usd=139900)
@@ -207,7 +205,7 @@ def test_mistral_content_as_typed_parts():
     # No reasoning figure stated: the thinking is somewhere inside the 94, unattributed.
     assert response.usage.output == pb.OutputUsage(total=94, unattributed=94)
     assert response.usage.total_tokens == 122
-    assert list(response.usage.warnings) == INCOMPLETE
+    assert list(response.usage.warnings) == []
 
 
 def test_ollama_totals_only():
@@ -272,8 +270,7 @@ def test_xai_stream_with_reasoning_outside_the_completion():
     assert usage.input == pb.InputUsage(total=12, text=1, cache_read=11)
     assert usage.output == pb.OutputUsage(total=291, reasoning=290, unattributed=1)
     assert usage.total_tokens == 303
-    assert list(usage.warnings) == [W.USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE,
-                                    W.USAGE_WARNING_REASONING_EXCLUDED_FROM_COMPLETION]
+    assert list(usage.warnings) == [W.USAGE_WARNING_REASONING_EXCLUDED_FROM_COMPLETION]
     assert usage.provider_reported.cost_nano_usd == 146625
     assert not usage.estimated
 
@@ -310,8 +307,7 @@ def test_ollama_stream_without_usage_is_estimated():
     assert usage.estimated
     assert usage.input == pb.InputUsage(total=3, unattributed=3)  # "Say hello.": 10 bytes
     assert usage.output == pb.OutputUsage(total=1, unattributed=1)
-    assert list(usage.warnings) == [W.USAGE_WARNING_INPUT_MODALITY_DETAILS_INCOMPLETE,
-                                    W.USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE, W.USAGE_WARNING_USAGE_MISSING]
+    assert list(usage.warnings) == [W.USAGE_WARNING_USAGE_MISSING]
 
 
 def test_a_server_error_string_keeps_its_message():

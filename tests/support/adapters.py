@@ -20,9 +20,6 @@ FIXTURES = _root.FIXTURES
 OPENAI_TEST_KEY = "tw-test-openai-key-0123456789abcdef"
 
 
-INCOMPLETE = [W.USAGE_WARNING_INPUT_MODALITY_DETAILS_INCOMPLETE, W.USAGE_WARNING_OUTPUT_MODALITY_DETAILS_INCOMPLETE]
-
-
 def fixture_text(relative: str) -> str:
     return (FIXTURES / relative).read_text(encoding="utf-8")
 

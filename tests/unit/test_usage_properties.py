@@ -19,8 +19,10 @@ from hypothesis import strategies as st
 from tollway.providers import mixrouter, openai
 from tollway.providers.openai_codec import ChatStreamDecoder, reported_usage
 from tollway.providers.openai_compatible import CompatibleOptions
-from tollway.service.usage.normalize import ReportedUsage, normalize
+from tollway.service.usage.normalize import MAX_TOKEN_FIGURE, ReportedUsage, is_token_count, normalize
 from tollway.v1 import completion_pb2 as pb
+
+W = pb.UsageWarning
 
 DIALECTS = {
     "openai": openai.DIALECT,
@@ -35,6 +37,9 @@ PROPERTY_SETTINGS = settings(max_examples=200, deadline=None, suppress_health_ch
 
 def assert_contract(usage: pb.Usage) -> None:
     i, o = usage.input, usage.output
+    # A figure that is not a count is named and warned about, and never reaches a bucket.
+    assert (W.USAGE_WARNING_FIGURE_OUT_OF_RANGE in usage.warnings) == bool(usage.refused_figures), usage
+    assert usage.total_tokens <= 100 * MAX_TOKEN_FIGURE, usage
     input_buckets = [i.text, i.image, i.audio, i.video, i.document, i.cache_read, i.cache_write_5m, i.cache_write_1h,
                      i.cache_write_unknown_ttl, i.unattributed]
     output_buckets = [o.text, o.audio, o.image, o.reasoning, o.unattributed]
@@ -47,9 +52,12 @@ def assert_contract(usage: pb.Usage) -> None:
 # -- what a provider could send ----------------------------------------------------------
 
 # Counts as servers send them: real figures, relay zeros, nulls; occasionally a float or a
-# string where a count belongs.
+# string where a count belongs; and what a hostile upstream sends: negative, absurd (past any
+# context, past int64, past any integer) and fractional figures.
 count = st.integers(min_value=0, max_value=2_000_000)
-stated = st.one_of(count, count, st.just(0), st.none(), st.floats(min_value=0, max_value=1e6), st.just("12"))
+hostile = st.sampled_from([-5, 5 * 10**18, 2**64 - 1, 1e30, float("inf"), float("nan"), 2.5, True])
+stated = st.one_of(count, count, st.just(0), st.none(), st.floats(min_value=0, max_value=1e6), st.just("12"),
+                   hostile)
 
 
 def some_of(keys: list[str], values: st.SearchStrategy) -> st.SearchStrategy[dict[str, Any]]:
@@ -136,10 +144,15 @@ def test_openai_chat_usage_keeps_the_contract(payload, dialect, model):
     usage = normalize(reported_usage(payload, model, DIALECTS[dialect]))
 
     assert_contract(usage)
-    # The provider's own total is kept beside the buckets exactly when it is a number.
+    # The provider's own total is kept beside the buckets exactly when it is a token count,
+    # and named among the refused figures when it is something else.
     total = payload.get("total_tokens")
-    if isinstance(total, (int, float)):
+    if is_token_count(total):
         assert usage.provider_reported.total_tokens == int(total)
+    elif total is not None:
+        assert not usage.provider_reported.HasField("total_tokens")
+        # (named, unless more than eight figures were refused before it)
+        assert any(f.startswith(("total_tokens=", "and ")) for f in usage.refused_figures), usage
 
 
 @PROPERTY_SETTINGS

@@ -75,6 +75,7 @@ class UsageWarning(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     USAGE_WARNING_PROVIDER_TOTAL_MISMATCH: _ClassVar[UsageWarning]
     USAGE_WARNING_DETAILS_EXCEED_TOTAL: _ClassVar[UsageWarning]
     USAGE_WARNING_USAGE_MISSING: _ClassVar[UsageWarning]
+    USAGE_WARNING_FIGURE_OUT_OF_RANGE: _ClassVar[UsageWarning]
 
 class Modality(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -140,6 +141,7 @@ USAGE_WARNING_THOUGHTS_INCLUDED_IN_CANDIDATES: UsageWarning
 USAGE_WARNING_PROVIDER_TOTAL_MISMATCH: UsageWarning
 USAGE_WARNING_DETAILS_EXCEED_TOTAL: UsageWarning
 USAGE_WARNING_USAGE_MISSING: UsageWarning
+USAGE_WARNING_FIGURE_OUT_OF_RANGE: UsageWarning
 MODALITY_UNSPECIFIED: Modality
 MODALITY_TEXT: Modality
 MODALITY_IMAGE: Modality
@@ -521,7 +523,7 @@ class Cost(_message.Message):
     def __init__(self, line_items: _Optional[_Iterable[_Union[CostLineItem, _Mapping]]] = ..., total_nano_usd: _Optional[int] = ..., unpriced: _Optional[bool] = ..., unpriced_reason: _Optional[str] = ..., provider_reported_nano_usd: _Optional[int] = ..., price_entry: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("input", "output", "total_tokens", "warnings", "estimated", "provider_reported", "other_models")
+    __slots__ = ("input", "output", "total_tokens", "warnings", "estimated", "provider_reported", "other_models", "refused_figures")
     INPUT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -529,6 +531,7 @@ class Usage(_message.Message):
     ESTIMATED_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_REPORTED_FIELD_NUMBER: _ClassVar[int]
     OTHER_MODELS_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIGURES_FIELD_NUMBER: _ClassVar[int]
     input: InputUsage
     output: OutputUsage
     total_tokens: int
@@ -536,7 +539,8 @@ class Usage(_message.Message):
     estimated: bool
     provider_reported: ProviderReportedUsage
     other_models: _containers.RepeatedCompositeFieldContainer[ModelUsage]
-    def __init__(self, input: _Optional[_Union[InputUsage, _Mapping]] = ..., output: _Optional[_Union[OutputUsage, _Mapping]] = ..., total_tokens: _Optional[int] = ..., warnings: _Optional[_Iterable[_Union[UsageWarning, str]]] = ..., estimated: _Optional[bool] = ..., provider_reported: _Optional[_Union[ProviderReportedUsage, _Mapping]] = ..., other_models: _Optional[_Iterable[_Union[ModelUsage, _Mapping]]] = ...) -> None: ...
+    refused_figures: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, input: _Optional[_Union[InputUsage, _Mapping]] = ..., output: _Optional[_Union[OutputUsage, _Mapping]] = ..., total_tokens: _Optional[int] = ..., warnings: _Optional[_Iterable[_Union[UsageWarning, str]]] = ..., estimated: _Optional[bool] = ..., provider_reported: _Optional[_Union[ProviderReportedUsage, _Mapping]] = ..., other_models: _Optional[_Iterable[_Union[ModelUsage, _Mapping]]] = ..., refused_figures: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelUsage(_message.Message):
     __slots__ = ("model", "usage")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import grpc
+from grpc._cython import cygrpc  # type: ignore[attr-defined]  # no stubs for the core module
 
 from tollway.service.admission.auth import Caller
 from tollway.service.admission.stream_limits import OpenStreams
@@ -211,6 +212,11 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         return pb.GetUsageSummaryResponse(rows=rows)
 
 
+# What grpc.aio raises when the transport refuses a write because the caller has gone (the
+# call is not yet marked done or cancelled then); it has no public name.
+_WRITE_REFUSED: type[Exception] = cygrpc.ExecuteBatchError
+
+
 class _CallerGone(Exception):
     """A stream message could not be written: the call ended under it."""
 
@@ -229,8 +235,7 @@ async def _send(context: grpc.aio.ServicerContext[Any, Any], message: pb.StreamC
                            f"the caller read nothing for {timeout_s:.3g}s while a message waited "
                            f"(server.stream_send_timeout_s = {timeout_s:.3g}): the stream was ended; "
                            "read a stream as it arrives", partial_summary=partial) from None
-    except Exception as exc:
-        # grpc.aio fails the write (ExecuteBatchError) once the caller has gone.
+    except _WRITE_REFUSED as exc:
         raise _CallerGone() from exc
 
 

@@ -56,6 +56,23 @@ async def test_a_caller_that_stops_reading_has_its_stream_ended(start_client, up
     assert record.estimated and record.output.total > 0
 
 
+async def test_callers_that_stop_reading_do_not_keep_the_pool_from_others(start_client, upstream):
+    """As reported: streams that read one message and stop took every connection of the pool,
+    and every other call failed with DEADLINE_EXCEEDED."""
+    client = await gateway(start_client, upstream, server={"max_upstream_connections": 2})
+    upstream.responder = lambda received: (Reply(events=sse_events(stream_chunks(FLOOD)))
+                                           if received.json().get("stream") else ok("served"))
+    stopped = [client.stub.StreamComplete(stream_request("mixrouter/m"), timeout=60) for _ in range(2)]
+    for call in stopped:
+        assert (await call.read()).delta.text == FLOOD[0]
+
+    response = await client.stub.Complete(request("mixrouter/m"), timeout=20)
+
+    assert response.choices[0].message.parts[0].text == "served"
+    for call in stopped:
+        call.cancel()
+
+
 async def test_a_caller_that_reads_slowly_within_the_limit_gets_everything(start_client, upstream):
     client = await gateway(start_client, upstream)
     words = FLOOD[:60]

@@ -149,7 +149,6 @@ class Router:
                     wait = self._after_failure(provider, target, key, call, err, started, retry, policy)
                     if wait is None:
                         break
-                    await asyncio.sleep(wait)
                 except BaseException as exc:
                     # Cancelled, closed by the caller, or a bug of ours: no verdict on health.
                     if not settled:
@@ -159,6 +158,8 @@ class Router:
                     raise
                 finally:
                     self.open_streams.release(provider.name)
+                # Only a failure that may be retried gets here; the backoff holds no stream slot.
+                await asyncio.sleep(wait)
         raise self._exhausted(call, last_error)
 
     # -- the steps -------------------------------------------------------------------

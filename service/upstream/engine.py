@@ -22,7 +22,6 @@ import grpc
 import httpx
 from httpx_aiohttp import AiohttpTransport
 from httpx_sse import ServerSentEvent
-from yarl import URL
 
 from tollway.service.errors import GatewayError, bad_upstream_body, upstream_http_error
 from tollway.service.plugins.adapter import Adapter, AnyRequest, StreamDecoder
@@ -315,13 +314,14 @@ def operator_address(base_url: str | None) -> str:
     if not base_url:
         return "(no base URL)"
     try:
-        url = URL(base_url)
-    except (ValueError, TypeError):
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, TypeError):
         return "(unparsable base URL)"
-    if not url.is_absolute() or not url.host:
+    if not url.scheme or not url.host:
         return "(unparsable base URL)"
     host = f"[{url.host}]" if ":" in url.host else url.host
-    return f"{url.scheme}://{host}:{url.port}{url.path}"
+    port = url.port or {"http": 80, "https": 443}.get(url.scheme)
+    return f"{url.scheme}://{host}{f':{port}' if port else ''}{url.path}"
 
 
 def _timeout(name: str, what: str) -> GatewayError:

@@ -6,6 +6,7 @@ an internal network detail.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,20 +137,26 @@ def _code_number(code: Code) -> int:
 assert _code_number(Code.UNAVAILABLE) == code_pb2.UNAVAILABLE
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds: delta-seconds or an HTTP-date."""
+    """Retry-After as seconds: delta-seconds or an HTTP-date; None when it is neither.
+
+    Only finite, non-negative figures count: "1e400", "nan" or "-5" are no advice at all
+    (an infinite wait would cool a key forever). How long a figure is believed is capped
+    by the router (routing.max_retry_after_s)."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
     from datetime import datetime, timezone
     from email.utils import parsedate_to_datetime
 
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)

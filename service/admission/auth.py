@@ -37,6 +37,8 @@ class Caller:
     allowed_models: tuple[str, ...] | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     role: str = "user"
+    # Streams this caller may have open at once; None: routing.max_streams_per_caller.
+    max_streams: int | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -111,7 +113,7 @@ def parse_callers(table: Mapping[str, Any]) -> Callers:
             raise ValueError(f"{where}: a caller name takes letters, digits, '.', '_' and '-'")
         if not isinstance(raw, Mapping):
             raise ValueError(f"{where} must be a table")
-        reject_unknown(raw, {"key_sha256", "allowed_models", "labels", "role"}, f"in [{where}]")
+        reject_unknown(raw, {"key_sha256", "allowed_models", "labels", "role", "max_streams"}, f"in [{where}]")
         key_hash = raw.get("key_sha256")
         if not isinstance(key_hash, str) or not _HEX64.match(key_hash.lower()):
             raise ValueError(f"{where}.key_sha256 must be 64 hex digits (tollway keys new {name})")
@@ -127,8 +129,12 @@ def parse_callers(table: Mapping[str, Any]) -> Callers:
         role = raw.get("role", "user")
         if role not in ROLES:
             raise ValueError(f"{where}.role must be one of {', '.join(ROLES)}")
+        max_streams = raw.get("max_streams")
+        if max_streams is not None and (not isinstance(max_streams, int) or isinstance(max_streams, bool)
+                                        or max_streams < 1):
+            raise ValueError(f"{where}.max_streams must be an integer >= 1")
         entries.append(Caller(name, bytes.fromhex(key_hash), tuple(allowed) if allowed is not None else None,
-                              dict(labels), role))
+                              dict(labels), role, max_streams))
     return Callers(tuple(entries))
 
 

@@ -50,6 +50,9 @@ class ProviderConfig:
     connect_timeout_s: float = 10.0
     first_byte_timeout_s: float = 120.0
     idle_timeout_s: float = 60.0
+    # Streams open at once to this provider; None: server.max_upstream_connections (beyond
+    # it a stream would only wait for a connection).
+    max_concurrent_streams: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -65,6 +68,13 @@ class ServerConfig:
     # one message (the first delta always goes alone, and nothing waits to be merged). Fewer
     # messages cost less CPU; callers see the same text, in fewer pieces.
     merge_stream_deltas: bool = False
+    # Upstream answers: a unary body, and one stream line or event, are refused (UNAVAILABLE)
+    # once past these, counted as they arrive; an error body is read to 64 KiB at most.
+    max_upstream_body_bytes: int = 32 * 1024 * 1024
+    max_upstream_event_bytes: int = 8 * 1024 * 1024
+    # Streams: a message the caller does not take within this long ends the stream, so a
+    # caller that stops reading cannot hold an upstream connection forever.
+    stream_send_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -93,7 +103,7 @@ class Config:
 
 
 _PROVIDER_KEYS = {"kind", "base_url", "api_key_env", "api_key_envs", "timeout_s", "connect_timeout_s",
-                  "first_byte_timeout_s", "idle_timeout_s"}
+                  "first_byte_timeout_s", "idle_timeout_s", "max_concurrent_streams"}
 _PROVIDER_TIMEOUTS = ("timeout_s", "connect_timeout_s", "first_byte_timeout_s", "idle_timeout_s")
 
 
@@ -173,7 +183,8 @@ def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
 
 
 def _parse_server(table: Mapping[str, Any]) -> ServerConfig:
-    allowed = {"listen", "log_format", "grace_period_s", "max_upstream_connections", "merge_stream_deltas"}
+    allowed = {"listen", "log_format", "grace_period_s", "max_upstream_connections", "merge_stream_deltas",
+               "max_upstream_body_bytes", "max_upstream_event_bytes", "stream_send_timeout_s"}
     _no_unknown(table, allowed, "server")
     server = ServerConfig(**table)
     parse_listen(server.listen, "server.listen")
@@ -186,6 +197,12 @@ def _parse_server(table: Mapping[str, Any]) -> ServerConfig:
         raise ConfigError("server.max_upstream_connections must be an integer >= 1")
     if not isinstance(server.merge_stream_deltas, bool):
         raise ConfigError("server.merge_stream_deltas must be true or false")
+    if not _is_number(server.stream_send_timeout_s) or server.stream_send_timeout_s <= 0:
+        raise ConfigError("server.stream_send_timeout_s must be a number > 0 (seconds)")
+    for key in ("max_upstream_body_bytes", "max_upstream_event_bytes"):
+        value = getattr(server, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1024:
+            raise ConfigError(f"server.{key} must be an integer >= 1024 (bytes)")
     return server
 
 
@@ -214,8 +231,13 @@ def _parse_provider(name: str, table: Any) -> ProviderConfig:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{where}.{key} must be a positive number")
             timeouts[key] = float(value)
+    max_streams = known.get("max_concurrent_streams")
+    if max_streams is not None and (not isinstance(max_streams, int) or isinstance(max_streams, bool)
+                                    or max_streams < 1):
+        raise ConfigError(f"{where}.max_concurrent_streams must be an integer >= 1")
     return ProviderConfig(
         name=name,
+        max_concurrent_streams=max_streams,
         kind=known.get("kind", name),
         base_url=known.get("base_url"),
         api_key_envs=tuple(key_envs),

@@ -70,6 +70,8 @@ class Gateway:
         router = self.runtime.router
         router.board = router.board.with_policy(config.routing.breaker)
         self.runtime.media.policy = config.media
+        self.runtime.engine.max_body_bytes = config.server.max_upstream_body_bytes
+        self.runtime.engine.max_event_bytes = config.server.max_upstream_event_bytes
         self.runtime.state = state
         log.info("config reloaded from %s; providers: %s; routes: %s", config.source,
                  ", ".join(p.name for p in state.registry.usable()) or "none",
@@ -126,7 +128,9 @@ async def _start(config: Config, state: ServingState, environ: Mapping[str, str]
     # itself): a plain socket tries the address first, before anything is opened, and names the cause.
     check_can_listen(address)
     engine = Engine(max_connections=config.server.max_upstream_connections,
-                    merge_deltas=config.server.merge_stream_deltas)
+                    merge_deltas=config.server.merge_stream_deltas,
+                    max_body_bytes=config.server.max_upstream_body_bytes,
+                    max_event_bytes=config.server.max_upstream_event_bytes)
     await engine.start()
     started.push_async_callback(engine.aclose)
     media = MediaFetcher(config.media)
@@ -139,6 +143,8 @@ async def _start(config: Config, state: ServingState, environ: Mapping[str, str]
     runtime = Runtime(state=state, engine=engine, media=media, router=router, ledger=ledger)
 
     max_bytes = grpc_receive_limit(config.limits)
+    # Answers are bounded like requests; a unary answer over it is refused before it is recorded OK.
+    runtime.max_send_bytes = max_bytes
     server = grpc.aio.server(
         interceptors=[Intake(RpcSlots(config.limits.max_concurrent_rpcs))],
         options=[

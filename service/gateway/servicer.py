@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import grpc
+from grpc._cython import cygrpc  # type: ignore[attr-defined]  # no stubs for the core module
 
+from tollway.service.admission.auth import Caller
+from tollway.service.admission.stream_limits import OpenStreams
 from tollway.service.errors import GatewayError
 from tollway.service.gateway.call import REQUEST_ID_KEY, Call, ServingState
 from tollway.service.ledger import Ledger, StoreUnavailable, SummaryTooLarge, from_proto
@@ -18,6 +20,7 @@ from tollway.service.media.fetch import MediaFetcher
 from tollway.service.plugins.adapter import Adapter, AnyRequest, Capabilities
 from tollway.service.routing.router import Router
 from tollway.service.upstream.engine import Engine
+from tollway.service.usage.estimate import estimated_usage
 from tollway.v1 import completion_pb2 as pb
 from tollway.v1 import completion_pb2_grpc as pb_grpc
 
@@ -33,6 +36,11 @@ class Runtime:
     media: MediaFetcher
     router: Router
     ledger: Ledger
+    # The server's grpc.max_send_message_length: an answer larger than this never reaches
+    # the caller, so it must not be recorded as OK.
+    max_send_bytes: int = 4 * 1024 * 1024
+    # Streams open per configured caller, against routing.max_streams_per_caller.
+    caller_streams: OpenStreams = field(default_factory=OpenStreams)
 
 
 class CompletionServicer(pb_grpc.CompletionServicer):
@@ -53,6 +61,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
             routed = call.prepare(context)
             response = await self._runtime.router.complete(call.state.registry, call.state.config.routing, routed)
             response.cost.CopyFrom(call.settle(response.provider, response.model, response.usage, response.attempts))
+            _check_sendable(response, self._runtime.max_send_bytes)
             await call.succeed()
         except GatewayError as err:
             await call.fail(context, err)
@@ -70,10 +79,16 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         self,
         request: pb.StreamCompleteRequest,
         context: grpc.aio.ServicerContext[pb.StreamCompleteRequest, pb.StreamCompleteResponse],
-    ) -> AsyncGenerator[pb.StreamCompleteResponse, None]:
+    ) -> None:
+        # Written with context.write rather than yielded: an async-generator handler gives no
+        # hold on the send, and a caller that stops reading would block it (and the upstream
+        # connection behind it) forever. write() waits for the caller's flow-control window.
         call = self._call("StreamComplete", request)
+        holder: str | None = None  # the caller whose stream slot this call holds
         try:
             routed = call.prepare(context)
+            holder = self._take_stream_slot(call)
+            send_timeout = call.state.config.server.stream_send_timeout_s
             stream = self._runtime.router.stream(call.state.registry, call.state.config.routing, routed)
             async with aclosing(stream) as messages:
                 async for message in messages:
@@ -81,24 +96,48 @@ class CompletionServicer(pb_grpc.CompletionServicer):
                     if event != "summary":
                         call.first_delta()
                         call.streamed_bytes += _output_bytes(message, event)
+                        await _send(context, message, send_timeout, call)
                     else:
                         summary = message.summary
                         summary.cost.CopyFrom(call.settle(summary.provider, summary.model, summary.usage,
                                                           summary.attempts))
+                        await _send(context, message, send_timeout, call)
+                        # After the send: a summary that never reached the caller is not recorded OK.
                         await call.succeed()
-                    yield message
         except GatewayError as err:
             await call.fail(context, err)
-        except (asyncio.CancelledError, GeneratorExit):
-            # GeneratorExit: the caller went away while gRPC was sending it a message; the
-            # stream is then closed where it stood, and that is a cancel too.
+        except asyncio.CancelledError:
             call.cancelled(_deadline_passed(context))
             raise
+        except _CallerGone:
+            # The caller went away while a message was on its way: a cancel too, and the call
+            # is over, so there is no status left to send.
+            call.cancelled(_deadline_passed(context))
+            return
         except Exception:
             await call.crash(context)
         finally:
+            if holder is not None:
+                self._runtime.caller_streams.release(holder)
             call.ledger.call_ended()
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
+
+    def _take_stream_slot(self, call: Call) -> str | None:
+        """Count the stream against its caller, or RESOURCE_EXHAUSTED at the caller's limit.
+        Anonymous calls share no identity to count: the per-provider limit bounds them."""
+        caller = cast(Caller, call.caller)  # prepare() authenticated it
+        if call.state.config.callers.anonymous:
+            return None
+        limit, setting = caller.max_streams, f"callers.{caller.name}.max_streams"
+        if limit is None:
+            limit, setting = call.state.config.routing.max_streams_per_caller, "routing.max_streams_per_caller"
+        open_now = self._runtime.caller_streams.count(caller.name)
+        if open_now >= limit:
+            raise GatewayError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f'caller "{caller.name}" has {_streams(open_now)} open (limit {setting} = {limit}): '
+                               "close one before opening another")
+        self._runtime.caller_streams.take(caller.name)
+        return caller.name
 
     async def ListModels(
         self,
@@ -171,6 +210,48 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         except GatewayError as err:
             await context.abort(err.code, err.message)
         return pb.GetUsageSummaryResponse(rows=rows)
+
+
+# What grpc.aio raises when the transport refuses a write because the caller has gone (the
+# call is not yet marked done or cancelled then); it has no public name.
+_WRITE_REFUSED: type[Exception] = cygrpc.ExecuteBatchError
+
+
+class _CallerGone(Exception):
+    """A stream message could not be written: the call ended under it."""
+
+
+async def _send(context: grpc.aio.ServicerContext[Any, Any], message: pb.StreamCompleteResponse,
+                timeout_s: float, call: Call) -> None:
+    """One stream message to the caller, within server.stream_send_timeout_s."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await context.write(message)
+    except TimeoutError:
+        # The caller stopped reading: end the stream (the upstream connection closes as the
+        # router's generator does), and record the output forwarded so far, estimated.
+        partial = pb.StreamSummary(usage=estimated_usage(call.request, call.streamed_bytes))
+        raise GatewayError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"the caller read nothing for {timeout_s:.3g}s while a message waited "
+                           f"(server.stream_send_timeout_s = {timeout_s:.3g}): the stream was ended; "
+                           "read a stream as it arrives", partial_summary=partial) from None
+    except _WRITE_REFUSED as exc:
+        raise _CallerGone() from exc
+
+
+def _streams(count: int) -> str:
+    return f"{count} stream" if count == 1 else f"{count} streams"
+
+
+def _check_sendable(response: pb.CompleteResponse, limit: int) -> None:
+    """gRPC sends a unary answer after the handler returns and fails it there when it is too
+    large: refuse it here, so the log line and the ledger record (with the usage the provider
+    billed) say what the caller got."""
+    size = response.ByteSize()
+    if size > limit:
+        raise GatewayError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"{response.provider}: the answer is {size} bytes, more than the gateway sends in one "
+                           f"message ({limit} bytes): ask for less (max_tokens) or use StreamComplete")
 
 
 def _deadline_passed(context: grpc.aio.ServicerContext[Any, Any]) -> bool:

@@ -120,13 +120,16 @@ class CircuitBreaker:
 
 
 class HealthBoard:
-    """Breakers per (provider, model, key) and cool-down deadlines per (provider, key)."""
+    """Breakers and 429 cool-down deadlines, both per (provider, model, key).
+
+    Providers rate-limit per model: a 429 on one model says nothing about the key's other
+    models, so a cool-down never spreads beyond the model that got it."""
 
     def __init__(self, policy: BreakerPolicy, clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy
         self._clock = clock
         self._breakers: dict[tuple[str, str, str], CircuitBreaker] = {}
-        self._cool_until: dict[tuple[str, str], float] = {}
+        self._cool_until: dict[tuple[str, str, str], float] = {}
 
     def breaker(self, provider: str, model: str, key_id: str) -> CircuitBreaker:
         key = (provider, model, key_id)
@@ -135,14 +138,24 @@ class HealthBoard:
             breaker = self._breakers[key] = CircuitBreaker(self.policy, self._clock)
         return breaker
 
-    def cool_down(self, provider: str, key_id: str, seconds: float) -> None:
+    def cool_down(self, provider: str, model: str, key_id: str, seconds: float) -> None:
         until = self._clock() + seconds
-        if until > self._cool_until.get((provider, key_id), 0.0):
-            self._cool_until[(provider, key_id)] = until
+        if until > self._cool_until.get((provider, model, key_id), 0.0):
+            self._cool_until[(provider, model, key_id)] = until
 
-    def is_cooling(self, provider: str, key_id: str) -> bool:
-        until = self._cool_until.get((provider, key_id))
-        return until is not None and self._clock() < until
+    def is_cooling(self, provider: str, model: str, key_id: str) -> bool:
+        return self.cooling_for(provider, model, key_id) > 0
+
+    def cooling_for(self, provider: str, model: str, key_id: str) -> float:
+        """Seconds until the key may serve the model again (0 when it may now)."""
+        until = self._cool_until.get((provider, model, key_id))
+        if until is None:
+            return 0.0
+        left = until - self._clock()
+        if left <= 0:
+            del self._cool_until[(provider, model, key_id)]  # expired: keep the table small
+            return 0.0
+        return left
 
     def with_policy(self, policy: BreakerPolicy) -> "HealthBoard":
         """The same remembered state under a reloaded policy."""

@@ -17,6 +17,7 @@ from typing import cast
 
 import grpc
 
+from tollway.service.admission.stream_limits import OpenStreams
 from tollway.service.admission.validation import check_capabilities
 from tollway.service.errors import GatewayError
 from tollway.service.media.fetch import MediaFetcher
@@ -55,6 +56,10 @@ class RoutedCall:
     target: Target | None = None
     # True once any attempt went out to a provider: such a call gets a ledger record.
     reached_upstream: bool = False
+    # Seconds until the first key of a target skipped for 429 cool-downs is free again.
+    first_key_free_s: float | None = None
+    # Targets skipped because their provider had as many streams open as it may.
+    stream_limits: list[str] = field(default_factory=list)
 
 
 class Router:
@@ -64,6 +69,8 @@ class Router:
         self.board = board
         self._rng = rng or random.Random()
         self._next_key: dict[str, int] = {}
+        # Streams open per provider, against providers.<name>.max_concurrent_streams.
+        self.open_streams = OpenStreams()
 
     async def complete(self, registry: Registry, policy: RoutingPolicy, call: RoutedCall) -> pb.CompleteResponse:
         last_error: GatewayError | None = None
@@ -106,6 +113,8 @@ class Router:
             for retry in range(policy.max_retries + 1):
                 timeouts = self._timeouts(provider, call, policy)
                 request = await self._inline(call, provider, timeouts.first_byte)
+                if self._stream_limit_reached(provider, target, call):
+                    break
                 key = self._pick_key(provider, target, call)
                 if key is None:
                     break
@@ -113,6 +122,7 @@ class Router:
                 started = asyncio.get_running_loop().time()
                 call.reached_upstream = True
                 committed = settled = False
+                self.open_streams.take(provider.name)
                 try:
                     async with aclosing(self.engine.stream(key.adapter, request, target.model, timeouts)) as messages:
                         async for message in messages:
@@ -129,6 +139,7 @@ class Router:
                             yield message
                     return
                 except GatewayError as err:
+                    err.retry_after = policy.capped_retry_after(err.retry_after)
                     if committed:
                         self._record(call, target, err.code, err.message, started)
                         if err.code == Code.UNAVAILABLE or err.attempt_timeout:
@@ -138,7 +149,6 @@ class Router:
                     wait = self._after_failure(provider, target, key, call, err, started, retry, policy)
                     if wait is None:
                         break
-                    await asyncio.sleep(wait)
                 except BaseException as exc:
                     # Cancelled, closed by the caller, or a bug of ours: no verdict on health.
                     if not settled:
@@ -146,6 +156,10 @@ class Router:
                     if not committed:
                         breaker.release_probe()
                     raise
+                finally:
+                    self.open_streams.release(provider.name)
+                # Only a failure that may be retried gets here; the backoff holds no stream slot.
+                await asyncio.sleep(wait)
         raise self._exhausted(call, last_error)
 
     # -- the steps -------------------------------------------------------------------
@@ -161,23 +175,45 @@ class Router:
             yield target, provider
 
     def _pick_key(self, provider: Provider, target: Target, call: RoutedCall) -> ProviderKey | None:
-        """Round-robin over keys that are not cooling down and whose breaker admits a call."""
+        """Round-robin over keys that are not cooling down for the target's model and whose
+        breaker admits a call."""
         keys = provider.keys
         start = self._next_key.get(provider.name, 0)
         self._next_key[provider.name] = start + 1
-        cooling = open_ = 0
+        cooling: list[float] = []
+        open_ = 0
         for offset in range(len(keys)):
             key = keys[(start + offset) % len(keys)]
-            if self.board.is_cooling(provider.name, key.key_id):
-                cooling += 1
+            left = self.board.cooling_for(provider.name, target.model, key.key_id)
+            if left > 0:
+                cooling.append(left)
                 continue
             if not self.board.breaker(provider.name, target.model, key.key_id).allow():
                 open_ += 1
                 continue
             return key
-        reason = "circuit breaker open" if open_ else "every key is cooling down after 429"
-        self._record(call, target, Code.UNAVAILABLE, f"skipped: {reason}")
+        if open_:
+            self._record(call, target, Code.UNAVAILABLE, "skipped: circuit breaker open")
+        else:
+            # Rate limited, not unhealthy: the caller may come back once the first key is free.
+            self._record(call, target, Code.RESOURCE_EXHAUSTED, "skipped: every key is cooling down after 429")
+            first_free = min(cooling)
+            if call.first_key_free_s is None or first_free < call.first_key_free_s:
+                call.first_key_free_s = first_free
         return None
+
+    def _stream_limit_reached(self, provider: Provider, target: Target, call: RoutedCall) -> bool:
+        limit = provider.config.max_concurrent_streams or self.engine.max_connections
+        open_now = self.open_streams.count(provider.name)
+        if open_now < limit:
+            return False
+        setting = (f"providers.{provider.name}.max_concurrent_streams" if provider.config.max_concurrent_streams
+                   else "server.max_upstream_connections")
+        reason = (f'provider "{provider.name}" has {open_now} stream{"" if open_now == 1 else "s"} open '
+                  f"(limit {setting} = {limit})")
+        self._record(call, target, Code.RESOURCE_EXHAUSTED, f"skipped: {reason}")
+        call.stream_limits.append(reason)
+        return True
 
     def _timeouts(self, provider: Provider, call: RoutedCall, policy: RoutingPolicy) -> AttemptTimeouts:
         remaining = call.deadline - asyncio.get_running_loop().time()
@@ -212,6 +248,9 @@ class Router:
     def _after_failure(self, provider: Provider, target: Target, key: ProviderKey, call: RoutedCall,
                        err: GatewayError, started: float, retry: int, policy: RoutingPolicy) -> float | None:
         """Record the attempt and decide: raise (final), None (next target), or seconds to wait."""
+        # An upstream's Retry-After is believed up to a limit, for the cool-down, the wait and
+        # the caller's RetryInfo alike.
+        err.retry_after = policy.capped_retry_after(err.retry_after)
         loop_time = asyncio.get_running_loop().time()
         spent = call.deadline - loop_time < policy.min_attempt_s
         if err.attempt_timeout and spent:
@@ -222,7 +261,7 @@ class Router:
         breaker = self.board.breaker(provider.name, target.model, key.key_id)
         if err.code == Code.RESOURCE_EXHAUSTED:
             # Rate limits say nothing about health: cool the key, leave the breaker alone.
-            self.board.cool_down(provider.name, key.key_id,
+            self.board.cool_down(provider.name, target.model, key.key_id,
                                  err.retry_after if err.retry_after is not None else policy.key_cooldown_s)
             breaker.release_probe()
         elif _retryable(err):
@@ -235,7 +274,7 @@ class Router:
             return None
         wait = policy.backoff(retry, self._rng)
         other_key_ready = err.code == Code.RESOURCE_EXHAUSTED and any(
-            not self.board.is_cooling(provider.name, k.key_id) for k in provider.keys
+            not self.board.is_cooling(provider.name, target.model, k.key_id) for k in provider.keys
         )
         if err.retry_after is not None and not other_key_ready:
             wait = max(wait, err.retry_after)
@@ -267,5 +306,16 @@ class Router:
             # Nothing usable is configured: an operator must act, a retry will not help.
             return GatewayError(Code.FAILED_PRECONDITION, "; ".join(
                 f"{a.provider}: {a.message.removeprefix('skipped: ')}" for a in call.attempts))
+        limited = {Code.FAILED_PRECONDITION.value[0], Code.RESOURCE_EXHAUSTED.value[0]}
+        if (call.first_key_free_s is not None or call.stream_limits) and all(a.code in limited for a in call.attempts):
+            # Every target that could serve is rate limited or at its stream limit: a retry
+            # later will do.
+            reasons = list(call.stream_limits)
+            wait = call.first_key_free_s
+            if wait is not None:
+                reasons.insert(0, "rate limited: every key is cooling down after HTTP 429 from the provider; "
+                                  f"the first is free again in {wait:.3g}s, retry then")
+            return GatewayError(Code.RESOURCE_EXHAUSTED, f"{call.route.name}: " + "; ".join(reasons),
+                                retry_after=wait)
         return GatewayError(Code.UNAVAILABLE, f"{call.route.name}: no target could be tried ("
                             + "; ".join(f"{a.provider}/{a.model}: {a.message}" for a in call.attempts) + ")")

@@ -86,7 +86,15 @@ class RoutingPolicy:
     key_cooldown_s: float = 5.0
     # No attempt starts with less budget than this left: it could not finish.
     min_attempt_s: float = 0.05
+    # The most an upstream's Retry-After is believed: a key cools, the router waits and the
+    # caller's RetryInfo says at most this long, whatever the header claims.
+    max_retry_after_s: float = 300.0
+    # Streams one configured caller may have open at once ([callers.<name>] max_streams wins).
+    max_streams_per_caller: int = 64
     breaker: BreakerPolicy = BreakerPolicy()
+
+    def capped_retry_after(self, seconds: float | None) -> float | None:
+        return None if seconds is None else min(seconds, self.max_retry_after_s)
 
     def backoff(self, retry: int, rng: random.Random) -> float:
         """Exponential backoff with full jitter."""
@@ -95,7 +103,7 @@ class RoutingPolicy:
 
 def parse_routing(table: Mapping[str, Any]) -> RoutingPolicy:
     fields = {"default_deadline_s", "max_retries", "backoff_initial_s", "backoff_max_s", "key_cooldown_s",
-              "min_attempt_s", "breaker"}
+              "min_attempt_s", "max_retry_after_s", "max_streams_per_caller", "breaker"}
     _no_unknown(table, fields, "routing")
     values = {k: v for k, v in table.items() if k != "breaker"}
     for key, value in values.items():
@@ -103,6 +111,9 @@ def parse_routing(table: Mapping[str, Any]) -> RoutingPolicy:
             raise RoutingConfigError(f"routing.{key} must be a number >= 0")
     if "max_retries" in values:
         values["max_retries"] = int(values["max_retries"])
+    streams = values.get("max_streams_per_caller", 1)
+    if not isinstance(streams, int) or streams < 1:
+        raise RoutingConfigError("routing.max_streams_per_caller must be an integer >= 1")
     breaker_table = table.get("breaker", {})
     if not isinstance(breaker_table, Mapping):
         raise RoutingConfigError("routing.breaker must be a table")

@@ -12,7 +12,9 @@ connection is closed at once.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from contextlib import aclosing
 from dataclasses import dataclass
 
 import aiohttp
@@ -21,15 +23,20 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 from httpx_sse import ServerSentEvent
 
-from tollway.service.errors import GatewayError, bad_upstream_body
+from tollway.service.errors import GatewayError, bad_upstream_body, upstream_http_error
 from tollway.service.plugins.adapter import Adapter, AnyRequest, StreamDecoder
 from tollway.service.usage.estimate import answer_bytes, estimated_usage
 from tollway.v1 import completion_pb2 as pb
 
-from .sse import SSEDecoder
+from .sse import SSEDecoder, SSETooLarge
 
 Code = grpc.StatusCode
+log = logging.getLogger("tollway.upstream")
 
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024
+# An error answer is read this far: enough for any provider's message, and no further.
+ERROR_BODY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -45,12 +52,21 @@ class AttemptTimeouts:
 
 
 class Engine:
-    def __init__(self, *, max_connections: int = 1000, merge_deltas: bool = False) -> None:
+    def __init__(self, *, max_connections: int = 1000, merge_deltas: bool = False,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self._max_connections = max_connections
+        # Upstream answers are counted as they arrive (decoded) and refused once past these:
+        # no answer, however large or endless, is held whole in memory.
+        self.max_body_bytes = max_body_bytes
+        self.max_event_bytes = max_event_bytes
         # Send the consecutive deltas of one choice that one read brought as one message.
         # Off by default: callers then see each upstream event as its own delta, as before.
         self._merge_deltas = merge_deltas
         self._transport: AiohttpTransport | None = None
+
+    @property
+    def max_connections(self) -> int:
+        return self._max_connections
 
     async def start(self) -> None:
         """Create the shared transport; must run inside the serving event loop."""
@@ -74,11 +90,20 @@ class Engine:
         name = adapter.settings.name
         try:
             async with asyncio.timeout(timeouts.total):
-                response = await self._send(http_request, stream=False)
+                response = await self._send(http_request)
+                try:
+                    if response.status_code >= 400:
+                        await _read_error_body(name, response)
+                    else:
+                        await _read_within(name, response, self.max_body_bytes)
+                finally:
+                    # A cancel, a timeout or a limit mid-body drops the connection, so the
+                    # upstream sees it; after a whole body this only releases it.
+                    await response.aclose()
         except TimeoutError:
             raise _timeout(name, f"did not answer within {timeouts.total:.3g}s") from None
         except httpx.HTTPError as exc:
-            raise _transport_error(name, exc, connect_s=timeouts.connect) from None
+            raise _transport_error(name, exc, connect_s=timeouts.connect, base_url=adapter.settings.base_url) from None
         if response.status_code >= 400:
             raise adapter.parse_error(response)
         parsed = adapter.parse_response(response, request, model)
@@ -110,24 +135,24 @@ class Engine:
         waiting_for = f"sent nothing within {timeouts.first_byte:.3g}s"
         try:
             async with asyncio.timeout_at(deadline):
-                response = await self._send(http_request, stream=True)
+                response = await self._send(http_request)
         except TimeoutError:
             raise _timeout(name, waiting_for) from None
         except httpx.HTTPError as exc:
-            raise _transport_error(name, exc, connect_s=timeouts.connect) from None
+            raise _transport_error(name, exc, connect_s=timeouts.connect, base_url=adapter.settings.base_url) from None
         chunks: AsyncIterator[bytes] | None = None
         delivered = False
         started = False
         try:
             if response.status_code >= 400:
                 async with asyncio.timeout_at(deadline):
-                    await _read_body(name, response)
+                    await _read_error_body(name, response)
                 raise adapter.parse_error(response)
             if "text/event-stream" not in response.headers.get("content-type", "").partition(";")[0]:
                 raise bad_upstream_body(name, "a body that is not an event stream")
             # Raw bytes unless the upstream compressed them (aiohttp offers gzip and deflate).
             chunks = response.aiter_bytes() if "content-encoding" in response.headers else response.aiter_raw()
-            sse = SSEDecoder()
+            sse = SSEDecoder(self.max_event_bytes)
             # One timer for the whole read, armed only while waiting for the upstream: armed
             # while this generator is suspended at `yield`, it would cancel the caller's task
             # wherever that task is.
@@ -139,7 +164,11 @@ class Engine:
                         chunk = await anext(chunks)
                     except StopAsyncIteration:
                         break
-                    events = sse.feed(chunk)
+                    try:
+                        events = sse.feed(chunk)
+                    except SSETooLarge:
+                        raise GatewayError(Code.UNAVAILABLE, f"{name}: upstream stream event exceeds "
+                                           f"server.max_upstream_event_bytes ({self.max_event_bytes} bytes)") from None
                     if not events:
                         continue  # part of an event: the clock runs on
                     timer.reschedule(None)
@@ -182,27 +211,56 @@ class Engine:
             # Closing before the body is read drops the connection: the upstream sees the cancel.
             await response.aclose()
 
-    async def _send(self, request: httpx.Request, *, stream: bool) -> httpx.Response:
+    async def _send(self, request: httpx.Request) -> httpx.Response:
         """Straight to the transport: adapters build complete requests, and httpx.AsyncClient's
-        layers (cookies, auth, redirects, hooks) would only cost time here (bench/RESULTS.md)."""
+        layers (cookies, auth, redirects, hooks) would only cost time here (bench/RESULTS.md).
+        The body is left unread: the caller reads it within its limit."""
         if self._transport is None:
             raise GatewayError(Code.UNAVAILABLE, "gateway is not started")
-        response = await self._transport.handle_async_request(request)
-        if not stream:
-            try:
-                await response.aread()
-            except BaseException:
-                # A cancel or timeout mid-body: drop the connection so the upstream sees it.
-                await response.aclose()
-                raise
-        return response
+        return await self._transport.handle_async_request(request)
 
 
-async def _read_body(name: str, response: httpx.Response) -> None:
-    try:
-        await response.aread()
-    except httpx.HTTPError as exc:
-        raise _transport_error(name, exc) from None
+async def _read_within(name: str, response: httpx.Response, limit: int) -> None:
+    """Read the body into response, or UNAVAILABLE as soon as it passes limit decoded bytes
+    (Content-Length first, then what arrives, so a compressed body counts as it unpacks)."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _body_too_large(name, limit)
+    if not await _read_at_most(response, limit):
+        raise _body_too_large(name, limit)
+
+
+async def _read_at_most(response: httpx.Response, limit: int) -> bool:
+    """Read up to limit decoded bytes of the body into response; False when there was more
+    (the rest is never read: the caller closes the connection)."""
+    parts: list[bytes] = []
+    size = 0
+    whole = True
+    # httpx types aiter_bytes as AsyncIterator; it is an async generator.
+    async with aclosing(response.aiter_bytes()) as body:  # type: ignore[type-var]
+        async for part in body:
+            if size + len(part) > limit:
+                parts.append(part[:limit - size])
+                whole = False
+                break
+            size += len(part)
+            parts.append(part)
+    # What Response.aread() does with a whole body; adapters read .content/.json() from it.
+    response._content = b"".join(parts)
+    return whole
+
+
+async def _read_error_body(name: str, response: httpx.Response) -> None:
+    """An error answer, read to ERROR_BODY_BYTES; past that, the error names the status only
+    (a body cut short would only confuse the adapter's parser)."""
+    if not await _read_at_most(response, ERROR_BODY_BYTES):
+        raise upstream_http_error(name, response.status_code, response.headers.get("retry-after"),
+                                  f"an error body of more than {ERROR_BODY_BYTES} bytes (not read further)")
+
+
+def _body_too_large(name: str, limit: int) -> GatewayError:
+    return GatewayError(Code.UNAVAILABLE, f"{name}: upstream body exceeds server.max_upstream_body_bytes "
+                        f"({limit} bytes)")
 
 
 def _decode_merged(decoder: StreamDecoder, events: Iterable[ServerSentEvent]) -> tuple[
@@ -250,6 +308,22 @@ def _join_into(head: pb.TextDelta | None, texts: list[str]) -> None:
         head.text = "".join(texts)
 
 
+def operator_address(base_url: str | None) -> str:
+    """scheme://host:port/path of a base URL: no user info, query or fragment, where a key
+    could ride along."""
+    if not base_url:
+        return "(no base URL)"
+    try:
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, TypeError):
+        return "(unparsable base URL)"
+    if not url.scheme or not url.host:
+        return "(unparsable base URL)"
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    port = url.port or {"http": 80, "https": 443}.get(url.scheme)
+    return f"{url.scheme}://{host}{f':{port}' if port else ''}{url.path}"
+
+
 def _timeout(name: str, what: str) -> GatewayError:
     return GatewayError(Code.DEADLINE_EXCEEDED, f"{name}: upstream {what}", attempt_timeout=True)
 
@@ -272,7 +346,7 @@ def _with_partial(err: GatewayError, decoder: StreamDecoder, delivered: bool, re
 
 
 def _transport_error(name: str, exc: httpx.HTTPError, *, mid_stream: bool = False,
-                     connect_s: float | None = None) -> GatewayError:
+                     connect_s: float | None = None, base_url: str | None = None) -> GatewayError:
     """Classify by the underlying aiohttp error: the transport maps every connection error to ConnectTimeout."""
     cause = exc.__cause__ or exc
     if isinstance(cause, aiohttp.ConnectionTimeoutError) and connect_s is not None:
@@ -284,6 +358,10 @@ def _transport_error(name: str, exc: httpx.HTTPError, *, mid_stream: bool = Fals
     ):
         return GatewayError(Code.DEADLINE_EXCEEDED, f"{name}: upstream timed out", attempt_timeout=True)
     if isinstance(cause, aiohttp.ClientConnectorError):
+        # The caller hears only the provider's name (internal addresses stay internal); the
+        # operator needs to know where the gateway tried to connect.
+        log.warning("%s: cannot connect to upstream at %s: %s", name, operator_address(base_url),
+                    cause.os_error.strerror or type(cause.os_error).__name__)
         return GatewayError(Code.UNAVAILABLE, f"{name}: cannot connect to upstream")
     if mid_stream or isinstance(cause, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)):
         return GatewayError(Code.UNAVAILABLE, f"{name}: upstream closed the connection")

@@ -13,6 +13,10 @@ it is an integer; a last event without its blank line is not dispatched. Two dif
 both the event-stream format's own rules: the body is always UTF-8 (httpx-sse would honour
 a charset parameter), and a leading byte-order mark is dropped.
 Events are httpx_sse.ServerSentEvent objects, so adapters see what they saw before.
+
+A hostile or broken upstream could send one endless line or event: with max_event_bytes the
+decoder refuses (SSETooLarge) as soon as the unfinished line, or the data of the event being
+built, passes it, so memory stays bounded whatever arrives.
 """
 
 from __future__ import annotations
@@ -22,19 +26,27 @@ from httpx_sse import ServerSentEvent
 _BOM = b"\xef\xbb\xbf"
 
 
+class SSETooLarge(ValueError):
+    """A line or an event passed the decoder's max_event_bytes."""
+
+
 class SSEDecoder:
     """Bytes in, complete events out; holds only the unfinished line and the fields so far."""
 
-    __slots__ = ("_pending", "_after_cr", "_started", "_event", "_data", "_id", "_retry")
+    __slots__ = ("_pending", "_pending_bytes", "_max", "_after_cr", "_started", "_event", "_data", "_data_bytes",
+                 "_id", "_retry")
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int | None = None) -> None:
+        self._max = max_event_bytes
         # Pieces of a line whose end has not arrived yet.
         self._pending: list[bytes] = []
+        self._pending_bytes = 0
         # The last read ended in CR: a LF at the start of the next one is the same line end.
         self._after_cr = False
         self._started = False
         self._event = ""
         self._data: list[bytes] = []
+        self._data_bytes = 0
         self._id = ""
         self._retry: int | None = None
 
@@ -46,8 +58,9 @@ class SSEDecoder:
             if self._pending:
                 chunk = b"".join(self._pending) + chunk
                 self._pending.clear()
+                self._pending_bytes = 0
             if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
-                self._pending.append(chunk)  # maybe the start of a byte-order mark: wait for more
+                self._hold(chunk)  # maybe the start of a byte-order mark: wait for more
                 return []
             self._started = True
             if chunk.startswith(_BOM):
@@ -61,16 +74,17 @@ class SSEDecoder:
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         elif b"\n" not in chunk:
             if chunk:
-                self._pending.append(chunk)
+                self._hold(chunk)
             return []
         lines = chunk.split(b"\n")
         if self._pending:
-            self._pending.append(lines[0])
+            self._hold(lines[0])
             lines[0] = b"".join(self._pending)
             self._pending.clear()
+            self._pending_bytes = 0
         tail = lines.pop()  # after the last line end: the start of a line, or b""
         if tail:
-            self._pending.append(tail)
+            self._hold(tail)
         events = []
         for line in lines:
             if not line:
@@ -86,6 +100,9 @@ class SSEDecoder:
         if value[:1] == b" ":
             value = value[1:]
         if name == b"data":
+            self._data_bytes += len(value) + 1
+            if self._max is not None and self._data_bytes > self._max:
+                raise SSETooLarge(f"an event of more than {self._max} bytes")
             self._data.append(value)
         elif name == b"event":
             self._event = value.decode("utf-8", "replace")
@@ -106,5 +123,13 @@ class SSEDecoder:
         # The id persists across events, as the format says.
         self._event = ""
         self._data = []
+        self._data_bytes = 0
         self._retry = None
         return event
+
+    def _hold(self, piece: bytes) -> None:
+        """Keep the start of a line until its end arrives, within the limit."""
+        self._pending_bytes += len(piece)
+        if self._max is not None and self._pending_bytes > self._max:
+            raise SSETooLarge(f"a line of more than {self._max} bytes")
+        self._pending.append(piece)

@@ -490,7 +490,7 @@ async def test_a_provider_whose_every_key_cools_down_is_skipped_without_a_reques
     assert response.provider == "b"
     assert len(a.received) == 1
     assert attempts(response.attempts) == [
-        ("a", "model-a", Code.UNAVAILABLE, "skipped: every key is cooling down after 429"),
+        ("a", "model-a", Code.RESOURCE_EXHAUSTED, "skipped: every key is cooling down after 429"),
         ("b", "model-b", Code.OK, ""),
     ]
 

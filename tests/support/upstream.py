@@ -46,6 +46,9 @@ class Reply:
     # whose JSON body (or, with events, whose first event) breaks off mid-object.
     fault: str | None = None
     event_delay_s: float = 0.0
+    # A plain body written in pieces of this many bytes, chunked, with no Content-Length (0:
+    # the whole body at once, with its Content-Length).
+    chunk_size: int = 0
 
 
 # A JSON object that breaks off in the middle, as a proxy cutting a body short leaves it.
@@ -143,7 +146,19 @@ class FakeUpstream:
             response = web.StreamResponse(status=reply.status, headers=headers)
             await response.prepare(request)
             await asyncio.sleep(3600)
+        if reply.chunk_size:
+            return await self._chunked(request, reply, body, headers)
         return web.Response(status=reply.status, body=body, headers=headers)
+
+    async def _chunked(self, request: web.Request, reply: Reply, body: bytes,
+                       headers: dict[str, str]) -> web.StreamResponse:
+        response = web.StreamResponse(status=reply.status, headers=headers)
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, len(body), reply.chunk_size):
+            await response.write(body[start:start + reply.chunk_size])
+        await response.write_eof()
+        return response
 
     async def _stream(self, request: web.Request, reply: Reply) -> web.StreamResponse:
         headers = {"content-type": "text/event-stream", "cache-control": "no-cache", **reply.headers}

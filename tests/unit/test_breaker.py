@@ -196,29 +196,41 @@ def test_breakers_are_kept_per_provider_model_and_key(clock):
 def test_a_key_cools_down_for_the_given_time_and_a_shorter_one_does_not_shorten_it(clock):
     board = HealthBoard(BreakerPolicy(), clock)
 
-    board.cool_down("a", "KEY_1", 10)
-    board.cool_down("a", "KEY_1", 2)
+    board.cool_down("a", "m", "KEY_1", 10)
+    board.cool_down("a", "m", "KEY_1", 2)
 
-    assert board.is_cooling("a", "KEY_1")
-    assert not board.is_cooling("a", "KEY_2")
-    assert not board.is_cooling("b", "KEY_1")
+    assert board.is_cooling("a", "m", "KEY_1")
+    assert board.cooling_for("a", "m", "KEY_1") == 10
+    assert not board.is_cooling("a", "m", "KEY_2")
+    assert not board.is_cooling("b", "m", "KEY_1")
     clock.advance(9.9)
-    assert board.is_cooling("a", "KEY_1")
+    assert board.is_cooling("a", "m", "KEY_1")
     clock.advance(0.1)
-    assert not board.is_cooling("a", "KEY_1")
+    assert not board.is_cooling("a", "m", "KEY_1")
+    assert board.cooling_for("a", "m", "KEY_1") == 0
+
+
+def test_a_cool_down_holds_for_the_model_that_got_the_429_only(clock):
+    """Providers rate-limit per model: the key still serves the provider's other models."""
+    board = HealthBoard(BreakerPolicy(), clock)
+
+    board.cool_down("a", "m", "KEY_1", 7)
+
+    assert board.is_cooling("a", "m", "KEY_1")
+    assert not board.is_cooling("a", "other-model", "KEY_1")
 
 
 def test_a_reloaded_policy_keeps_breaker_state_and_cool_downs(clock):
     board = HealthBoard(BreakerPolicy(consecutive_failures=1, cooldown_s=30), clock)
     board.breaker("a", "m", "K").record_failure()
     board.breaker("a", "m", "K2").record_failure()
-    board.cool_down("a", "K", 60)
+    board.cool_down("a", "m", "K", 60)
 
     reloaded = board.with_policy(BreakerPolicy(consecutive_failures=1, cooldown_s=5))
 
     assert board.with_policy(board.policy) is board
     assert reloaded.breaker("a", "m", "K").state == OPEN
-    assert reloaded.is_cooling("a", "K")
+    assert reloaded.is_cooling("a", "m", "K")
     clock.advance(5)  # the new, shorter cooldown applies to the remembered breaker
     assert reloaded.breaker("a", "m", "K").allow()
 

@@ -9,6 +9,8 @@ counts health checks too and its message names no limit. The generated registrat
 
 from __future__ import annotations
 
+import inspect
+
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -62,6 +64,11 @@ class Intake(grpc.aio.ServerInterceptor):
         return handle
 
     def _unary_stream(self, behavior: Callable[..., Any], decode: Deserializer, method: str) -> Callable[..., Any]:
+        if not inspect.isasyncgenfunction(behavior):
+            # A handler that sends with context.write: grpc.aio tells the two kinds apart by
+            # their function type, so the wrapper must be of the same kind.
+            return self._unary(behavior, decode, method)
+
         async def handle(raw: bytes, context: Context) -> AsyncIterator[Any]:
             await self._take_slot(context)
             try:

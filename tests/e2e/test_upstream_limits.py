@@ -149,7 +149,7 @@ async def test_an_answer_too_large_to_send_is_not_recorded_as_ok(start_client, u
     """The answer fits the upstream limit but not the gateway's gRPC send limit: once the caller
     got RESOURCE_EXHAUSTED from gRPC while the ledger said OK; now both say the same, and the
     record keeps the usage the provider billed."""
-    client = await gateway(start_client, upstream, max_upstream_body_bytes=64 * 1024 * 1024)
+    client = await gateway(start_client, upstream, max_upstream_body_bytes=128 * 1024 * 1024)
     limit = client.gateway.runtime.max_send_bytes
     upstream.reply(Reply(body=big_answer(limit + 1024)))
 

@@ -20,6 +20,7 @@ from tollway.service.admission.validation import check_capabilities, validate_re
 from tollway.service.config.loader import Config
 from tollway.service.errors import GatewayError, scrub
 from tollway.service.gateway.logs import log_request
+from tollway.service.gateway.status import end_with_status
 from tollway.service.ledger import JournalError, Ledger, LedgerClosed, LedgerRecord
 from tollway.service.media.policy import check_request_media
 from tollway.service.plugins.adapter import AnyRequest
@@ -132,7 +133,8 @@ class Call:
                 self._estimate_abandoned_usage()
             self._record_nowait(status)
 
-    async def fail(self, context: grpc.aio.ServicerContext[Any, Any], err: GatewayError) -> None:
+    def fail(self, context: grpc.aio.ServicerContext[Any, Any], err: GatewayError) -> None:
+        """Log, record and set the error status; the handler returns right after (gateway/status.py)."""
         # Whatever an adapter quoted from a provider, no configured key ever leaves.
         err.message = scrub(err.message, self.state.registry.secrets)
         if err.partial_summary is not None:
@@ -150,18 +152,18 @@ class Call:
                 failure.usage.CopyFrom(self.usage)
             details.append(failure)
         status = err.to_status(details)
-        await context.abort(status.code, status.details,
-                            tuple(status.trailing_metadata) + ((REQUEST_ID_KEY, self.request_id),))
+        end_with_status(context, status.code, status.details,
+                        tuple(status.trailing_metadata) + ((REQUEST_ID_KEY, self.request_id),))
 
-    async def crash(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    def crash(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         # A bug of ours: the caller gets a request id to report, never a traceback.
         log.exception("unexpected error in %s (request_id=%s)", self.rpc, self.request_id)
         self.log("INTERNAL", "unexpected error")
         if self.routed is not None and self.routed.reached_upstream:
             self._record_nowait("INTERNAL")
-        await context.abort(grpc.StatusCode.INTERNAL,
-                            f"internal error in the gateway (request id {self.request_id})",
-                            ((REQUEST_ID_KEY, self.request_id),))
+        end_with_status(context, grpc.StatusCode.INTERNAL,
+                        f"internal error in the gateway (request id {self.request_id})",
+                        ((REQUEST_ID_KEY, self.request_id),))
 
     def log(self, status: str, error: str | None = None) -> None:
         if self.caller is None:

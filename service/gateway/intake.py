@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 
 from tollway.service.admission.limits import RpcSlots
 from tollway.service.errors import GatewayError
+from tollway.service.gateway.status import end_with_error, end_with_status
 
 Deserializer = Callable[[bytes], Any]
 SERVICE_PREFIX = "/tollway.v1.Completion/"
@@ -55,9 +56,11 @@ class Intake(grpc.aio.ServerInterceptor):
 
     def _unary(self, behavior: Callable[..., Any], decode: Deserializer, method: str) -> Callable[..., Any]:
         async def handle(raw: bytes, context: Context) -> Any:
-            await self._take_slot(context)
+            request = self._admit(raw, decode, method, context)
+            if request is _REFUSED:
+                return None
             try:
-                return await behavior(await _decoded(raw, decode, method, context), context)
+                return await behavior(request, context)
             finally:
                 self.slots.give_back()
 
@@ -70,9 +73,10 @@ class Intake(grpc.aio.ServerInterceptor):
             return self._unary(behavior, decode, method)
 
         async def handle(raw: bytes, context: Context) -> AsyncIterator[Any]:
-            await self._take_slot(context)
+            request = self._admit(raw, decode, method, context)
+            if request is _REFUSED:
+                return
             try:
-                request = await _decoded(raw, decode, method, context)
                 async for message in behavior(request, context):
                     yield message
             finally:
@@ -80,16 +84,22 @@ class Intake(grpc.aio.ServerInterceptor):
 
         return handle
 
-    async def _take_slot(self, context: Context) -> None:
+    def _admit(self, raw: bytes, decode: Deserializer, method: str, context: Context) -> Any:
+        """The decoded request holding one of the gateway's slots, or _REFUSED with the status set
+        (never raised: see gateway/status.py)."""
         try:
             self.slots.take()
         except GatewayError as err:
-            await context.abort(err.code, err.message)
-
-
-async def _decoded(raw: bytes, decode: Deserializer, method: str, context: Context) -> Any:
-    try:
-        return decode(raw)
-    except (DecodeError, ValueError, TypeError):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+            end_with_error(context, err)
+            return _REFUSED
+        try:
+            return decode(raw)
+        except (DecodeError, ValueError, TypeError):
+            self.slots.give_back()
+            end_with_status(context, grpc.StatusCode.INVALID_ARGUMENT,
                             f"the request is not a valid protobuf message for {method}")
+            return _REFUSED
+
+
+# What _admit answers for a call it refused.
+_REFUSED = object()

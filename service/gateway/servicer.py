@@ -15,6 +15,7 @@ from tollway.service.admission.auth import Caller
 from tollway.service.admission.stream_limits import OpenStreams
 from tollway.service.errors import GatewayError
 from tollway.service.gateway.call import REQUEST_ID_KEY, Call, ServingState
+from tollway.service.gateway.status import end_with_error
 from tollway.service.ledger import Ledger, StoreUnavailable, SummaryTooLarge, from_proto
 from tollway.service.media.fetch import MediaFetcher
 from tollway.service.plugins.adapter import Adapter, AnyRequest, Capabilities
@@ -55,7 +56,8 @@ class CompletionServicer(pb_grpc.CompletionServicer):
 
     async def Complete(
         self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext[pb.CompleteRequest, pb.CompleteResponse]
-    ) -> pb.CompleteResponse:
+    ) -> pb.CompleteResponse | None:
+        # None: the call ended with the error status Call.fail set (gateway/status.py).
         call = self._call("Complete", request)
         try:
             routed = call.prepare(context)
@@ -64,12 +66,14 @@ class CompletionServicer(pb_grpc.CompletionServicer):
             _check_sendable(response, self._runtime.max_send_bytes)
             await call.succeed()
         except GatewayError as err:
-            await call.fail(context, err)
+            call.fail(context, err)
+            return None
         except asyncio.CancelledError:
             call.cancelled(_deadline_passed(context))
             raise
         except Exception:
-            await call.crash(context)
+            call.crash(context)
+            return None
         finally:
             call.ledger.call_ended()
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
@@ -105,7 +109,8 @@ class CompletionServicer(pb_grpc.CompletionServicer):
                         # After the send: a summary that never reached the caller is not recorded OK.
                         await call.succeed()
         except GatewayError as err:
-            await call.fail(context, err)
+            call.fail(context, err)
+            return
         except asyncio.CancelledError:
             call.cancelled(_deadline_passed(context))
             raise
@@ -115,7 +120,8 @@ class CompletionServicer(pb_grpc.CompletionServicer):
             call.cancelled(_deadline_passed(context))
             return
         except Exception:
-            await call.crash(context)
+            call.crash(context)
+            return
         finally:
             if holder is not None:
                 self._runtime.caller_streams.release(holder)
@@ -143,12 +149,13 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         self,
         request: pb.ListModelsRequest,
         context: grpc.aio.ServicerContext[pb.ListModelsRequest, pb.ListModelsResponse],
-    ) -> pb.ListModelsResponse:
+    ) -> pb.ListModelsResponse | None:
         state = self._runtime.state
         try:
             caller = state.config.callers.authenticate(context.invocation_metadata())
         except GatewayError as err:
-            await context.abort(err.code, err.message)
+            end_with_error(context, err)
+            return None
         registry = state.registry
         response = pb.ListModelsResponse()
         caps: Capabilities | None  # a provider's below, then a route's (None when none is usable)
@@ -184,7 +191,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         self,
         request: pb.GetUsageSummaryRequest,
         context: grpc.aio.ServicerContext[pb.GetUsageSummaryRequest, pb.GetUsageSummaryResponse],
-    ) -> pb.GetUsageSummaryResponse:
+    ) -> pb.GetUsageSummaryResponse | None:
         state = self._runtime.state
         try:
             caller = state.config.callers.authenticate(context.invocation_metadata())
@@ -208,7 +215,8 @@ class CompletionServicer(pb_grpc.CompletionServicer):
             except SummaryTooLarge as exc:
                 raise GatewayError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
         except GatewayError as err:
-            await context.abort(err.code, err.message)
+            end_with_error(context, err)
+            return None
         return pb.GetUsageSummaryResponse(rows=rows)
 
 

@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from tollway.service.admission.limits import RpcSlots, grpc_receive_limit
 from tollway.service.config.loader import Config, ConfigError, load_config
 from tollway.service.gateway.intake import Intake
-from tollway.service.gateway.heap import return_big_blocks_to_the_os
+from tollway.service.gateway.heap import HeapTrimmer, return_big_blocks_to_the_os
 from tollway.service.gateway.servicer import CompletionServicer, Runtime, ServingState
 from tollway.service.ledger import Ledger
 from tollway.service.media.fetch import MediaFetcher
@@ -216,7 +216,9 @@ async def serve_forever(config: Config, config_path: str | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, gateway.reload)
+    trimmer = asyncio.create_task(HeapTrimmer().run())
     await stop.wait()
+    trimmer.cancel()
     log.info("stopping: draining in-flight calls for up to %.3gs", gateway.grace_period_s)
     await gateway.stop()
     log.info("stopped")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import grpc
+import httpx
 
 from tollway.service.config.keys import reject_unknown
 from tollway.service.config.loader import _PROVIDER_KEYS, Config, ConfigError, ProviderConfig
@@ -158,9 +159,11 @@ def _build_provider(cfg: ProviderConfig, kinds: Mapping[str, ProviderKind], envi
     reject_unknown(cfg.options, kind.options | _PROVIDER_KEYS, f"for kind {kind.name}", noun="option(s)",
                    show_known=True,
                    error=lambda message: ConfigError(f"providers.{cfg.name}: {message}"))
-    base_url = environ.get(f"TOLLWAY_{cfg.name.upper()}_BASE_URL") or cfg.base_url or kind.default_base_url
+    env_name = f"TOLLWAY_{cfg.name.upper()}_BASE_URL"
+    base_url = environ.get(env_name) or cfg.base_url or kind.default_base_url
     if not base_url:
         raise ConfigError(f"providers.{cfg.name}.base_url is required for kind {kind.name!r}")
+    _check_base_url(base_url, env_name if environ.get(env_name) else f"providers.{cfg.name}.base_url")
     key_envs = cfg.api_key_envs or ((kind.default_api_key_env,) if kind.default_api_key_env else ())
     present: list[tuple[str, str | None]] = [(env, environ[env]) for env in key_envs if environ.get(env)]
     missing = [env for env in key_envs if not environ.get(env)]
@@ -184,3 +187,17 @@ def _build_provider(cfg: ProviderConfig, kinds: Mapping[str, ProviderKind], envi
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"providers.{cfg.name}: {exc}") from exc
     return Provider(cfg.name, kind.name, cfg, tuple(keys))
+
+
+def _check_base_url(url: str, where: str) -> None:
+    """An http(s) URL with a host and no credentials in it: a user:password@ part would be sent
+    beside the provider's own auth header (aiohttp refuses the pair at the first call), and it is
+    a secret the config file and logs should not carry; keys belong in api_key_env."""
+    try:
+        parts = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"{where}: {url!r} is not a URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.host:
+        raise ConfigError(f"{where}: {url!r} is not an http(s) URL with a host")
+    if parts.userinfo:
+        raise ConfigError(f"{where}: the URL carries credentials (user:password@); put the key in api_key_env")

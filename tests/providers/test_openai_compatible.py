@@ -435,6 +435,24 @@ async def test_an_instance_without_base_url_is_a_config_error(start_client):
     assert str(caught.value) == "providers.local.base_url is required for kind 'openai_compatible'"
 
 
+@pytest.mark.parametrize(("base_url", "environ", "message"), [
+    ("not a url", {}, "providers.local.base_url: 'not a url' is not an http(s) URL with a host"),
+    ("ftp://models.example/v1", {}, "providers.local.base_url: 'ftp://models.example/v1' is not an http(s) URL "
+                                    "with a host"),
+    ("http://user:tw-test-secret-in-url@127.0.0.1:8000/v1", {},
+     "providers.local.base_url: the URL carries credentials (user:password@); put the key in api_key_env"),
+    ("http://127.0.0.1:8000/v1", {"TOLLWAY_LOCAL_BASE_URL": "http://u:p@127.0.0.1:8000/v1"},
+     "TOLLWAY_LOCAL_BASE_URL: the URL carries credentials (user:password@); put the key in api_key_env"),
+])
+async def test_a_base_url_that_is_not_an_http_url_without_credentials_is_a_config_error(
+        start_client, base_url, environ, message):
+    with pytest.raises(ConfigError) as caught:
+        await start_client({"plugins": {"allow": ["openai_compatible"]},
+                            "providers": {"local": {"kind": "openai_compatible", "base_url": base_url}}}, environ)
+
+    assert str(caught.value) == message
+
+
 async def test_an_unknown_option_is_a_config_error_naming_it(start_client, upstream):
     with pytest.raises(ConfigError) as caught:
         await start_client({"plugins": {"allow": ["openai_compatible"]},

@@ -6,15 +6,16 @@ import asyncio
 import logging
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, cast
 
 import grpc
-from grpc._cython import cygrpc  # type: ignore[attr-defined]  # no stubs for the core module
 
 from tollway.service.admission.auth import Caller
 from tollway.service.admission.stream_limits import OpenStreams
 from tollway.service.errors import GatewayError
 from tollway.service.gateway.call import REQUEST_ID_KEY, Call, ServingState
+from tollway.service.gateway.send_watch import CallerGone, SendWatch
 from tollway.service.gateway.status import end_with_error
 from tollway.service.ledger import Ledger, StoreUnavailable, SummaryTooLarge, from_proto
 from tollway.service.media.fetch import MediaFetcher
@@ -94,18 +95,19 @@ class CompletionServicer(pb_grpc.CompletionServicer):
             holder = self._take_stream_slot(call)
             send_timeout = call.state.config.server.stream_send_timeout_s
             stream = self._runtime.router.stream(call.state.registry, call.state.config.routing, routed)
-            async with aclosing(stream) as messages:
+            expired = partial(_reader_stopped, call, send_timeout)
+            async with aclosing(stream) as messages, SendWatch(send_timeout, expired) as watch:
                 async for message in messages:
                     event = message.WhichOneof("event")
                     if event != "summary":
                         call.first_delta()
                         call.streamed_bytes += _output_bytes(message, event)
-                        await _send(context, message, send_timeout, call)
+                        await watch.send(context, message)
                     else:
                         summary = message.summary
                         summary.cost.CopyFrom(call.settle(summary.provider, summary.model, summary.usage,
                                                           summary.attempts))
-                        await _send(context, message, send_timeout, call)
+                        await watch.send(context, message)
                         # After the send: a summary that never reached the caller is not recorded OK.
                         await call.succeed()
         except GatewayError as err:
@@ -114,7 +116,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         except asyncio.CancelledError:
             call.cancelled(_deadline_passed(context))
             raise
-        except _CallerGone:
+        except CallerGone:
             # The caller went away while a message was on its way: a cancel too, and the call
             # is over, so there is no status left to send.
             call.cancelled(_deadline_passed(context))
@@ -220,31 +222,14 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         return pb.GetUsageSummaryResponse(rows=rows)
 
 
-# What grpc.aio raises when the transport refuses a write because the caller has gone (the
-# call is not yet marked done or cancelled then); it has no public name.
-_WRITE_REFUSED: type[Exception] = cygrpc.ExecuteBatchError
-
-
-class _CallerGone(Exception):
-    """A stream message could not be written: the call ended under it."""
-
-
-async def _send(context: grpc.aio.ServicerContext[Any, Any], message: pb.StreamCompleteResponse,
-                timeout_s: float, call: Call) -> None:
-    """One stream message to the caller, within server.stream_send_timeout_s."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            await context.write(message)
-    except TimeoutError:
-        # The caller stopped reading: end the stream (the upstream connection closes as the
-        # router's generator does), and record the output forwarded so far, estimated.
-        partial = pb.StreamSummary(usage=estimated_usage(call.request, call.streamed_bytes))
-        raise GatewayError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"the caller read nothing for {timeout_s:.3g}s while a message waited "
-                           f"(server.stream_send_timeout_s = {timeout_s:.3g}): the stream was ended; "
-                           "read a stream as it arrives", partial_summary=partial) from None
-    except _WRITE_REFUSED as exc:
-        raise _CallerGone() from exc
+def _reader_stopped(call: Call, timeout_s: float) -> GatewayError:
+    """The caller stopped reading: the stream is ended (the upstream connection closes as the
+    router's generator does), and the output forwarded so far is recorded, estimated."""
+    partial = pb.StreamSummary(usage=estimated_usage(call.request, call.streamed_bytes))
+    return GatewayError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"the caller read nothing for {timeout_s:.3g}s while a message waited "
+                        f"(server.stream_send_timeout_s = {timeout_s:.3g}): the stream was ended; "
+                        "read a stream as it arrives", partial_summary=partial)
 
 
 def _streams(count: int) -> str:

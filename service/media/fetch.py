@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 from typing import cast
 
@@ -28,7 +27,7 @@ from .policy import (
     parts_to_fetch,
     settle_mime_type,
 )
-from .urls import BadMediaURL, parse_http_url
+from .urls import BadMediaURL, is_ip_literal, parse_http_url
 
 Code = grpc.StatusCode
 
@@ -192,7 +191,7 @@ class MediaFetcher:
         except BadMediaURL as exc:
             raise invalid_argument(part_path, f"is not a valid http(s) URL ({exc})") from None
         # aiohttp does not resolve IP literals, so the resolver never sees them: check here.
-        if _is_ip_literal(host) and not self.policy.host_is_trusted(host) and not self.policy.address_allowed(host):
+        if is_ip_literal(host) and not self.policy.host_is_trusted(host) and not self.policy.address_allowed(host):
             raise blocked_address(part_path)
 
     async def _read_limited(self, part_path: str, response: httpx.Response, allowance: RequestBytes | None) -> bytes:
@@ -238,14 +237,6 @@ def _first_failure(failed: BaseExceptionGroup[BaseException]) -> BaseException:
         first.__traceback__ = None
         first.__context__ = None
     return first
-
-
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:

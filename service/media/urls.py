@@ -42,7 +42,7 @@ def parse_http_url(url: str) -> httpx.URL:
         raise BadMediaURL("user information (user@) is not allowed")
     if not host:
         raise BadMediaURL("no host")
-    if not _is_ip_literal(host):
+    if not is_ip_literal(host):
         problem = _host_name_problem(host)
         if problem:
             raise BadMediaURL(problem)
@@ -64,7 +64,7 @@ def _host_name_problem(host: str) -> str | None:
     return None
 
 
-def _is_ip_literal(host: str) -> bool:
+def is_ip_literal(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:

@@ -23,7 +23,7 @@ from tests.support.upstream import FakeUpstream, Reply, sse_events
 
 Code = grpc.StatusCode
 MODEL = "mixrouter/gemini-2.0-flash"
-OPENAI_KEY = "tw-test-openai-sk-9f3b2c7d1e5a4f60b8c2d4e6"
+OPENAI_KEY = "tw-test-openai-key-9f3b2c7d1e5a4f60b8c2d4e6"
 ANTHROPIC_KEY = "tw-test-anthropic-4c1d8e2f7a9b3c5d6e0f1a2b"
 KEYS = (MIXROUTER_TEST_KEY, OPENAI_KEY, ANTHROPIC_KEY)
 ENVIRON = {"MIXROUTER_API_KEY": MIXROUTER_TEST_KEY, "OPENAI_API_KEY": OPENAI_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY}

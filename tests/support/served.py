@@ -87,6 +87,26 @@ def hwm_bytes(pid: int) -> int:
     raise AssertionError(f"no VmHWM for pid {pid}")
 
 
+async def wait_until_serving(target: str, proc: asyncio.subprocess.Process, log_text: Any, wait_s: float) -> None:
+    """Until the process at target answers SERVING to a health check; the test fails (with the
+    process's log) if it exits first."""
+    async def poll() -> None:
+        async with grpc.aio.insecure_channel(target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if proc.returncode is not None:
+                    pytest.fail(f"tollway serve exited with {proc.returncode}:\n{log_text()}")
+                try:
+                    response = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5)
+                    if response.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(poll(), wait_s)
+
+
 def to_toml(config: Mapping[str, Any]) -> str:
     """The small TOML subset the suite's configs use: nested tables of scalars and lists."""
     lines: list[str] = []
@@ -243,22 +263,8 @@ class Served:
         return rss_bytes(self.pid)
 
     async def _serving(self) -> None:
-        async def poll() -> None:
-            async with grpc.aio.insecure_channel(self.target) as channel:
-                health = health_pb2_grpc.HealthStub(channel)
-                while True:
-                    assert self.proc is not None
-                    if self.proc.returncode is not None:
-                        pytest.fail(f"tollway serve exited with {self.proc.returncode}:\n{self.log_text()}")
-                    try:
-                        response = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5)
-                        if response.status == health_pb2.HealthCheckResponse.SERVING:
-                            return
-                    except grpc.aio.AioRpcError:
-                        pass
-                    await asyncio.sleep(0.05)
-
-        await asyncio.wait_for(poll(), START_WAIT_S)
+        assert self.proc is not None
+        await wait_until_serving(self.target, self.proc, self.log_text, START_WAIT_S)
 
     async def stop(self) -> None:
         while self.cleanup:

@@ -29,7 +29,6 @@ from pathlib import Path
 import grpc
 import psycopg
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tollway.v1 import completion_pb2 as pb
 from tollway.v1 import completion_pb2_grpc as pb_grpc
 
@@ -44,6 +43,7 @@ from tests.support.ledger import (  # noqa: F401
 )
 from tests.support.ledger_calls import GEMINI_USAGE, completion, request_id_of
 from tests.support.seed import recorded_stream
+from tests.support.served import wait_until_serving
 from tests.support.upstream import FakeUpstream, Received, Reply, sse_events
 from tests import support
 
@@ -113,21 +113,8 @@ class Gateway:
         await self._serving()
 
     async def _serving(self) -> None:
-        async def poll() -> None:
-            async with grpc.aio.insecure_channel(self.target) as channel:
-                health = health_pb2_grpc.HealthStub(channel)
-                while True:
-                    if self.proc.returncode is not None:
-                        pytest.fail(f"tollway serve exited with {self.proc.returncode}:\n{self.log_text()}")
-                    try:
-                        response = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5)
-                        if response.status == health_pb2.HealthCheckResponse.SERVING:
-                            return
-                    except grpc.aio.AioRpcError:
-                        pass
-                    await asyncio.sleep(0.05)
-
-        await asyncio.wait_for(poll(), WAIT_S)
+        assert self.proc is not None
+        await wait_until_serving(self.target, self.proc, self.log_text, WAIT_S)
 
     def kill(self) -> None:
         """SIGKILL, at once (no await between the decision and the signal)."""

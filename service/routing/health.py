@@ -81,6 +81,10 @@ class CircuitBreaker:
         if self._consecutive >= self.policy.consecutive_failures or self._rate_exceeded():
             self._open()
 
+    def is_idle(self) -> bool:
+        """Closed, no failure in a row and none in the window: it remembers nothing a fresh one would not."""
+        return self.state == CLOSED and self._consecutive == 0 and self._failures == 0 and not self._probe_in_flight
+
     def release_probe(self) -> None:
         """A probe ended without a verdict (the caller cancelled): let another one through."""
         self._probe_in_flight = False
@@ -125,18 +129,34 @@ class HealthBoard:
     Providers rate-limit per model: a 429 on one model says nothing about the key's other
     models, so a cool-down never spreads beyond the model that got it."""
 
+    # Callers name models, so they choose how many (provider, model, key) entries there are:
+    # past this many, entries that remember nothing worth keeping are dropped.
+    PRUNE_AT = 10_000
+
     def __init__(self, policy: BreakerPolicy, clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy
         self._clock = clock
         self._breakers: dict[tuple[str, str, str], CircuitBreaker] = {}
         self._cool_until: dict[tuple[str, str, str], float] = {}
+        self._prune_at = self.PRUNE_AT
 
     def breaker(self, provider: str, model: str, key_id: str) -> CircuitBreaker:
         key = (provider, model, key_id)
         breaker = self._breakers.get(key)
         if breaker is None:
+            if len(self._breakers) >= self._prune_at:
+                self._prune()
             breaker = self._breakers[key] = CircuitBreaker(self.policy, self._clock)
         return breaker
+
+    def _prune(self) -> None:
+        """Forget closed breakers that saw no failure in their window and expired cool-downs: a
+        fresh breaker or no cool-down behaves the same. What remains (failing targets) sets the
+        next threshold, so the work stays proportional to the entries added."""
+        self._breakers = {k: b for k, b in self._breakers.items() if not b.is_idle()}
+        now = self._clock()
+        self._cool_until = {k: until for k, until in self._cool_until.items() if until > now}
+        self._prune_at = max(self.PRUNE_AT, 2 * len(self._breakers))
 
     def cool_down(self, provider: str, model: str, key_id: str, seconds: float) -> None:
         until = self._clock() + seconds
@@ -163,6 +183,7 @@ class HealthBoard:
             return self
         board = HealthBoard(policy, self._clock)
         board._cool_until = self._cool_until
+        board._prune_at = self._prune_at
         for key, old in self._breakers.items():
             old.policy = policy
             board._breakers[key] = old

@@ -249,3 +249,22 @@ def test_backoff_is_exponential_with_full_jitter_and_capped():
         assert min(waits) < ceiling * 0.05
         assert max(waits) > ceiling * 0.95
         assert 0.45 * ceiling < sum(waits) / len(waits) < 0.55 * ceiling
+
+
+def test_many_model_names_do_not_grow_the_board_without_bound(clock, monkeypatch):
+    """Callers choose model names: healthy breakers and expired cool-downs are forgotten once
+    the board holds PRUNE_AT entries; failing ones and live cool-downs are kept."""
+    monkeypatch.setattr(HealthBoard, "PRUNE_AT", 100)
+    board = HealthBoard(BreakerPolicy(), clock)
+    failing = board.breaker("openai", "failing-model", "k")
+    failing.record_failure()
+    board.cool_down("openai", "cooling-model", "k", 60)
+    board.cool_down("openai", "cooled-model", "k", 1)
+    clock.now += 2
+    for i in range(1000):
+        board.breaker("openai", f"model-{i}", "k").record_success()
+
+    assert len(board._breakers) <= 100
+    assert board.breaker("openai", "failing-model", "k") is failing
+    assert board.is_cooling("openai", "cooling-model", "k")
+    assert ("openai", "cooled-model", "k") not in board._cool_until

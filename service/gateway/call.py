@@ -18,7 +18,7 @@ from tollway.service.admission.auth import Caller, authorize_model
 from tollway.service.admission.limits import check_request_limits
 from tollway.service.admission.validation import check_capabilities, validate_request
 from tollway.service.config.loader import Config
-from tollway.service.errors import GatewayError, scrub
+from tollway.service.errors import GatewayError, bounded_message, scrub
 from tollway.service.gateway.logs import log_request
 from tollway.service.gateway.status import end_with_status
 from tollway.service.ledger import JournalError, Ledger, LedgerClosed, LedgerRecord
@@ -150,6 +150,7 @@ class Call:
             failure = pb.CallFailure(route=self.routed.route.name, attempts=self.attempts)
             if self.usage is not None:
                 failure.usage.CopyFrom(self.usage)
+            _fit_in_trailers(failure)
             details.append(failure)
         status = err.to_status(details)
         end_with_status(context, status.code, status.details,
@@ -254,3 +255,26 @@ def _check_route_accepts(registry: Registry, route: Route, request: AnyRequest) 
     else:
         subject = f'route "{route.name}"'
     check_capabilities(subject, caps, request)
+
+
+# The CallFailure travels in a trailer beside the status; gRPC refuses trailers over 16 KiB (the
+# caller then gets RESOURCE_EXHAUSTED and loses tollway-request-id). A route of many targets with
+# retries makes many attempts, each message up to the 640-byte status bound.
+MAX_FAILURE_BYTES = 6 * 1024
+SHORT_ATTEMPT_BYTES = 120
+
+
+def _fit_in_trailers(failure: pb.CallFailure) -> None:
+    """Shorten the attempts' messages, then drop middle attempts, until the detail fits."""
+    if failure.ByteSize() <= MAX_FAILURE_BYTES:
+        return
+    for attempt in failure.attempts:
+        attempt.message = bounded_message(attempt.message, SHORT_ATTEMPT_BYTES)
+    dropped = 0
+    room_for_note = 64
+    while failure.ByteSize() > MAX_FAILURE_BYTES - room_for_note and len(failure.attempts) > 2:
+        # The first attempt and the last ones say the most: what failed first, what ended it.
+        del failure.attempts[1]
+        dropped += 1
+    if dropped:
+        failure.attempts[0].message += f" ({dropped} later attempts left out of this detail)"

@@ -1108,3 +1108,23 @@ async def test_a_503_retry_after_longer_than_the_deadline_goes_straight_to_the_n
         ("b", "model-b", Code.OK, ""),
     ]
     assert (len(a.received), len(b.received)) == (1, 1)
+
+
+async def test_a_failure_of_many_attempts_still_fits_the_trailers(start_client, ups):
+    """Forty targets, each tried twice, each answering 503 with a long message: the CallFailure
+    detail is cut to fit, so the caller still gets the status and its request id (not gRPC's
+    RESOURCE_EXHAUSTED for oversized trailers)."""
+    many = {"wide": [target("a", weight=1) | {"model": f"model-{i}"} for i in range(40)]}
+    client = await gateway(start_client, ups, routes=many, routing={"max_retries": 1})
+    ups[0].default = Reply(status=503, body={"error": {"message": "overloaded " + "x" * 700}})
+
+    error = await complete_fails(client, request("wide"), timeout=30)
+
+    assert error.code() == Code.UNAVAILABLE
+    assert error.details().startswith("a: upstream returned HTTP 503: overloaded xxx")
+    assert any(key == "tollway-request-id" for key, _ in error.trailing_metadata())
+    failure = failure_of(error)
+    assert failure.ByteSize() <= 6 * 1024
+    assert 2 <= len(failure.attempts) < 80
+    assert failure.attempts[0].message.endswith(f"({80 - len(failure.attempts)} later attempts left out of this "
+                                                "detail)")

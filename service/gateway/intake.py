@@ -10,6 +10,7 @@ counts health checks too and its message names no limit. The generated registrat
 from __future__ import annotations
 
 import inspect
+import uuid
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -19,7 +20,9 @@ from google.protobuf.message import DecodeError
 
 from tollway.service.admission.limits import RpcSlots
 from tollway.service.errors import GatewayError
-from tollway.service.gateway.status import end_with_error, end_with_status
+from tollway.service.gateway.call import REQUEST_ID_KEY
+from tollway.service.gateway.logs import log_request
+from tollway.service.gateway.status import end_with_error
 
 Deserializer = Callable[[bytes], Any]
 SERVICE_PREFIX = "/tollway.v1.Completion/"
@@ -90,15 +93,24 @@ class Intake(grpc.aio.ServerInterceptor):
         try:
             self.slots.take()
         except GatewayError as err:
-            end_with_error(context, err)
+            _refuse(context, method, err)
             return _REFUSED
         try:
             return decode(raw)
         except (DecodeError, ValueError, TypeError):
             self.slots.give_back()
-            end_with_status(context, grpc.StatusCode.INVALID_ARGUMENT,
-                            f"the request is not a valid protobuf message for {method}")
+            _refuse(context, method, GatewayError(grpc.StatusCode.INVALID_ARGUMENT,
+                                                  f"the request is not a valid protobuf message for {method}"))
             return _REFUSED
+
+
+def _refuse(context: Context, method: str, err: GatewayError) -> None:
+    """A call refused before it is a Call still has a request id, in its trailers and its log line
+    (which carries nothing of the request: it was not read)."""
+    request_id = uuid.uuid4().hex
+    log_request(request_id=request_id, rpc=method.removeprefix(SERVICE_PREFIX), status=err.code.name,
+                error=err.message)
+    end_with_error(context, err, ((REQUEST_ID_KEY, request_id),))
 
 
 # What _admit answers for a call it refused.

@@ -120,6 +120,7 @@ async def test_calls_over_max_concurrent_rpcs_are_resource_exhausted(start_clien
         assert error.code() == Code.RESOURCE_EXHAUSTED
         assert error.details() == ("the gateway is serving its limit of 2 calls at once "
                                    "(limits.max_concurrent_rpcs); retry with backoff")
+        assert len(dict(error.trailing_metadata())["tollway-request-id"]) == 32
         stream_error = await refused(client, request(), "stream")
         assert stream_error.code() == Code.RESOURCE_EXHAUSTED
         assert len(upstream.received) == 2

@@ -96,6 +96,7 @@ async def test_bytes_that_are_no_protobuf_message_are_invalid_argument(client, u
         await call(payload, timeout=5)
     assert err.value.code() == Code.INVALID_ARGUMENT
     assert err.value.details() == f"the request is not a valid protobuf message for {method}"
+    assert len(dict(err.value.trailing_metadata())["tollway-request-id"]) == 32
     assert upstream.received == []
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 from tollway.service.config.loader import parse_config
+from tollway.service.gateway.logs import configure_logging
 from tollway.service.gateway.server import start_gateway
 from tollway.v1 import completion_pb2_grpc as pb_grpc
 
@@ -126,3 +127,24 @@ async def start_client(tmp_path):
 async def client(start_client, upstream: FakeUpstream) -> Client:
     """A gateway with MixRouter pointed at the loopback upstream."""
     return await start_client(mixrouter_config(upstream), {"MIXROUTER_API_KEY": MIXROUTER_TEST_KEY})
+
+
+@pytest.fixture
+def log_buffer():
+    """configure_logging(fmt, level) as `tollway serve` calls it, writing into a StringIO; the
+    previous setup is restored after."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    aiohttp_level = logging.getLogger("aiohttp").level
+    buffer = io.StringIO()
+
+    def configure(fmt: str, level: int = logging.INFO) -> io.StringIO:
+        configure_logging(fmt, level)
+        for handler in root.handlers:
+            handler.setStream(buffer)
+        return buffer
+
+    yield configure
+    root.handlers[:] = saved_handlers
+    root.setLevel(saved_level)
+    logging.getLogger("aiohttp").setLevel(aiohttp_level)

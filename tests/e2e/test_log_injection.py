@@ -7,7 +7,6 @@ Logging is configured as `tollway serve` configures it, into a buffer (see test_
 from __future__ import annotations
 
 import io
-import logging
 import shlex
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from datetime import datetime, timezone
 import grpc
 import orjson
 import pytest
-from tollway.service.gateway.logs import REQUEST_LOGGER, configure_logging
+from tollway.service.gateway.logs import REQUEST_LOGGER
 from tollway.v1 import completion_pb2 as pb
 
 from tests.support.gateway import MIXROUTER_TEST_KEY, mixrouter_config
@@ -26,25 +25,6 @@ Code = grpc.StatusCode
 FORGED = "2026-01-01T00:00:00.000Z INFO tollway.request request request_id=forged status=OK"
 HUGE = 5 * 1024 * 1024
 CALLER_KEY = "tw-test-injection-caller-7d3e1f"
-
-
-@pytest.fixture
-def log_buffer():
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    aiohttp_level = logging.getLogger("aiohttp").level
-    buffer = io.StringIO()
-
-    def configure(fmt: str) -> io.StringIO:
-        configure_logging(fmt, logging.INFO)
-        for handler in root.handlers:
-            handler.setStream(buffer)
-        return buffer
-
-    yield configure
-    root.handlers[:] = saved_handlers
-    root.setLevel(saved_level)
-    logging.getLogger("aiohttp").setLevel(aiohttp_level)
 
 
 # The bounds here must hold on their own, whatever limits.max_model_chars lets through (its own

@@ -6,7 +6,6 @@ with the handler's stream pointed at a buffer the test reads.
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 import shlex
@@ -14,7 +13,7 @@ import shlex
 import grpc
 import orjson
 import pytest
-from tollway.service.gateway.logs import REQUEST_LOGGER, configure_logging
+from tollway.service.gateway.logs import REQUEST_LOGGER
 from tollway.v1 import completion_pb2 as pb
 
 from tests.support.gateway import MIXROUTER_TEST_KEY, fixture_json, mixrouter_config
@@ -23,26 +22,6 @@ from tests.support.upstream import Reply, sse_events
 Code = grpc.StatusCode
 MODEL = "mixrouter/gemini-2.0-flash"
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-@pytest.fixture
-def log_buffer():
-    """configure_logging(fmt, level) writing into a StringIO; the previous setup is restored after."""
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    aiohttp_level = logging.getLogger("aiohttp").level
-    buffer = io.StringIO()
-
-    def configure(fmt: str, level: int = logging.INFO) -> io.StringIO:
-        configure_logging(fmt, level)
-        for handler in root.handlers:
-            handler.setStream(buffer)
-        return buffer
-
-    yield configure
-    root.handlers[:] = saved_handlers
-    root.setLevel(saved_level)
-    logging.getLogger("aiohttp").setLevel(aiohttp_level)
 
 
 def seed_request(cls=pb.CompleteRequest):

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from tollway.service.config.loader import parse_config
-from tollway.service.gateway.server import start_gateway
 from tollway.v1 import completion_pb2 as pb
-from tollway.v1 import completion_pb2_grpc as pb_grpc
 
-from tests.support.gateway import MIXROUTER_TEST_KEY, Client, fixture_json, mixrouter_config
+from tests.support.gateway import MIXROUTER_TEST_KEY, fixture_json, mixrouter_config, serving
 from tests.support.upstream import Reply
 
 Code = grpc.StatusCode
@@ -20,12 +17,8 @@ Code = grpc.StatusCode
 async def shared_client(upstream_server):
     """One gateway for the module: refusals leave no state behind."""
     config = {**mixrouter_config(upstream_server), "media": {"allow_networks": ["127.0.0.0/8"]}}
-    gateway = await start_gateway(parse_config(config), environ={"MIXROUTER_API_KEY": MIXROUTER_TEST_KEY},
-                                  listen="127.0.0.1:0")
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
-    yield Client(gateway, channel, pb_grpc.CompletionStub(channel))
-    await channel.close()
-    await gateway.stop(grace=0)
+    async with serving(config, {"MIXROUTER_API_KEY": MIXROUTER_TEST_KEY}) as client:
+        yield client
 
 
 @pytest.fixture

@@ -14,14 +14,11 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from tollway.providers.openai_codec import ChatDialect, OpenAIChatAdapter
-from tollway.service.config.loader import parse_config
-from tollway.service.gateway.server import start_gateway
 from tollway.service.plugins.adapter import IMAGE, Capabilities, ProviderKind
 from tollway.service.plugins.hookspecs import hookimpl
 from tollway.v1 import completion_pb2 as pb
-from tollway.v1 import completion_pb2_grpc as pb_grpc
 
-from tests.support.gateway import MIXROUTER_TEST_KEY, Client, mixrouter_config
+from tests.support.gateway import MIXROUTER_TEST_KEY, mixrouter_config, serving
 from tests.support.upstream import Reply
 
 Code = grpc.StatusCode
@@ -32,12 +29,8 @@ MODEL = "mixrouter/gemini-2.0-flash"
 @pytest.fixture(scope="module")
 async def shared_client(upstream_server):
     """One gateway for the module: refusals leave no state behind, and a gateway per case is slow."""
-    gateway = await start_gateway(parse_config(mixrouter_config(upstream_server)),
-                                  environ={"MIXROUTER_API_KEY": MIXROUTER_TEST_KEY}, listen="127.0.0.1:0")
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
-    yield Client(gateway, channel, pb_grpc.CompletionStub(channel))
-    await channel.close()
-    await gateway.stop(grace=0)
+    async with serving(mixrouter_config(upstream_server), {"MIXROUTER_API_KEY": MIXROUTER_TEST_KEY}) as client:
+        yield client
 
 
 @pytest.fixture

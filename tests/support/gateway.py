@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from tollway.service.gateway.server import Gateway
+from tollway.service.config.loader import parse_config
+from tollway.service.gateway.server import Gateway, start_gateway
 from tollway.v1 import completion_pb2_grpc as pb_grpc
 
 from .upstream import FakeUpstream
@@ -39,6 +42,19 @@ class Client:
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.gateway.port}"
+
+
+@asynccontextmanager
+async def serving(config: dict[str, Any], environ: dict[str, str]) -> AsyncIterator[Client]:
+    """A gateway on a free port and a channel to it, for fixtures wider than one test (the
+    function-scoped start_client of conftest.py serves one test)."""
+    gateway = await start_gateway(parse_config(config), environ=environ, listen="127.0.0.1:0")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
+    try:
+        yield Client(gateway, channel, pb_grpc.CompletionStub(channel))
+    finally:
+        await channel.close()
+        await gateway.stop(grace=0)
 
 
 def mixrouter_config(upstream: FakeUpstream, **extra: Any) -> dict[str, Any]:

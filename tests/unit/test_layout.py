@@ -109,4 +109,4 @@ def test_every_package_folder_is_installed_under_tollway():
 def test_service_sub_packages_name_the_layers():
     layers = sorted(p.name for p in (support.ROOT / "service").iterdir() if (p / "__init__.py").exists())
     assert layers == ["admission", "billing", "cli", "config", "gateway", "ledger", "media", "plugins", "routing",
-                      "upstream", "usage"]
+                      "telemetry", "upstream", "usage"]

@@ -1,0 +1,1 @@
+"""Operations: Prometheus metrics and OpenTelemetry traces, both off until configured."""

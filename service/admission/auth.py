@@ -3,6 +3,10 @@
 A caller sends `authorization: Bearer <key>` metadata. Only the SHA-256 of each key is in
 config; presented keys are hashed and compared in constant time against every entry, and
 no key is ever logged. With no callers configured, calls are anonymous.
+
+Over mutual TLS a caller may instead be known by its client certificate (`tls_subject`,
+`tls_san`), which gRPC verified against the client CA before the call began. A call that
+sends a key is judged by its key; the certificate decides only when there is none.
 """
 
 from __future__ import annotations
@@ -39,6 +43,22 @@ class Caller:
     role: str = "user"
     # Streams this caller may have open at once; None: routing.max_streams_per_caller.
     max_streams: int | None = None
+    # Its client certificate: the subject as gRPC reports it (RFC 4514, "CN=search,O=Example")
+    # and/or one URI or DNS subject alternative name. Both set: the certificate must have both.
+    tls_subject: str | None = None
+    tls_san: str | None = None
+
+    @property
+    def has_certificate_identity(self) -> bool:
+        return self.tls_subject is not None or self.tls_san is not None
+
+    def holds(self, certificate: PeerCertificate) -> bool:
+        """True when the certificate is this caller's."""
+        if not self.has_certificate_identity:
+            return False
+        if self.tls_subject is not None and certificate.subject != self.tls_subject:
+            return False
+        return self.tls_san is None or self.tls_san in certificate.sans
 
     @property
     def is_admin(self) -> bool:
@@ -60,6 +80,28 @@ ANONYMOUS_CALLER = Caller(ANONYMOUS, role="admin")
 
 
 @dataclass(frozen=True)
+class PeerCertificate:
+    """The verified client certificate of a call, as gRPC's auth context reports it."""
+
+    subject: str
+    # URI and DNS subject alternative names (what SPIFFE, Istio and cert-manager issue).
+    sans: tuple[str, ...] = ()
+
+
+def peer_certificate(auth_context: Mapping[str, Iterable[bytes]] | None) -> PeerCertificate | None:
+    """The client certificate gRPC verified for this connection; None without one (plaintext,
+    or TLS without client certificates)."""
+    if not auth_context or "x509_pem_cert" not in auth_context:
+        return None
+
+    def values(key: str) -> list[str]:
+        return [v.decode("utf-8", "replace") for v in auth_context.get(key, ())]
+
+    subject = values("x509_subject")
+    return PeerCertificate(subject[0] if subject else "", tuple(values("peer_uri") + values("peer_dns")))
+
+
+@dataclass(frozen=True)
 class Callers:
     """The configured callers; empty means anonymous access."""
 
@@ -69,12 +111,17 @@ class Callers:
     def anonymous(self) -> bool:
         return not self.entries
 
-    def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Caller:
-        """The caller a request's metadata proves, or UNAUTHENTICATED."""
+    def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None,
+                     auth_context: Mapping[str, Iterable[bytes]] | None = None) -> Caller:
+        """The caller a request's metadata proves, or else its client certificate (auth_context:
+        the call's `context.auth_context()`), or UNAUTHENTICATED."""
         if self.anonymous:
             return ANONYMOUS_CALLER
         presented = _bearer(metadata)
         if presented is None:
+            certificate = peer_certificate(auth_context)
+            if certificate is not None:
+                return self._by_certificate(certificate)
             raise GatewayError(Code.UNAUTHENTICATED, "missing caller key: send metadata 'authorization: Bearer <key>'")
         digest = hashlib.sha256(presented.encode()).digest()
         found = None
@@ -85,6 +132,20 @@ class Callers:
         if found is None:
             raise GatewayError(Code.UNAUTHENTICATED, "invalid caller key")
         return found
+
+    def _by_certificate(self, certificate: PeerCertificate) -> Caller:
+        # parse_callers refuses identities one certificate could share, so at most one holds it.
+        for caller in self.entries:
+            if caller.holds(certificate):
+                return caller
+        # The subject only: a certificate's other fields are none of the caller's business to see echoed.
+        raise GatewayError(Code.UNAUTHENTICATED,
+                           f"client certificate {quoted(certificate.subject)} is not a configured caller")
+
+    @property
+    def by_certificate(self) -> tuple[Caller, ...]:
+        """The callers a client certificate can identify."""
+        return tuple(c for c in self.entries if c.has_certificate_identity)
 
 
 def authorize_model(caller: Caller, model: str) -> None:
@@ -105,7 +166,7 @@ def _bearer(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
 
 
 def parse_callers(table: Mapping[str, Any]) -> Callers:
-    entries = []
+    entries: list[Caller] = []
     seen_hashes = set()
     for name, raw in table.items():
         where = f"callers.{name}"
@@ -113,13 +174,21 @@ def parse_callers(table: Mapping[str, Any]) -> Callers:
             raise ValueError(f"{where}: a caller name takes letters, digits, '.', '_' and '-'")
         if not isinstance(raw, Mapping):
             raise ValueError(f"{where} must be a table")
-        reject_unknown(raw, {"key_sha256", "allowed_models", "labels", "role", "max_streams"}, f"in [{where}]")
+        reject_unknown(raw, {"key_sha256", "allowed_models", "labels", "role", "max_streams", "tls_subject", "tls_san"},
+                       f"in [{where}]")
+        tls_subject, tls_san = _certificate_identity(raw, where)
         key_hash = raw.get("key_sha256")
-        if not isinstance(key_hash, str) or not _HEX64.match(key_hash.lower()):
+        if key_hash is None:
+            if tls_subject is None and tls_san is None:
+                raise ValueError(f"{where} needs key_sha256 (tollway keys new {name}) or a client certificate "
+                                 "identity (tls_subject, tls_san)")
+            key_hash = ""  # known by its certificate only
+        elif not isinstance(key_hash, str) or not _HEX64.match(key_hash.lower()):
             raise ValueError(f"{where}.key_sha256 must be 64 hex digits (tollway keys new {name})")
-        if key_hash.lower() in seen_hashes:
+        elif key_hash.lower() in seen_hashes:
             raise ValueError(f"{where}.key_sha256 is the same as another caller's")
-        seen_hashes.add(key_hash.lower())
+        else:
+            seen_hashes.add(key_hash.lower())
         allowed = raw.get("allowed_models")
         if allowed is not None and (not isinstance(allowed, list) or not all(isinstance(m, str) for m in allowed)):
             raise ValueError(f"{where}.allowed_models must be a list of strings")
@@ -133,9 +202,33 @@ def parse_callers(table: Mapping[str, Any]) -> Callers:
         if max_streams is not None and (not isinstance(max_streams, int) or isinstance(max_streams, bool)
                                         or max_streams < 1):
             raise ValueError(f"{where}.max_streams must be an integer >= 1")
-        entries.append(Caller(name, bytes.fromhex(key_hash), tuple(allowed) if allowed is not None else None,
-                              dict(labels), role, max_streams))
+        caller = Caller(name, bytes.fromhex(key_hash), tuple(allowed) if allowed is not None else None,
+                        dict(labels), role, max_streams, tls_subject, tls_san)
+        for other in entries:
+            if _may_share_a_certificate(caller, other):
+                raise ValueError(f"{where} and callers.{other.name} could both match one client certificate: "
+                                 "give them different tls_subject or tls_san values")
+        entries.append(caller)
     return Callers(tuple(entries))
+
+
+def _certificate_identity(raw: Mapping[str, Any], where: str) -> tuple[str | None, str | None]:
+    found = []
+    for key in ("tls_subject", "tls_san"):
+        value = raw.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip() or value != value.strip()):
+            raise ValueError(f"{where}.{key} must be a non-empty string without surrounding spaces")
+        found.append(value)
+    return found[0], found[1]
+
+
+def _may_share_a_certificate(a: Caller, b: Caller) -> bool:
+    """True when one certificate could hold both identities: no field both set tells them apart."""
+    if not (a.has_certificate_identity and b.has_certificate_identity):
+        return False
+    subjects_differ = a.tls_subject is not None and b.tls_subject is not None and a.tls_subject != b.tls_subject
+    sans_differ = a.tls_san is not None and b.tls_san is not None and a.tls_san != b.tls_san
+    return not (subjects_differ or sans_differ)
 
 
 def new_key(name: str) -> tuple[str, str]:

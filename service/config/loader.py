@@ -17,6 +17,7 @@ from tollway.service.admission.auth import Callers, parse_callers
 from tollway.service.admission.limits import RequestLimits
 from tollway.service.billing.catalog import PriceCatalog
 from tollway.service.config.keys import reject_unknown
+from tollway.service.gateway.tls import TlsConfig, parse_tls
 from tollway.service.ledger import LedgerConfig
 from tollway.service.media.policy import MediaPolicy
 from tollway.service.routing.routes import (
@@ -75,6 +76,8 @@ class ServerConfig:
     # Streams: a message the caller does not take within this long ends the stream, so a
     # caller that stops reading cannot hold an upstream connection forever.
     stream_send_timeout_s: float = 30.0
+    # [server.tls]: None serves plaintext.
+    tls: TlsConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
         limits = RequestLimits.from_table(_table(raw, "limits"))
     except (TypeError, ValueError, RoutingConfigError) as exc:
         raise ConfigError(str(exc)) from None
+    _check_certificate_callers(callers, server.tls)
     return Config(server=server, plugins=plugins, providers=providers, media=media, routes=routes, routing=routing,
                   prices=catalog, callers=callers, ledger=ledger, limits=limits, source=source)
 
@@ -185,8 +189,10 @@ def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
 def _parse_server(table: Mapping[str, Any]) -> ServerConfig:
     allowed = {"listen", "log_format", "grace_period_s", "max_upstream_connections", "merge_stream_deltas",
                "max_upstream_body_bytes", "max_upstream_event_bytes", "stream_send_timeout_s"}
-    _no_unknown(table, allowed, "server")
-    server = ServerConfig(**table)
+    _no_unknown(table, allowed | {"tls"}, "server")
+    table = dict(table)
+    tls = _parse_tls(table.pop("tls", None))
+    server = ServerConfig(**table, tls=tls)
     parse_listen(server.listen, "server.listen")
     if server.log_format not in ("plain", "json"):
         raise ConfigError('server.log_format must be "plain" or "json"')
@@ -204,6 +210,26 @@ def _parse_server(table: Mapping[str, Any]) -> ServerConfig:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1024:
             raise ConfigError(f"server.{key} must be an integer >= 1024 (bytes)")
     return server
+
+
+def _parse_tls(table: Any) -> TlsConfig | None:
+    if table is None:
+        return None
+    if not isinstance(table, Mapping):
+        raise ConfigError("server.tls must be a table")
+    try:
+        return parse_tls(table)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _check_certificate_callers(callers: Callers, tls: TlsConfig | None) -> None:
+    """A caller known only by its certificate could never call without a client CA to verify one."""
+    if tls is not None and tls.client_ca_file is not None:
+        return
+    for caller in callers.by_certificate:
+        raise ConfigError(f"callers.{caller.name}: tls_subject and tls_san identify a caller by its client "
+                          "certificate, which needs server.tls.client_ca_file")
 
 
 def _is_number(value: Any) -> bool:

@@ -19,6 +19,7 @@ from tollway.service.config.loader import Config, ConfigError, load_config
 from tollway.service.gateway.intake import Intake
 from tollway.service.gateway.heap import HeapTrimmer, return_big_blocks_to_the_os
 from tollway.service.gateway.servicer import CompletionServicer, Runtime, ServingState
+from tollway.service.gateway.tls import ListenerTls, TlsConfig, TlsMaterial, read_material
 from tollway.service.ledger import Ledger
 from tollway.service.media.fetch import MediaFetcher
 from tollway.service.plugins.adapter import ProviderKind
@@ -47,6 +48,8 @@ class Gateway:
     environ: Mapping[str, str]
     extra_plugins: tuple[object, ...] = ()
     config_path: str | None = None
+    # The listener's TLS; None: plaintext.
+    tls: ListenerTls | None = None
 
     def reload(self) -> bool:
         """Re-read the config file and swap in a new registry atomically.
@@ -57,6 +60,8 @@ class Gateway:
         try:
             config = load_config(self.config_path, self.environ)
             state = build_state(config, self.environ, self.extra_plugins)
+            # Read again even when the config did not change: certificate files are rotated in place.
+            tls_material = _tls_material(config.server.tls) if config.server.tls is not None else None
         except (ConfigError, PluginError, OSError) as exc:
             log.error("config reload refused, keeping the running config: %s", exc)
             return False
@@ -73,10 +78,17 @@ class Gateway:
         self.runtime.engine.max_body_bytes = config.server.max_upstream_body_bytes
         self.runtime.engine.max_event_bytes = config.server.max_upstream_event_bytes
         self.runtime.state = state
+        self._reload_tls(config, tls_material)
         log.info("config reloaded from %s; providers: %s; routes: %s", config.source,
                  ", ".join(p.name for p in state.registry.usable()) or "none",
                  ", ".join(sorted(state.registry.routes)) or "none")
         return True
+
+    def _reload_tls(self, config: Config, material: TlsMaterial | None) -> None:
+        if self.tls is not None:
+            self.tls.reload(config.server.tls, material)
+        elif config.server.tls is not None:
+            log.warning("[server.tls] added: the listener stays plaintext until the next restart")
 
     async def stop(self, grace: float | None = None) -> None:
         """Health turns NOT_SERVING, new calls are refused, in-flight calls get the grace period."""
@@ -86,6 +98,13 @@ class Gateway:
         await self.runtime.ledger.aclose()
         await self.runtime.engine.aclose()
         await self.runtime.media.aclose()
+
+
+def _tls_material(tls: TlsConfig) -> TlsMaterial:
+    try:
+        return read_material(tls)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load_kinds(config: Config, extra_plugins: Iterable[object] = ()) -> Mapping[str, ProviderKind]:
@@ -160,8 +179,14 @@ async def _start(config: Config, state: ServingState, environ: Mapping[str, str]
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
+    tls = None
+    if config.server.tls is not None:
+        tls = ListenerTls(config.server.tls, _tls_material(config.server.tls))
     try:
-        port = server.add_insecure_port(address)
+        if tls is not None:
+            port = server.add_secure_port(address, tls.server_credentials())
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError:
         port = 0
     if port == 0:
@@ -174,11 +199,13 @@ async def _start(config: Config, state: ServingState, environ: Mapping[str, str]
         log.warning("no callers configured: calls are anonymous and every caller may use every model")
     else:
         log.info("%d callers configured: calls need 'authorization: Bearer <key>'", len(config.callers.entries))
+    if tls is not None:
+        log.info("TLS on the listener: %s", tls.material.describe())
     usable = ", ".join(p.name for p in registry.usable()) or "none (set a provider's API key)"
     log.info("serving on %s (config: %s); providers: %s", address.rsplit(":", 1)[0] + f":{port}", config.source,
              usable)
     return Gateway(server, health_servicer, runtime, port, config.server.grace_period_s, environ, extra_plugins,
-                   config_path)
+                   config_path, tls)
 
 
 class ListenError(OSError):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 from collections.abc import Iterable, Mapping
@@ -26,6 +27,7 @@ from tollway.service.config.keys import reject_unknown
 from tollway.service.errors import GatewayError, quoted
 
 Code = grpc.StatusCode
+log = logging.getLogger("tollway.auth")
 
 ANONYMOUS = "anonymous"
 ROLES = ("user", "admin")
@@ -134,13 +136,17 @@ class Callers:
         return found
 
     def _by_certificate(self, certificate: PeerCertificate) -> Caller:
-        # parse_callers refuses identities one certificate could share, so at most one holds it.
-        for caller in self.entries:
-            if caller.holds(certificate):
-                return caller
-        # The subject only: a certificate's other fields are none of the caller's business to see echoed.
-        raise GatewayError(Code.UNAUTHENTICATED,
-                           f"client certificate {quoted(certificate.subject)} is not a configured caller")
+        holders = [caller for caller in self.entries if caller.holds(certificate)]
+        if len(holders) == 1:
+            return holders[0]
+        # The subject only: nothing more of the certificate, nor which callers exist, goes back.
+        subject = quoted(certificate.subject)
+        if holders:
+            # One caller's subject and another's SAN on the same certificate: refuse rather than guess.
+            log.error("client certificate %s matches callers %s: give them distinct tls_subject or tls_san values",
+                      subject, ", ".join(c.name for c in holders))
+            raise GatewayError(Code.UNAUTHENTICATED, f"client certificate {subject} matches more than one caller")
+        raise GatewayError(Code.UNAUTHENTICATED, f"client certificate {subject} is not a configured caller")
 
     @property
     def by_certificate(self) -> tuple[Caller, ...]:
@@ -205,9 +211,9 @@ def parse_callers(table: Mapping[str, Any]) -> Callers:
         caller = Caller(name, bytes.fromhex(key_hash), tuple(allowed) if allowed is not None else None,
                         dict(labels), role, max_streams, tls_subject, tls_san)
         for other in entries:
-            if _may_share_a_certificate(caller, other):
-                raise ValueError(f"{where} and callers.{other.name} could both match one client certificate: "
-                                 "give them different tls_subject or tls_san values")
+            if caller.has_certificate_identity and (caller.tls_subject, caller.tls_san) == (other.tls_subject,
+                                                                                            other.tls_san):
+                raise ValueError(f"{where} has the same tls_subject and tls_san as callers.{other.name}")
         entries.append(caller)
     return Callers(tuple(entries))
 
@@ -220,15 +226,6 @@ def _certificate_identity(raw: Mapping[str, Any], where: str) -> tuple[str | Non
             raise ValueError(f"{where}.{key} must be a non-empty string without surrounding spaces")
         found.append(value)
     return found[0], found[1]
-
-
-def _may_share_a_certificate(a: Caller, b: Caller) -> bool:
-    """True when one certificate could hold both identities: no field both set tells them apart."""
-    if not (a.has_certificate_identity and b.has_certificate_identity):
-        return False
-    subjects_differ = a.tls_subject is not None and b.tls_subject is not None and a.tls_subject != b.tls_subject
-    sans_differ = a.tls_san is not None and b.tls_san is not None and a.tls_san != b.tls_san
-    return not (subjects_differ or sans_differ)
 
 
 def new_key(name: str) -> tuple[str, str]:

@@ -16,6 +16,8 @@ from tollway.service.config.loader import DEFAULT_LISTEN, ConfigError, load_conf
 if TYPE_CHECKING:
     from datetime import datetime
 
+    import grpc
+
     from tollway.v1 import completion_pb2 as pb
 
 
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     complete.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
     complete.add_argument("--key-env", default="TOLLWAY_KEY",
                           help="environment variable holding this caller's key (default TOLLWAY_KEY)")
+    _add_tls_flags(complete)
 
     usage = commands.add_parser("usage", help="sum the usage ledger of a running gateway")
     usage.add_argument("--target", default=os.environ.get("TOLLWAY_TARGET", DEFAULT_LISTEN),
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     usage.add_argument("--format", default="table", choices=("table", "csv", "jsonl"))
     usage.add_argument("--key-env", default="TOLLWAY_KEY", help="environment variable holding the caller key")
     usage.add_argument("--timeout", type=float, default=30.0)
+    _add_tls_flags(usage)
 
     keys = commands.add_parser("keys", help="manage caller keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -62,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     new_key.add_argument("name", help="the caller's name")
 
     args = parser.parse_args(argv)
+    if args.command in ("complete", "usage"):
+        try:
+            args.channel_credentials = _channel_credentials(args)
+        except ValueError as exc:
+            print(f"tollway: {exc}", file=sys.stderr)
+            return 2
     if args.command == "serve":
         return _serve(args)
     if args.command == "keys":
@@ -94,7 +104,7 @@ def _usage(args: argparse.Namespace) -> int:
         return 2
     key = os.environ.get(args.key_env)
     metadata = (("authorization", f"Bearer {key}"),) if key else ()
-    with grpc.insecure_channel(args.target) as channel:
+    with _channel(args) as channel:
         try:
             # completion_pb2_grpc is generated without annotations.
             stub = pb_grpc.CompletionStub(channel)  # type: ignore[no-untyped-call]
@@ -108,6 +118,48 @@ def _usage(args: argparse.Namespace) -> int:
                                                   for v in list(row_dict(row, group_by).values())[:len(group_by)]])
     sys.stdout.write(render(rows, group_by, args.format))
     return 0
+
+
+def _add_tls_flags(command: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    command.add_argument("--tls-ca", default=env("TOLLWAY_TLS_CA"), metavar="FILE",
+                         help="connect over TLS, trusting this CA's PEM certificates (env TOLLWAY_TLS_CA); "
+                              "the target's host name must be in the gateway's certificate")
+    command.add_argument("--tls-cert", default=env("TOLLWAY_TLS_CERT"), metavar="FILE",
+                         help="client certificate for mutual TLS, PEM (env TOLLWAY_TLS_CERT); needs --tls-key")
+    command.add_argument("--tls-key", default=env("TOLLWAY_TLS_KEY"), metavar="FILE",
+                         help="the client certificate's private key, PEM (env TOLLWAY_TLS_KEY)")
+    command.add_argument("--tls-server-name", default=env("TOLLWAY_TLS_SERVER_NAME"), metavar="NAME",
+                         help="check the gateway's certificate for NAME instead of the target's host "
+                              "(e.g. through a port-forward; env TOLLWAY_TLS_SERVER_NAME)")
+
+
+def _channel_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """TLS credentials from the --tls-* flags; None (plaintext) when none is given."""
+    import grpc
+
+    if not (args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name):
+        return None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together (a client certificate and its key)")
+    files = {}
+    for flag, path in (("--tls-ca", args.tls_ca), ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path:
+            try:
+                files[flag] = Path(path).read_bytes()
+            except OSError as exc:
+                raise ValueError(f"{flag} {path}: {(exc.strerror or str(exc)).lower()}") from None
+    # Without --tls-ca, the CAs gRPC trusts by default (its bundled roots, or GRPC_DEFAULT_SSL_ROOTS_FILE_PATH).
+    return grpc.ssl_channel_credentials(files.get("--tls-ca"), files.get("--tls-key"), files.get("--tls-cert"))
+
+
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    import grpc
+
+    if args.channel_credentials is None:
+        return grpc.insecure_channel(args.target)
+    options = [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
+    return grpc.secure_channel(args.target, args.channel_credentials, options=options)
 
 
 def _moment(text: str, flag: str) -> datetime:
@@ -206,7 +258,7 @@ def _complete(args: argparse.Namespace) -> int:
 
     key = os.environ.get(args.key_env)
     metadata = (("authorization", f"Bearer {key}"),) if key else ()
-    with grpc.insecure_channel(args.target) as channel:
+    with _channel(args) as channel:
         stub = pb_grpc.CompletionStub(channel)  # type: ignore[no-untyped-call]  # generated without annotations
         try:
             if args.stream:

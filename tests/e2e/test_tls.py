@@ -4,8 +4,11 @@ certificate, and certificates swapped by a reload for new handshakes."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,6 +145,29 @@ async def test_without_a_client_certificate_the_handshake_fails_when_one_is_requ
     assert err.code() == Code.UNAVAILABLE
     assert err.details().startswith(NO_CONNECTION)
     assert upstream.received == []
+
+
+def handshake(port: int, pki: Pki, version: ssl.TLSVersion) -> str:
+    """A bare TLS handshake with the listener at exactly this version; the version agreed."""
+    context = ssl.create_default_context(cadata=pki.ca.cert_pem.decode())
+    # Lets this client offer versions its OpenSSL would no longer offer, so the server is what refuses.
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    context.minimum_version = context.maximum_version = version
+    context.set_alpn_protocols(["h2"])
+    context.load_cert_chain(*pki.client("search").write(pki.directory, "bare"))
+    with socket.create_connection(("127.0.0.1", port), timeout=CALL_TIMEOUT_S) as sock:
+        with context.wrap_socket(sock, server_hostname="localhost") as tls:
+            return str(tls.version())
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
+async def test_tls_1_2_and_1_3_only(mutual, pki):
+    assert await asyncio.to_thread(handshake, mutual.gateway.port, pki, ssl.TLSVersion.TLSv1_3) == "TLSv1.3"
+    assert await asyncio.to_thread(handshake, mutual.gateway.port, pki, ssl.TLSVersion.TLSv1_2) == "TLSv1.2"
+    with pytest.raises((ssl.SSLError, ConnectionError)) as caught:
+        await asyncio.to_thread(handshake, mutual.gateway.port, pki, ssl.TLSVersion.TLSv1_1)
+    # The server hung up on the hello; a client that could not even offer TLS 1.1 would say so instead.
+    assert "NO_PROTOCOLS_AVAILABLE" not in str(caught.value)
 
 
 # -- callers known by their certificate --------------------------------------------------------

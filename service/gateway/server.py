@@ -200,7 +200,9 @@ async def _start(config: Config, state: ServingState, environ: Mapping[str, str]
     else:
         log.info("%d callers configured: calls need 'authorization: Bearer <key>'", len(config.callers.entries))
     if tls is not None:
-        log.info("TLS on the listener: %s", tls.material.describe())
+        known = len(config.callers.by_certificate)
+        log.info("TLS on the listener: %s%s", tls.material.describe(),
+                 f"; {known} callers known by their client certificate" if known else "")
     usable = ", ".join(p.name for p in registry.usable()) or "none (set a provider's API key)"
     log.info("serving on %s (config: %s); providers: %s", address.rsplit(":", 1)[0] + f":{port}", config.source,
              usable)

@@ -133,6 +133,9 @@ class ListenerTls:
             return
         if config.require_client_cert != self.config.require_client_cert:
             log.warning("server.tls.require_client_cert changed: takes effect at the next restart")
+        if material == self.material:
+            log.info("TLS certificates unchanged: %s", material.describe())
+            return
         with self._lock:
             self.material = material
             self._pending = _configuration(material)

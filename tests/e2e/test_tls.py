@@ -331,6 +331,14 @@ async def test_a_reload_swaps_the_certificates_for_new_handshakes(reloadable, pk
                and "signed by CN=Tollway Test CA 2" in r.getMessage() for r in caplog.records)
 
 
+async def test_a_reload_with_the_same_files_keeps_the_certificates(reloadable, pki, caplog):
+    with caplog.at_level(logging.INFO, logger="tollway.tls"):
+        assert reloadable.reload()
+    [line] = [r.getMessage() for r in caplog.records if r.name == "tollway.tls"]
+    assert line.startswith("TLS certificates unchanged: certificate CN=tollway, valid until ")
+    assert await succeeds(reloadable, pki.ca.cert_pem, pki.client("search"))
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda pki: pki.cert_file.write_text("not a certificate\n"),
      "server.tls.cert_file: {cert} holds no PEM certificate"),

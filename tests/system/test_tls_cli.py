@@ -4,8 +4,10 @@ environment variables), and its certificates rotated by SIGHUP. Every command is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -72,9 +74,10 @@ async def served(tmp_path: Path, upstream: FakeUpstream):
     ca = CertificateAuthority()
     ca.write(tmp_path)
     cert, key = ca.server().write(tmp_path, "server")
-    port = free_port()
     config = {
-        "server": {"listen": f"127.0.0.1:{port}", "grace_period_s": 1,
+        # Port 0, read back from the start-up log: no other process can take the port between
+        # choosing it and binding it.
+        "server": {"listen": "127.0.0.1:0", "grace_period_s": 1,
                    "tls": {"cert_file": str(cert), "key_file": str(key), "client_ca_file": str(tmp_path / "ca.pem"),
                            "require_client_cert": True}},
         "providers": {"mixrouter": {"base_url": f"{upstream.base_url}/v1"}},
@@ -92,21 +95,29 @@ async def served(tmp_path: Path, upstream: FakeUpstream):
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tollway.service.cli", "serve", "--config", str(config_path), cwd=ROOT,
             env=environ, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file)
-    serve = TlsServe(port, tmp_path, ca, ca.client("search"), process, log_path)
+    serve = TlsServe(0, tmp_path, ca, ca.client("search"), process, log_path)
     deadline = time.monotonic() + START_WAIT_S
-    while not await healthy(serve.target, ca.cert_pem, serve.client):
+    while not (serve.port and await healthy(serve.target, ca.cert_pem, serve.client)):
         if process.returncode is not None or time.monotonic() > deadline:
-            process.kill()
+            await _end(process)
             pytest.fail(f"tollway serve with TLS did not come up:\n{serve.log_text()}")
+        if not serve.port and (bound := re.search(r"serving on 127\.0\.0\.1:(\d+) ", serve.log_text())):
+            serve.port = int(bound.group(1))
         await asyncio.sleep(0.1)
     yield serve
-    if process.returncode is None:
+    await _end(process)
+
+
+async def _end(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM, then SIGKILL if it lingers; a process that already exited is only reaped."""
+    with contextlib.suppress(ProcessLookupError):
         process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), START_WAIT_S)
-        except TimeoutError:
+    try:
+        await asyncio.wait_for(process.wait(), START_WAIT_S)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
             process.kill()
-            await process.wait()
+        await process.wait()
 
 
 def error_line(stderr: str) -> str:

@@ -339,6 +339,23 @@ async def test_a_reload_with_the_same_files_keeps_the_certificates(reloadable, p
     assert await succeeds(reloadable, pki.ca.cert_pem, pki.client("search"))
 
 
+async def test_turning_tls_off_waits_for_a_restart(reloadable, pki, caplog, upstream, tmp_path):
+    config = mixrouter_config(upstream)
+    config["callers"] = {"ops": callers()["ops"]}
+    config["ledger"] = {"path": str(tmp_path / "ledger.sqlite3")}
+    (tmp_path / "tollway.toml").write_text(to_toml(config), encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="tollway.tls"):
+        assert reloadable.reload()
+    assert [r.getMessage() for r in caplog.records if r.name == "tollway.tls"] == [
+        "[server.tls] removed: the listener keeps TLS until the next restart"]
+    # Still mutual TLS; the new callers apply.
+    async with secure_channel(reloadable.port, pki.ca.cert_pem, pki.client("search")) as channel:
+        await complete(channel, metadata=(("authorization", f"Bearer {OPS_KEY}"),))
+    err = await refusal(secure_channel(reloadable.port, pki.ca.cert_pem, pki.client("search")))
+    assert err.code() == Code.UNAUTHENTICATED
+    assert err.details() == 'client certificate "CN=search,O=Example" is not a configured caller'
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda pki: pki.cert_file.write_text("not a certificate\n"),
      "server.tls.cert_file: {cert} holds no PEM certificate"),

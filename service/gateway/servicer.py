@@ -21,6 +21,7 @@ from tollway.service.ledger import Ledger, StoreUnavailable, SummaryTooLarge, fr
 from tollway.service.media.fetch import MediaFetcher
 from tollway.service.plugins.adapter import Adapter, AnyRequest, Capabilities
 from tollway.service.routing.router import Router
+from tollway.service.telemetry.tracing import Tracing
 from tollway.service.upstream.engine import Engine
 from tollway.service.usage.estimate import estimated_usage
 from tollway.v1 import completion_pb2 as pb
@@ -43,23 +44,30 @@ class Runtime:
     max_send_bytes: int = 4 * 1024 * 1024
     # Streams open per configured caller, against routing.max_streams_per_caller.
     caller_streams: OpenStreams = field(default_factory=OpenStreams)
+    # None: tracing is off (read at start-up only).
+    tracing: Tracing | None = None
 
 
 class CompletionServicer(pb_grpc.CompletionServicer):
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
 
-    def _call(self, rpc: str, request: AnyRequest) -> Call:
+    def _call(self, rpc: str, request: AnyRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Call:
         """A Call, counted by the ledger until it has finished (see Ledger.call_started)."""
         ledger = self._runtime.ledger
         ledger.call_started()
-        return Call(rpc, request, self._runtime.state, ledger)
+        call = Call(rpc, request, self._runtime.state, ledger)
+        tracing = self._runtime.tracing
+        if tracing is not None:
+            call.trace = tracing.start_rpc(rpc, context.invocation_metadata(), call.request_id,
+                                           call.state.registry.secrets)
+        return call
 
     async def Complete(
         self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext[pb.CompleteRequest, pb.CompleteResponse]
     ) -> pb.CompleteResponse | None:
         # None: the call ended with the error status Call.fail set (gateway/status.py).
-        call = self._call("Complete", request)
+        call = self._call("Complete", request, context)
         try:
             routed = call.prepare(context)
             response = await self._runtime.router.complete(call.state.registry, call.state.config.routing, routed)
@@ -77,6 +85,8 @@ class CompletionServicer(pb_grpc.CompletionServicer):
             return None
         finally:
             call.ledger.call_ended()
+            if call.trace is not None:
+                call.trace.end()
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
         return response
 
@@ -88,7 +98,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         # Written with context.write rather than yielded: an async-generator handler gives no
         # hold on the send, and a caller that stops reading would block it (and the upstream
         # connection behind it) forever. write() waits for the caller's flow-control window.
-        call = self._call("StreamComplete", request)
+        call = self._call("StreamComplete", request, context)
         holder: str | None = None  # the caller whose stream slot this call holds
         try:
             routed = call.prepare(context)
@@ -128,6 +138,8 @@ class CompletionServicer(pb_grpc.CompletionServicer):
             if holder is not None:
                 self._runtime.caller_streams.release(holder)
             call.ledger.call_ended()
+            if call.trace is not None:
+                call.trace.end()
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
 
     def _take_stream_slot(self, call: Call) -> str | None:

@@ -139,6 +139,11 @@ def parse_endpoint(value: object, where: str) -> str:
                          f"and name a host {example}")
     if port is None:
         raise ValueError(f"{where} {value!r} must name a port {example}")
+    if parts.username is not None or parts.query:
+        # It would end up in the gRPC target (and in logs); a collector's token belongs in
+        # OTEL_EXPORTER_OTLP_HEADERS, which stays out of the config file.
+        raise ValueError(f"{where}: credentials or a query in the URL are not used; give the collector's "
+                         "token in OTEL_EXPORTER_OTLP_HEADERS")
     return value.strip()
 
 

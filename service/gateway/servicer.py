@@ -6,8 +6,9 @@ import asyncio
 import logging
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
-from functools import partial
-from typing import Any, cast
+from collections.abc import Awaitable, Callable
+from functools import partial, wraps
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -28,6 +29,37 @@ from tollway.v1 import completion_pb2 as pb
 from tollway.v1 import completion_pb2_grpc as pb_grpc
 
 __all__ = ["CompletionServicer", "REQUEST_ID_KEY", "Runtime", "ServingState"]
+
+R = TypeVar("R")
+Handler = Callable[["CompletionServicer", Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]]
+
+
+def _traced(method: str) -> Callable[[Handler[R]], Handler[R]]:
+    """A server span around an RPC that has no Call (Complete and StreamComplete trace theirs)."""
+
+    def wrap(handler: Handler[R]) -> Handler[R]:
+        @wraps(handler)
+        async def traced(self: CompletionServicer, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
+            tracing = self._runtime.tracing
+            if tracing is None:
+                return await handler(self, request, context)
+            trace = tracing.start_rpc(method, context.invocation_metadata(), None)
+            try:
+                result = await handler(self, request, context)
+                # The handlers end a failure by setting the code (gateway/status.py).
+                trace.status(context.code() or grpc.StatusCode.OK, context.details())
+                return result
+            except BaseException as exc:
+                cancelled = isinstance(exc, asyncio.CancelledError)
+                trace.status(grpc.StatusCode.CANCELLED if cancelled else grpc.StatusCode.INTERNAL,
+                             "the call was cancelled" if cancelled else "unexpected error")
+                raise
+            finally:
+                trace.end()
+
+        return traced
+
+    return wrap
 
 
 @dataclass
@@ -159,6 +191,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         self._runtime.caller_streams.take(caller.name)
         return caller.name
 
+    @_traced("ListModels")
     async def ListModels(
         self,
         request: pb.ListModelsRequest,
@@ -201,6 +234,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
             response.routes.append(info)
         return response
 
+    @_traced("GetUsageSummary")
     async def GetUsageSummary(
         self,
         request: pb.GetUsageSummaryRequest,

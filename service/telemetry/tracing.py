@@ -84,14 +84,17 @@ class Tracing:
         self.provider.add_span_processor(BatchSpanProcessor(exporter))
         self.tracer = self.provider.get_tracer("tollway", _version())
 
-    def start_rpc(self, method: str, metadata: Iterable[tuple[str, str | bytes]] | None, request_id: str,
+    def start_rpc(self, method: str, metadata: Iterable[tuple[str, str | bytes]] | None, request_id: str | None,
                   secrets: Sequence[str] = ()) -> CallTrace:
         """The server span of one RPC, continuing the caller's trace when its metadata carries
         a W3C traceparent (gRPC metadata keys arrive lowercase)."""
         carrier = {key: value for key, value in metadata or () if key in _TRACE_HEADERS and isinstance(value, str)}
         parent = _PROPAGATOR.extract(carrier) if carrier else None
-        span = self.tracer.start_span(f"{SERVICE}/{method}", context=parent, kind=SpanKind.SERVER, attributes={
-            "rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method, "tollway.request_id": request_id})
+        attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method}
+        if request_id is not None:
+            attributes["tollway.request_id"] = request_id
+        span = self.tracer.start_span(f"{SERVICE}/{method}", context=parent, kind=SpanKind.SERVER,
+                                      attributes=attributes)
         return CallTrace(self, span, secrets)
 
     async def force_flush(self) -> bool:
@@ -133,8 +136,8 @@ class CallTrace:
                 usage: pb.Usage | None, cost: pb.Cost | None) -> None:
         """What the call ended with, as its log line says it (status is a gRPC code name)."""
         span = self.span
-        code = grpc.StatusCode[status] if status in grpc.StatusCode.__members__ else grpc.StatusCode.UNKNOWN
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        self.status(grpc.StatusCode[status] if status in grpc.StatusCode.__members__ else grpc.StatusCode.UNKNOWN,
+                    error)
         if provider:
             span.set_attribute("tollway.provider", provider)
         if model:
@@ -145,10 +148,13 @@ class CallTrace:
             span.set_attribute("gen_ai.usage.output_tokens", usage.output.total)
         if cost is not None and not cost.unpriced:
             span.set_attribute("tollway.cost_nano_usd", cost.total_nano_usd)
+
+    def status(self, code: grpc.StatusCode, error: str | None) -> None:
+        self.span.set_attribute("rpc.grpc.status_code", code.value[0])
         if code != grpc.StatusCode.OK:
-            span.set_attribute("error.type", code.name)
+            self.span.set_attribute("error.type", code.name)
             if code.name in SERVER_FAULTS:
-                span.set_status(Status(StatusCode.ERROR, scrub(error or code.name, self.secrets)))
+                self.span.set_status(Status(StatusCode.ERROR, scrub(error or code.name, self.secrets)))
 
     def end(self) -> None:
         self.span.end()

@@ -310,6 +310,31 @@ async def test_content_is_captured_only_when_the_operator_opts_in(collector, sta
     assert base64.b64encode(b"\x89PNG").decode() not in text
 
 
+async def test_list_models_and_usage_summary_get_their_span_too(collector, start_client, upstream):
+    sha = hashlib.sha256(CALLER_KEY.encode()).hexdigest()
+    config = traced({**mixrouter_config(upstream), "callers": {"search": {"key_sha256": sha}}}, collector)
+    client = await start_client(config, {"MIXROUTER_API_KEY": MIXROUTER_TEST_KEY})
+    trace_id, parent_id, metadata = caller_parent()
+
+    listed = await client.stub.ListModels(pb.ListModelsRequest(),
+                                          metadata=(*metadata, ("authorization", f"Bearer {CALLER_KEY}")), timeout=10)
+    assert [p.name for p in listed.providers] == ["mixrouter"]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.stub.GetUsageSummary(pb.GetUsageSummaryRequest(), timeout=10)
+    assert err.value.code() == Code.UNAUTHENTICATED
+    assert err.value.details() == "missing caller key: send metadata 'authorization: Bearer <key>'"
+
+    spans = await flushed(client, collector, 2)
+    models = one(spans, "tollway.v1.Completion/ListModels")
+    assert (models.trace_id, models.parent_span_id, models.kind) == (trace_id, parent_id, SERVER)
+    assert models.attributes == {"rpc.system": "grpc", "rpc.service": "tollway.v1.Completion",
+                                 "rpc.method": "ListModels", "rpc.grpc.status_code": 0}
+    summary = one(spans, "tollway.v1.Completion/GetUsageSummary")
+    assert summary.attributes["rpc.grpc.status_code"] == Code.UNAUTHENTICATED.value[0]
+    assert summary.attributes["error.type"] == "UNAUTHENTICATED" and summary.status_code == STATUS_UNSET
+    assert CALLER_KEY not in every_value(spans)
+
+
 async def test_a_captured_stream_answer_is_cut_to_the_bound(collector, start_client, upstream):
     client = await start_client(traced(mixrouter_config(upstream), collector, capture_content=True),
                                 {"MIXROUTER_API_KEY": MIXROUTER_TEST_KEY})

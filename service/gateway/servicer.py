@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
-from collections.abc import Awaitable, Callable
 from functools import partial, wraps
 from typing import Any, TypeVar, cast
 
@@ -46,8 +46,10 @@ def _traced(method: str) -> Callable[[Handler[R]], Handler[R]]:
             trace = tracing.start_rpc(method, context.invocation_metadata(), None)
             try:
                 result = await handler(self, request, context)
-                # The handlers end a failure by setting the code (gateway/status.py).
-                trace.status(context.code() or grpc.StatusCode.OK, context.details())
+                # The handlers end a failure by setting the code (gateway/status.py); a code
+                # never set reads as None, whatever the stubs say.
+                code = cast("grpc.StatusCode | None", context.code())
+                trace.status(code or grpc.StatusCode.OK, context.details())
                 return result
             except BaseException as exc:
                 cancelled = isinstance(exc, asyncio.CancelledError)

@@ -301,6 +301,8 @@ class Router:
         attempt = pb.Attempt(provider=target.provider, model=target.model, code=code.value[0], message=message)
         if started is not None:
             attempt.duration.FromNanoseconds(int((asyncio.get_running_loop().time() - started) * 1e9))
+        elif call.trace is not None:
+            call.trace.skipped(target.provider, target.model, message)
         call.attempts.append(attempt)
 
     def _record_cancel(self, call: RoutedCall, target: Target, exc: BaseException, started: float) -> None:

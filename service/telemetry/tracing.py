@@ -156,6 +156,11 @@ class CallTrace:
             if code.name in SERVER_FAULTS:
                 self.span.set_status(Status(StatusCode.ERROR, scrub(error or code.name, self.secrets)))
 
+    def skipped(self, provider: str, model: str, reason: str) -> None:
+        """A target passed over without a request (no key, breaker open, keys cooling down)."""
+        self.span.add_event("tollway.target_skipped", {"tollway.provider": provider, "gen_ai.request.model": model,
+                                                       "tollway.reason": reason.removeprefix("skipped: ")})
+
     def end(self) -> None:
         self.span.end()
 

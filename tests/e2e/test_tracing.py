@@ -204,6 +204,42 @@ async def test_a_stream_that_falls_back_is_traced_the_same_way(collector, start_
     assert "one " not in every_value(spans)
 
 
+async def test_a_target_passed_over_is_an_event_on_the_rpc_span(collector, start_client, ups):
+    client = await start_client(two_providers(ups, collector), {"B_KEY": TWO_KEYS["B_KEY"]})
+    ups[1].reply(Reply(body=answer(model="model-b")))
+
+    await client.stub.Complete(request("fast"), timeout=10)
+
+    spans = await flushed(client, collector, 2)
+    rpc = one(spans, "tollway.v1.Completion/Complete")
+    [(name, attributes)] = rpc.events
+    assert name == "tollway.target_skipped"
+    assert attributes == {"tollway.provider": "a", "gen_ai.request.model": "model-a",
+                          "tollway.reason": "provider is configured but has no API key (set A_KEY)"}
+    assert [s.name for s in spans if s.parent_span_id == rpc.span_id] == ["chat model-b"]
+
+
+async def test_a_stream_the_caller_cancels_ends_its_spans_cancelled(collector, start_client, upstream):
+    client = await start_client(traced(mixrouter_config(upstream), collector),
+                                {"MIXROUTER_API_KEY": MIXROUTER_TEST_KEY})
+    upstream.reply(Reply(events=sse_events([chunk(f"word{i} ") for i in range(200)]), event_delay_s=0.05))
+
+    call = client.stub.StreamComplete(stream_request("mixrouter/gpt-4o"), timeout=30)
+    first = await call.read()
+    assert first.delta.text == "word0 "
+    call.cancel()
+
+    # No flush asked for: the batch processor sends them on its own schedule, once both ended.
+    spans = await collector.wait_for(2)
+    rpc = one(spans, "tollway.v1.Completion/StreamComplete")
+    assert rpc.attributes["rpc.grpc.status_code"] == Code.CANCELLED.value[0]
+    assert rpc.attributes["error.type"] == "CANCELLED" and rpc.status_code == STATUS_UNSET
+    attempt = one(spans, "chat gpt-4o")
+    assert attempt.parent_span_id == rpc.span_id
+    assert attempt.attributes["error.type"] == "CANCELLED"
+    assert (attempt.status_code, attempt.status_message) == (STATUS_ERROR, "the call was cancelled")
+
+
 async def test_a_failed_call_marks_its_rpc_span_with_the_status(collector, start_client, ups):
     a, b = ups[0], ups[1]
     client = await start_client(two_providers(ups, collector), TWO_KEYS)

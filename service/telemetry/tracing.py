@@ -110,6 +110,9 @@ class Tracing:
 
 def start_tracing(config: TracingConfig) -> Tracing | None:
     if not config.enabled:
+        if config.sources.get("otlp_endpoint") == "OTEL_SDK_DISABLED":
+            # Said aloud: an endpoint the file configures is ignored because of it.
+            log.info("tracing: %s", config.describe())
         return None
     tracing = Tracing(config)
     log.info("tracing: %s", config.describe())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from tollway.service.routing.routes import (
     parse_routes,
     parse_routing,
 )
+from tollway.service.telemetry.tracing_config import TracingConfig
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 
@@ -102,6 +103,8 @@ class Config:
     # Read at start-up only: a reload keeps the ledger it has.
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     limits: RequestLimits = field(default_factory=RequestLimits)
+    # Read at start-up only; off unless an endpoint is configured (here or by OTEL_*).
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     source: str = "embedded default"
 
 
@@ -132,6 +135,10 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] 
     listen = environ.get("TOLLWAY_LISTEN")
     if listen:
         config = _replace_server(config, listen=parse_listen(listen, "TOLLWAY_LISTEN"))
+    try:
+        config = replace(config, tracing=config.tracing.with_environment(environ))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return config
 
 
@@ -157,7 +164,7 @@ def parse_listen(value: object, where: str) -> str:
 
 def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
     reject_unknown(raw, {"server", "plugins", "providers", "media", "routes", "routing", "prices", "callers", "ledger",
-                        "limits"},
+                        "limits", "tracing"},
                    "", noun="top-level config table(s)", error=ConfigError)
     server = _parse_server(_table(raw, "server"))
     plugins_raw = _table(raw, "plugins")
@@ -179,11 +186,13 @@ def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
         callers = parse_callers(_table(raw, "callers"))
         ledger = LedgerConfig.from_table(_table(raw, "ledger"))
         limits = RequestLimits.from_table(_table(raw, "limits"))
+        tracing = TracingConfig.from_table(_table(raw, "tracing"))
     except (TypeError, ValueError, RoutingConfigError) as exc:
         raise ConfigError(str(exc)) from None
     _check_certificate_callers(callers, server.tls)
     return Config(server=server, plugins=plugins, providers=providers, media=media, routes=routes, routing=routing,
-                  prices=catalog, callers=callers, ledger=ledger, limits=limits, source=source)
+                  prices=catalog, callers=callers, ledger=ledger, limits=limits, tracing=tracing,
+                  source=source)
 
 
 def _parse_server(table: Mapping[str, Any]) -> ServerConfig:

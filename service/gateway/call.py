@@ -27,6 +27,7 @@ from tollway.service.plugins.adapter import AnyRequest
 from tollway.service.plugins.registry import Registry
 from tollway.service.routing.router import RoutedCall
 from tollway.service.routing.routes import Route
+from tollway.service.telemetry.tracing import CallTrace
 from tollway.service.usage.estimate import estimated_usage
 from tollway.v1 import completion_pb2 as pb
 
@@ -46,7 +47,8 @@ class ServingState:
 
 class Call:
     __slots__ = ("rpc", "request", "state", "ledger", "request_id", "started", "at", "routed", "caller", "labels",
-                 "provider", "upstream_model", "usage", "cost", "attempts", "ttft_ms", "streamed_bytes", "recorded")
+                 "provider", "upstream_model", "usage", "cost", "attempts", "ttft_ms", "streamed_bytes", "recorded",
+                 "trace")
 
     def __init__(self, rpc: str, request: AnyRequest, state: ServingState, ledger: Ledger) -> None:
         self.rpc = rpc
@@ -70,6 +72,8 @@ class Call:
         self.streamed_bytes = 0
         # One ledger record per call, whatever happens after it was written.
         self.recorded = False
+        # The RPC's span when tracing is on; the servicer ends it.
+        self.trace: CallTrace | None = None
 
     def prepare(self, context: grpc.aio.ServicerContext[Any, Any]) -> RoutedCall:
         """Who is calling, every check that needs no network, then the call's deadline budget."""
@@ -85,7 +89,7 @@ class Call:
         _check_route_accepts(registry, route, self.request)
         remaining = context.time_remaining()
         budget = config.routing.default_deadline_s if remaining is None else remaining
-        self.routed = RoutedCall(route, self.request, asyncio.get_running_loop().time() + budget)
+        self.routed = RoutedCall(route, self.request, asyncio.get_running_loop().time() + budget, trace=self.trace)
         return self.routed
 
     def first_delta(self) -> None:
@@ -167,6 +171,8 @@ class Call:
                         ((REQUEST_ID_KEY, self.request_id),))
 
     def log(self, status: str, error: str | None = None) -> None:
+        if self.trace is not None:
+            self._trace_outcome(status, error)
         if self.caller is None:
             # Refused at authentication: what the request says is a stranger's input, not logged.
             log_request(request_id=self.request_id, rpc=self.rpc, status=status, error=error)
@@ -186,6 +192,16 @@ class Call:
             output_tokens=usage.output.total if usage is not None else None,
             error=error,
         )
+
+    def _trace_outcome(self, status: str, error: str | None) -> None:
+        """What the log line says, on the RPC's span; as there, nothing the request says
+        before its caller is authenticated."""
+        trace = cast(CallTrace, self.trace)
+        if self.caller is not None:
+            trace.identify(self.caller.name, self.routed.route.name if self.routed else self.request.model)
+        trace.outcome(status, error, provider=self.provider or self._target_provider(),
+                      model=self.upstream_model or self._target_model(),
+                      attempts=len(self.routed.attempts) if self.routed else 0, usage=self.usage, cost=self.cost)
 
     # -- the ledger record ---------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from tollway.service.plugins.loader import PluginError, load_provider_kinds
 from tollway.service.plugins.registry import build_registry
 from tollway.service.routing.health import HealthBoard
 from tollway.service.routing.router import Router
+from tollway.service.telemetry.tracing import start_tracing
 from tollway.service.upstream.engine import Engine
 from tollway.v1 import completion_pb2 as pb
 from tollway.v1 import completion_pb2_grpc as pb_grpc
@@ -72,6 +73,8 @@ class Gateway:
             return False
         if config.ledger != self.runtime.state.config.ledger:
             log.warning("[ledger] changed: the new settings take effect at the next restart")
+        if config.tracing != self.runtime.state.config.tracing:
+            log.warning("[tracing] changed: the new settings take effect at the next restart")
         router = self.runtime.router
         router.board = router.board.with_policy(config.routing.breaker)
         self.runtime.media.policy = config.media
@@ -98,6 +101,9 @@ class Gateway:
         await self.runtime.ledger.aclose()
         await self.runtime.engine.aclose()
         await self.runtime.media.aclose()
+        if self.runtime.tracing is not None:
+            # After the server: every call's spans have ended, and the last batch goes out.
+            await self.runtime.tracing.shutdown()
 
 
 def _tls_material(tls: TlsConfig) -> TlsMaterial:
@@ -159,7 +165,10 @@ async def _start(config: Config, state: ServingState, environ: Mapping[str, str]
     ledger = await Ledger.open(config.ledger)
     started.push_async_callback(ledger.aclose)
     log.info("usage ledger: %s", config.ledger.describe())
-    runtime = Runtime(state=state, engine=engine, media=media, router=router, ledger=ledger)
+    tracing = start_tracing(config.tracing)
+    if tracing is not None:
+        started.push_async_callback(tracing.shutdown)
+    runtime = Runtime(state=state, engine=engine, media=media, router=router, ledger=ledger, tracing=tracing)
 
     max_bytes = grpc_receive_limit(config.limits)
     # Answers are bounded like requests; a unary answer over it is refused before it is recorded OK.

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
-from functools import partial
-from typing import Any, cast
+from functools import partial, wraps
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -21,12 +22,46 @@ from tollway.service.ledger import Ledger, StoreUnavailable, SummaryTooLarge, fr
 from tollway.service.media.fetch import MediaFetcher
 from tollway.service.plugins.adapter import Adapter, AnyRequest, Capabilities
 from tollway.service.routing.router import Router
+from tollway.service.telemetry.tracing import Tracing
 from tollway.service.upstream.engine import Engine
 from tollway.service.usage.estimate import estimated_usage
 from tollway.v1 import completion_pb2 as pb
 from tollway.v1 import completion_pb2_grpc as pb_grpc
 
 __all__ = ["CompletionServicer", "REQUEST_ID_KEY", "Runtime", "ServingState"]
+
+R = TypeVar("R")
+Handler = Callable[["CompletionServicer", Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]]
+
+
+def _traced(method: str) -> Callable[[Handler[R]], Handler[R]]:
+    """A server span around an RPC that has no Call (Complete and StreamComplete trace theirs)."""
+
+    def wrap(handler: Handler[R]) -> Handler[R]:
+        @wraps(handler)
+        async def traced(self: CompletionServicer, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
+            tracing = self._runtime.tracing
+            if tracing is None:
+                return await handler(self, request, context)
+            trace = tracing.start_rpc(method, context.invocation_metadata(), None)
+            try:
+                result = await handler(self, request, context)
+                # The handlers end a failure by setting the code (gateway/status.py); a code
+                # never set reads as None, whatever the stubs say.
+                code = cast("grpc.StatusCode | None", context.code())
+                trace.status(code or grpc.StatusCode.OK, context.details())
+                return result
+            except BaseException as exc:
+                cancelled = isinstance(exc, asyncio.CancelledError)
+                trace.status(grpc.StatusCode.CANCELLED if cancelled else grpc.StatusCode.INTERNAL,
+                             "the call was cancelled" if cancelled else "unexpected error")
+                raise
+            finally:
+                trace.end()
+
+        return traced
+
+    return wrap
 
 
 @dataclass
@@ -43,23 +78,30 @@ class Runtime:
     max_send_bytes: int = 4 * 1024 * 1024
     # Streams open per configured caller, against routing.max_streams_per_caller.
     caller_streams: OpenStreams = field(default_factory=OpenStreams)
+    # None: tracing is off (read at start-up only).
+    tracing: Tracing | None = None
 
 
 class CompletionServicer(pb_grpc.CompletionServicer):
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
 
-    def _call(self, rpc: str, request: AnyRequest) -> Call:
+    def _call(self, rpc: str, request: AnyRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Call:
         """A Call, counted by the ledger until it has finished (see Ledger.call_started)."""
         ledger = self._runtime.ledger
         ledger.call_started()
-        return Call(rpc, request, self._runtime.state, ledger)
+        call = Call(rpc, request, self._runtime.state, ledger)
+        tracing = self._runtime.tracing
+        if tracing is not None:
+            call.trace = tracing.start_rpc(rpc, context.invocation_metadata(), call.request_id,
+                                           call.state.registry.secrets)
+        return call
 
     async def Complete(
         self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext[pb.CompleteRequest, pb.CompleteResponse]
     ) -> pb.CompleteResponse | None:
         # None: the call ended with the error status Call.fail set (gateway/status.py).
-        call = self._call("Complete", request)
+        call = self._call("Complete", request, context)
         try:
             routed = call.prepare(context)
             response = await self._runtime.router.complete(call.state.registry, call.state.config.routing, routed)
@@ -77,6 +119,8 @@ class CompletionServicer(pb_grpc.CompletionServicer):
             return None
         finally:
             call.ledger.call_ended()
+            if call.trace is not None:
+                call.trace.end()
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
         return response
 
@@ -88,7 +132,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         # Written with context.write rather than yielded: an async-generator handler gives no
         # hold on the send, and a caller that stops reading would block it (and the upstream
         # connection behind it) forever. write() waits for the caller's flow-control window.
-        call = self._call("StreamComplete", request)
+        call = self._call("StreamComplete", request, context)
         holder: str | None = None  # the caller whose stream slot this call holds
         try:
             routed = call.prepare(context)
@@ -128,6 +172,8 @@ class CompletionServicer(pb_grpc.CompletionServicer):
             if holder is not None:
                 self._runtime.caller_streams.release(holder)
             call.ledger.call_ended()
+            if call.trace is not None:
+                call.trace.end()
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
 
     def _take_stream_slot(self, call: Call) -> str | None:
@@ -147,6 +193,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         self._runtime.caller_streams.take(caller.name)
         return caller.name
 
+    @_traced("ListModels")
     async def ListModels(
         self,
         request: pb.ListModelsRequest,
@@ -189,6 +236,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
             response.routes.append(info)
         return response
 
+    @_traced("GetUsageSummary")
     async def GetUsageSummary(
         self,
         request: pb.GetUsageSummaryRequest,

@@ -16,6 +16,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from tollway.service.errors import GatewayError, invalid_argument
 from tollway.service.plugins.adapter import AnyRequest, Capabilities
+from tollway.service.telemetry.tracing import NO_FETCH, CallTrace, FetchSpan
 from tollway.v1 import completion_pb2 as pb
 
 from .policy import (
@@ -90,7 +91,8 @@ class MediaFetcher:
             await self._client.aclose()
             self._client = None
 
-    async def inline(self, request: AnyRequest, capabilities: Capabilities, time_left: float) -> AnyRequest:
+    async def inline(self, request: AnyRequest, capabilities: Capabilities, time_left: float,
+                     trace: CallTrace | None = None) -> AnyRequest:
         """A copy of request with every URL the provider cannot take replaced by the fetched bytes.
 
         At most max_parallel_fetches_per_request fetches run at once; all of them count their
@@ -106,7 +108,7 @@ class MediaFetcher:
         async def fetch_one(i: int, j: int, kind: str, modality: pb.Modality) -> tuple[bytes, str]:
             async with slots:
                 return await self.fetch(f"messages[{i}].parts[{j}].{kind}.url", modality,
-                                        getattr(request.messages[i].parts[j], kind), budget, allowance)
+                                        getattr(request.messages[i].parts[j], kind), budget, allowance, trace)
 
         tasks: list[asyncio.Task[tuple[bytes, str]]] = []
         failure: BaseException | None = None
@@ -140,12 +142,25 @@ class MediaFetcher:
         raise refusal.with_traceback(None)
 
     async def fetch(self, part_path: str, modality: pb.Modality, media: pb.Media, budget: float,
-                    allowance: RequestBytes | None = None) -> tuple[bytes, str]:
+                    allowance: RequestBytes | None = None, trace: CallTrace | None = None) -> tuple[bytes, str]:
         if self._client is None:
             raise GatewayError(Code.UNAVAILABLE, "gateway is not started")
         url = media.url
         if url.startswith("data:"):
             return decode_data_url(part_path, modality, url)  # its bytes are in the request already
+        span = NO_FETCH if trace is None else trace.media_fetch(part_path, url)
+        try:
+            data, mime = await self._fetch_url(part_path, modality, media, budget, allowance, span)
+        except BaseException as exc:
+            span.failed(exc)
+            raise
+        span.fetched(len(data), mime)
+        return data, mime
+
+    async def _fetch_url(self, part_path: str, modality: pb.Modality, media: pb.Media, budget: float,
+                         allowance: RequestBytes | None, span: FetchSpan) -> tuple[bytes, str]:
+        assert self._client is not None
+        url = media.url
         try:
             async with asyncio.timeout(budget):
                 for _ in range(self.policy.max_redirects + 1):
@@ -158,6 +173,7 @@ class MediaFetcher:
                         # httpx builds the next hop of a 3xx eagerly: a Location it cannot parse
                         # raises here, before the status is seen.
                         raise invalid_argument(part_path, "the URL redirected to a malformed URL") from None
+                    span.response(response.status_code)
                     try:
                         if response.status_code in (301, 302, 303, 307, 308):
                             location = response.headers.get("location")

@@ -25,6 +25,7 @@ from tollway.service.plugins.adapter import Adapter, AnyRequest
 from tollway.service.plugins.registry import Provider, ProviderKey, Registry
 from tollway.service.routing.health import HealthBoard
 from tollway.service.routing.routes import Route, RoutingPolicy, Target
+from tollway.service.telemetry.tracing import NO_ATTEMPT, AttemptSpan, CallTrace
 from tollway.service.upstream.engine import AttemptTimeouts, Engine
 from tollway.v1 import completion_pb2 as pb
 
@@ -60,6 +61,8 @@ class RoutedCall:
     first_key_free_s: float | None = None
     # Targets skipped because their provider had as many streams open as it may.
     stream_limits: list[str] = field(default_factory=list)
+    # The RPC's span when tracing is on: attempt and media spans are started under it.
+    trace: CallTrace | None = None
 
 
 class Router:
@@ -85,9 +88,12 @@ class Router:
                     break
                 started = asyncio.get_running_loop().time()
                 call.reached_upstream = True
+                span = _attempt_span(call, provider, key, target, stream=False, request=request)
                 try:
-                    response = await self.engine.complete(key.adapter, request, target.model, timeouts)
+                    response = await self.engine.complete(key.adapter, request, target.model, timeouts,
+                                                          trace_headers=span.headers())
                 except GatewayError as err:
+                    span.failed(err)
                     last_error = err
                     wait = self._after_failure(provider, target, key, call, err, started, retry, policy)
                     if wait is None:
@@ -96,9 +102,11 @@ class Router:
                     continue
                 except BaseException as exc:
                     # Cancelled (or a bug of ours): no verdict on the target's health.
+                    span.interrupted(exc)
                     self._record_cancel(call, target, exc, started)
                     self.board.breaker(provider.name, target.model, key.key_id).release_probe()
                     raise
+                span.answered(response)
                 self._after_success(provider, target, key, call, started)
                 response.attempts.extend(call.attempts)
                 response.route = call.route.name
@@ -122,10 +130,13 @@ class Router:
                 started = asyncio.get_running_loop().time()
                 call.reached_upstream = True
                 committed = settled = False
+                span = _attempt_span(call, provider, key, target, stream=True, request=request)
                 self.open_streams.take(provider.name)
                 try:
-                    async with aclosing(self.engine.stream(key.adapter, request, target.model, timeouts)) as messages:
+                    async with aclosing(self.engine.stream(key.adapter, request, target.model, timeouts,
+                                                           trace_headers=span.headers())) as messages:
                         async for message in messages:
+                            span.chunk(message)
                             if not committed:
                                 # From here on the caller has seen output: no fallback.
                                 committed = True
@@ -133,12 +144,14 @@ class Router:
                             if message.HasField("summary"):
                                 # One attempt, recorded once, when its outcome is known.
                                 self._record(call, target, Code.OK, "", started)
+                                span.answered(message.summary)
                                 settled = True
                                 message.summary.attempts.extend(call.attempts)
                                 message.summary.route = call.route.name
                             yield message
                     return
                 except GatewayError as err:
+                    span.failed(err)
                     err.retry_after = policy.capped_retry_after(err.retry_after)
                     if committed:
                         self._record(call, target, err.code, err.message, started)
@@ -151,6 +164,7 @@ class Router:
                         break
                 except BaseException as exc:
                     # Cancelled, closed by the caller, or a bug of ours: no verdict on health.
+                    span.interrupted(exc)
                     if not settled:
                         self._record_cancel(call, target, exc, started)
                     if not committed:
@@ -234,7 +248,7 @@ class Router:
         capabilities = cast(Adapter, provider.adapter).capabilities
         cached = call.inlined.get(id(capabilities))
         if cached is None:
-            cached = await self.media.inline(call.request, capabilities, time_left)
+            cached = await self.media.inline(call.request, capabilities, time_left, trace=call.trace)
             if cached is not call.request:
                 check_capabilities(f'provider "{provider.name}"', capabilities, cached)
             call.inlined[id(capabilities)] = cached
@@ -287,6 +301,8 @@ class Router:
         attempt = pb.Attempt(provider=target.provider, model=target.model, code=code.value[0], message=message)
         if started is not None:
             attempt.duration.FromNanoseconds(int((asyncio.get_running_loop().time() - started) * 1e9))
+        elif call.trace is not None:
+            call.trace.skipped(target.provider, target.model, message)
         call.attempts.append(attempt)
 
     def _record_cancel(self, call: RoutedCall, target: Target, exc: BaseException, started: float) -> None:
@@ -319,3 +335,11 @@ class Router:
                                 retry_after=wait)
         return GatewayError(Code.UNAVAILABLE, f"{call.route.name}: no target could be tried ("
                             + "; ".join(f"{a.provider}/{a.model}: {a.message}" for a in call.attempts) + ")")
+
+
+def _attempt_span(call: RoutedCall, provider: Provider, key: ProviderKey, target: Target, *, stream: bool,
+                  request: AnyRequest) -> AttemptSpan:
+    if call.trace is None:
+        return NO_ATTEMPT
+    return call.trace.attempt(provider=provider.name, kind=provider.kind, base_url=key.adapter.settings.base_url,
+                              model=target.model, stream=stream, request=request)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -82,10 +82,14 @@ class Engine:
             self._transport = None
 
     async def complete(
-        self, adapter: Adapter, request: AnyRequest, model: str, timeouts: AttemptTimeouts
+        self, adapter: Adapter, request: AnyRequest, model: str, timeouts: AttemptTimeouts,
+        trace_headers: Mapping[str, str] | None = None,
     ) -> pb.CompleteResponse:
-        """One unary attempt; timeouts.total bounds the whole exchange."""
+        """One unary attempt; timeouts.total bounds the whole exchange. trace_headers
+        (traceparent) go on the request when tracing propagates to upstreams."""
         http_request = adapter.build_request(request, model, stream=False)
+        if trace_headers:
+            http_request.headers.update(trace_headers)
         http_request.extensions["timeout"] = {"connect": timeouts.connect, "read": None, "pool": timeouts.total}
         name = adapter.settings.name
         try:
@@ -112,7 +116,8 @@ class Engine:
         return parsed
 
     async def stream(
-        self, adapter: Adapter, request: AnyRequest, model: str, timeouts: AttemptTimeouts
+        self, adapter: Adapter, request: AnyRequest, model: str, timeouts: AttemptTimeouts,
+        trace_headers: Mapping[str, str] | None = None,
     ) -> AsyncGenerator[pb.StreamCompleteResponse, None]:
         """Text deltas as they arrive, then the summary; a stream cut off raises UNAVAILABLE.
 
@@ -127,6 +132,8 @@ class Engine:
         for the rest.
         """
         http_request = adapter.build_request(request, model, stream=True)
+        if trace_headers:
+            http_request.headers.update(trace_headers)
         http_request.extensions["timeout"] = {"connect": timeouts.connect, "read": None, "pool": timeouts.first_byte}
         name = adapter.settings.name
         decoder = adapter.stream_decoder(request, model)

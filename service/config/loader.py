@@ -108,6 +108,10 @@ class Config:
     source: str = "embedded default"
 
 
+# Every table a config file may hold; the README documents each (tests/system/test_readme.py).
+TOP_LEVEL_TABLES = frozenset({"server", "plugins", "providers", "media", "routes", "routing", "prices", "callers",
+                              "ledger", "limits", "tracing"})
+
 _PROVIDER_KEYS = {"kind", "base_url", "api_key_env", "api_key_envs", "timeout_s", "connect_timeout_s",
                   "first_byte_timeout_s", "idle_timeout_s", "max_concurrent_streams"}
 _PROVIDER_TIMEOUTS = ("timeout_s", "connect_timeout_s", "first_byte_timeout_s", "idle_timeout_s")
@@ -163,9 +167,7 @@ def parse_listen(value: object, where: str) -> str:
 
 
 def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
-    reject_unknown(raw, {"server", "plugins", "providers", "media", "routes", "routing", "prices", "callers", "ledger",
-                        "limits", "tracing"},
-                   "", noun="top-level config table(s)", error=ConfigError)
+    reject_unknown(raw, TOP_LEVEL_TABLES, "", noun="top-level config table(s)", error=ConfigError)
     server = _parse_server(_table(raw, "server"))
     plugins_raw = _table(raw, "plugins")
     plugins = PluginsConfig(

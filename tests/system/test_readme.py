@@ -112,7 +112,13 @@ async def test_a_gateway_serves_on_the_biggest_example(tmp_path: Path, monkeypat
 
 
 def test_every_config_table_the_loader_knows_is_documented():
-    for table in ("[server]", "[plugins]", "[providers.", "[media]", "[routing]", "[routing.breaker]",
-                  "[[routes]]", "[callers.", "[ledger]", "[[prices]]"):
+    from tollway.service.config.loader import TOP_LEVEL_TABLES
+
+    # Tables of tables are documented by an entry ([providers.x]); arrays of tables as [[x]].
+    spelled = {"providers": "[providers.", "callers": "[callers.", "routes": "[[routes]]", "prices": "[[prices]]"}
+    for table in sorted(TOP_LEVEL_TABLES):
+        heading = spelled.get(table, f"[{table}]")
+        assert heading in README, heading
+    for table in ("[routing.breaker]", "[server.tls]"):
         assert table in README, table
     assert re.search(r"`tollway keys new", README) and re.search(r"`?tollway usage", README)

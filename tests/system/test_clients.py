@@ -35,6 +35,7 @@ PROTOS = ROOT / "protos"
 INTEROP = support.TESTS / "interop"
 GO_EXAMPLE = INTEROP / "go" / "main.go"
 NODE_EXAMPLE = INTEROP / "example.mjs"
+JAVA_EXAMPLE = INTEROP / "java" / "TollwayExample.java"
 GOCODE = Path("/usr/share/gocode/src")
 # Where the proto's go_package puts the stubs, inside a GOPATH's src/.
 STUBS_IMPORT_PATH = "tollway.dev/gen/go/tollway/v1"
@@ -118,11 +119,53 @@ def node_command() -> list[str]:
     return [node, str(NODE_EXAMPLE)]
 
 
-@pytest.fixture(params=["go", "node"])
+# grpc-java, its transport and protobuf-java as Debian packages them (1.41; the example uses
+# nothing newer versions removed), and the jars that grpc-java needs beside them.
+JAVA_JARS = {
+    "libgrpc-java": ["grpc-api", "grpc-context", "grpc-core", "grpc-stub", "grpc-protobuf", "grpc-protobuf-lite",
+                     "grpc-netty"],
+    "libprotobuf-java": ["protobuf"],
+    "libgoogle-common-protos-java": ["proto-google-common-protos"],
+    "libguava-java": ["guava"],
+    "libgeronimo-annotation-1.3-spec-java": ["geronimo-annotation-1.3-spec"],
+    "libnetty-java": ["netty-buffer", "netty-codec", "netty-codec-http", "netty-codec-http2", "netty-common",
+                      "netty-handler", "netty-resolver", "netty-transport"],
+    "libperfmark-java": ["perfmark-api"],
+    "libgoogle-gson-java": ["gson"],
+}
+
+
+@pytest.fixture(scope="module")
+async def java_client(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    java = require_tool("java", "default-jre-headless")
+    javac = require_tool("javac", "default-jdk-headless")
+    protoc = require_tool("protoc", "protobuf-compiler")
+    plugin = require_tool("grpc_java_plugin", "protobuf-compiler-grpc-java-plugin")
+    jars = [str(require_path(Path("/usr/share/java") / f"{jar}.jar", package))
+            for package, names in JAVA_JARS.items() for jar in names]
+
+    work = tmp_path_factory.mktemp("java")
+    sources, classes = work / "src", work / "classes"
+    sources.mkdir()
+    code, out, err = await run([protoc, f"-I{PROTOS}", f"--java_out={sources}",
+                                f"--plugin=protoc-gen-grpc-java={plugin}", f"--grpc-java_out={sources}",
+                                "tollway/v1/completion.proto"])
+    assert (code, out, err) == (0, "", "")
+    shutil.copy(JAVA_EXAMPLE, sources / JAVA_EXAMPLE.name)
+    classpath = os.pathsep.join(jars)
+    code, out, err = await run([javac, "-nowarn", "-d", str(classes), "-cp", classpath,
+                                *map(str, sorted(sources.rglob("*.java")))], cwd=work, timeout=BUILD_TIMEOUT_S)
+    assert code == 0, f"javac failed:\n{out}{err}"
+    return [java, "-cp", os.pathsep.join([str(classes), classpath]), JAVA_EXAMPLE.stem]
+
+
+@pytest.fixture(params=["go", "node", "java"])
 def example(request: pytest.FixtureRequest) -> list[str]:
-    """The command that runs one language's example (Go is built once, on first use)."""
+    """The command that runs one language's example (Go and Java are built once, on first use)."""
     if request.param == "go":
         return [str(request.getfixturevalue("go_client"))]
+    if request.param == "java":
+        return request.getfixturevalue("java_client")  # type: ignore[no-any-return]
     return node_command()
 
 

@@ -239,6 +239,8 @@ async def test_a_unary_call_and_a_stream_print_the_answer_usage_and_cost(example
     assert printed.values("usage") == [usage_line(unary.usage), usage_line(summary.usage)]
     assert printed.values("usage") == ["input=3 output=1 total=4", "input=5 output=4 total=9"]
     assert printed.values("cost") == [cost_line(unary.cost), cost_line(summary.cost)]
+    # The README's sample output is this run's.
+    assert printed.out in (ROOT / "README.md").read_text(encoding="utf-8")
     assert printed.values("error") == []
     assert [r.json()["messages"][0]["content"] for r in upstream.received] in (
         [PROMPT, PROMPT], [[{"type": "text", "text": PROMPT}]] * 2)
@@ -316,3 +318,24 @@ async def test_buf_generate_with_the_committed_template_writes_the_go_stubs_prot
     assert sorted(generated) == ["tollway/v1/completion.pb.go", "tollway/v1/completion_grpc.pb.go"]
     assert generated == files(by_protoc)
     assert "package tollwayv1" in generated["tollway/v1/completion.pb.go"]
+
+
+# -- the README shows the programs the suite runs -------------------------------------------------
+
+
+@pytest.mark.parametrize(("heading", "fence", "path"), [
+    ("### Go\n", "go", GO_EXAMPLE), ("### Node\n", "js", NODE_EXAMPLE), ("### Java\n", "java", JAVA_EXAMPLE)])
+def test_the_readme_shows_each_example_as_it_is(heading: str, fence: str, path: Path):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Calling from your language"):]
+    shown = section[section.index(heading):].split(f"```{fence}\n", 1)[1].split("\n```\n", 1)[0] + "\n"
+    assert shown == path.read_text(encoding="utf-8"), f"README's {heading.strip()} example differs from {path.name}"
+
+
+def test_the_readme_sample_output_is_what_the_examples_print():
+    """The sample lines in the README carry the figures the OK test above asserts."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Calling from your language"):readme.index("### Go\n")]
+    assert f"answer: {ANSWER}\nusage: input=3 output=1 total=4\n" in section
+    assert f"stream: {''.join(WORDS)}\nusage: input=5 output=4 total=9\n" in section
+    assert "error: RESOURCE_EXHAUSTED: mixrouter: upstream returned HTTP 429: rate limit reached\n" in section

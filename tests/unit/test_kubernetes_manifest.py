@@ -96,6 +96,8 @@ def test_the_config_map_loads_and_listens_on_every_interface_at_the_grpc_port(co
     assert int(port) == grpc_port
     assert config.source.endswith("tollway.toml")
     assert config.ledger.backend == "postgresql"
+    # Clients of the headless Service re-resolve, and find new pods, when a connection ends.
+    assert 0 < config.server.max_connection_age_s <= 600
     assert not config.callers.anonymous
 
 

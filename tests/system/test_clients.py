@@ -269,7 +269,7 @@ async def test_an_exhausted_rate_limit_prints_the_status_request_id_and_retry_de
     assert all(re.fullmatch(r"[0-9a-f]{32}", rid) for rid in request_ids), request_ids
     first, second = (float(delay.removesuffix("s")) for delay in printed.values("retry after"))
     assert first == 120.0
-    assert 100 < second < 120.0
+    assert 100 < second <= 120.0  # printed to the millisecond: the first may round up
     assert len(upstream.received) == 1  # the stream never reached the cooling key's upstream
 
 

@@ -1,10 +1,11 @@
-"""The README's Go and Node examples, built and run against a real `tollway serve`.
+"""The README's Go, Node and Java examples, built and run against a real `tollway serve`.
 
 Go is built offline from Debian's packages: Go 1.19, grpc-go and google.golang.org/protobuf
 sources under /usr/share/gocode, in GOPATH mode (the way Debian builds Go itself; module mode
 would want the go.mod of every module grpc-go's go.mod names, and those are not packaged).
-Its stubs are generated at test time with protoc, protoc-gen-go and protoc-gen-go-grpc. Node
-runs from tests/interop/node_modules (`npm ci --prefix tests/interop`).
+Its stubs are generated at test time with protoc, protoc-gen-go and protoc-gen-go-grpc. Java
+is compiled against Debian's grpc-java jars, its stubs made by protoc and grpc_java_plugin.
+Node runs from tests/interop/node_modules (`npm ci --prefix tests/interop`).
 
 Both programs print the same lines, so one set of assertions reads either:
   answer: TEXT / stream: TEXT / usage: input=N output=N total=N / cost: N nano-USD (ENTRY)

@@ -77,6 +77,10 @@ class ServerConfig:
     # Streams: a message the caller does not take within this long ends the stream, so a
     # caller that stops reading cannot hold an upstream connection forever.
     stream_send_timeout_s: float = 30.0
+    # Clients balancing over a headless Service's addresses learn of new pods only when they
+    # resolve the name again, which they do when a connection closes: past this age each
+    # connection is told to go (GOAWAY), its calls in flight running to their end. 0: never.
+    max_connection_age_s: float = 0.0
     # [server.tls]: None serves plaintext.
     tls: TlsConfig | None = None
 
@@ -197,9 +201,14 @@ def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
                   source=source)
 
 
+# gRPC takes the age in milliseconds as a 32-bit integer.
+MAX_CONNECTION_AGE_S = 2_000_000
+
+
 def _parse_server(table: Mapping[str, Any]) -> ServerConfig:
     allowed = {"listen", "log_format", "grace_period_s", "max_upstream_connections", "merge_stream_deltas",
-               "max_upstream_body_bytes", "max_upstream_event_bytes", "stream_send_timeout_s"}
+               "max_upstream_body_bytes", "max_upstream_event_bytes", "stream_send_timeout_s",
+               "max_connection_age_s"}
     _no_unknown(table, allowed | {"tls"}, "server")
     table = dict(table)
     tls = _parse_tls(table.pop("tls", None))
@@ -216,6 +225,9 @@ def _parse_server(table: Mapping[str, Any]) -> ServerConfig:
         raise ConfigError("server.merge_stream_deltas must be true or false")
     if not _is_number(server.stream_send_timeout_s) or server.stream_send_timeout_s <= 0:
         raise ConfigError("server.stream_send_timeout_s must be a number > 0 (seconds)")
+    if not _is_number(server.max_connection_age_s) or not 0 <= server.max_connection_age_s <= MAX_CONNECTION_AGE_S:
+        raise ConfigError(f"server.max_connection_age_s must be a number from 0 (never) to {MAX_CONNECTION_AGE_S} "
+                          "(seconds)")
     for key in ("max_upstream_body_bytes", "max_upstream_event_bytes"):
         value = getattr(server, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1024:

@@ -179,6 +179,7 @@ async def _start(config: Config, state: ServingState, environ: Mapping[str, str]
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
             ("grpc.so_reuseport", 0),
+            *connection_age_options(config.server.max_connection_age_s),
         ]
     )
     # completion_pb2_grpc is generated without annotations.
@@ -217,6 +218,12 @@ async def _start(config: Config, state: ServingState, environ: Mapping[str, str]
              usable)
     return Gateway(server, health_servicer, runtime, port, config.server.grace_period_s, environ, extra_plugins,
                    config_path, tls)
+
+
+def connection_age_options(age_s: float) -> list[tuple[str, int]]:
+    """gRPC's server options for server.max_connection_age_s (none when 0). No age grace is
+    set: gRPC's default, unbounded, lets a long stream on an old connection finish."""
+    return [("grpc.max_connection_age_ms", max(1, round(age_s * 1000)))] if age_s else []
 
 
 class ListenError(OSError):

@@ -159,10 +159,25 @@ async def test_buf_breaking_runs_offline_and_finds_a_removed_field(tmp_path: Pat
     assert 'Previously present field "6" with name "seed" on message "CompleteRequest" was deleted.' in out + err
 
 
+# File options 0.1 shipped without, set once on purpose so that every language's generator
+# has a home for the code: no wire or JSON change, but buf's FILE rules name each of them.
+LANGUAGE_OPTIONS_SET_AFTER_0_1 = [
+    'File option "csharp_namespace" changed from "" to "Tollway.V1".',
+    'File option "go_package" changed from "" to "tollway.dev/gen/go/tollway/v1;tollwayv1".',
+    'File option "java_multiple_files" changed from "false" to "true".',
+    'File option "java_package" changed from "" to "dev.tollway.v1".',
+    'File option "php_namespace" changed from "" to "Tollway\\\\V1".',
+    'File option "ruby_package" changed from "" to "Tollway::V1".',
+]
+
+
 async def test_the_contract_only_adds_to_the_last_release():
     released = support.FIXTURES / "contract" / "v0.1"
     code, out, err = await run(buf_path(), "breaking", PROTOS, "--against", released)
-    assert (code, out, err) == (0, "", "")
+    # Each finding is "path:line:column:message"; anything beyond the language options fails.
+    findings = [line.split(":", 3)[3] for line in out.splitlines()]
+    assert (findings, err) == (LANGUAGE_OPTIONS_SET_AFTER_0_1, "")
+    assert code != 0
 
 
 # -- buf curl over server reflection ---------------------------------------------------------

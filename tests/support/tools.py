@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -15,7 +17,17 @@ def require_tool(name: str, debian_package: str) -> str:
     path = shutil.which(name)
     if path:
         return path
-    reason = f"{name} is not installed (Debian package {debian_package})"
+    _missing(f"{name} is not installed (Debian package {debian_package})")
+
+
+def require_path(path: Path, debian_package: str) -> Path:
+    """A file a Debian package installs (Go sources, say); skip (fail under CI) without it."""
+    if path.exists():
+        return path
+    _missing(f"{path} is missing (Debian package {debian_package})")
+
+
+def _missing(reason: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(reason + "; CI must install it (.ci/run does)", pytrace=False)
     pytest.skip(reason)

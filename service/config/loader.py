@@ -17,6 +17,7 @@ from tollway.service.admission.auth import Callers, parse_callers
 from tollway.service.admission.limits import RequestLimits
 from tollway.service.billing.catalog import PriceCatalog
 from tollway.service.config.keys import reject_unknown
+from tollway.service.gateway.worker import parse_workers
 from tollway.service.ledger import LedgerConfig
 from tollway.service.media.policy import MediaPolicy
 from tollway.service.routing.routes import (
@@ -75,6 +76,9 @@ class ServerConfig:
     # Streams: a message the caller does not take within this long ends the stream, so a
     # caller that stops reading cannot hold an upstream connection forever.
     stream_send_timeout_s: float = 30.0
+    # Serving processes sharing the listen address, under one supervisor: an integer, or
+    # "auto" for the cores this process may use. Read at start-up only.
+    workers: int | str = 1
 
 
 @dataclass(frozen=True)
@@ -184,7 +188,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
 
 def _parse_server(table: Mapping[str, Any]) -> ServerConfig:
     allowed = {"listen", "log_format", "grace_period_s", "max_upstream_connections", "merge_stream_deltas",
-               "max_upstream_body_bytes", "max_upstream_event_bytes", "stream_send_timeout_s"}
+               "max_upstream_body_bytes", "max_upstream_event_bytes", "stream_send_timeout_s", "workers"}
     _no_unknown(table, allowed, "server")
     server = ServerConfig(**table)
     parse_listen(server.listen, "server.listen")
@@ -203,6 +207,10 @@ def _parse_server(table: Mapping[str, Any]) -> ServerConfig:
         value = getattr(server, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1024:
             raise ConfigError(f"server.{key} must be an integer >= 1024 (bytes)")
+    try:
+        parse_workers(server.workers, "server.workers")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return server
 
 

@@ -38,8 +38,10 @@ def worker_pids(supervisor: int) -> dict[int, int]:
 
 
 def alive(pid: int) -> bool:
+    """Whether any thread of the process still runs. A killed process's main thread may be a
+    zombie while its other threads still exit, holding its files (and their locks) open."""
     try:
-        return _stat_fields(pid)[0] != "Z"
+        return _stat_fields(pid)[0] != "Z" or len(list(Path(f"/proc/{pid}/task").iterdir())) > 1
     except (OSError, ValueError, IndexError):
         return False
 
@@ -63,7 +65,7 @@ def grpc_loaded(pid: int) -> bool:
 
 
 def established_connections(pid: int, port: int) -> int:
-    """TCP connections the process holds that were accepted on port (IPv4)."""
+    """TCP connections the process holds that were accepted on port."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
@@ -73,11 +75,13 @@ def established_connections(pid: int, port: int) -> int:
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
     count = 0
-    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local_port = int(fields[1].split(":")[1], 16)
-        if local_port == port and fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
-            count += 1
+    # gRPC accepts IPv4 on IPv6 sockets (::ffff:127.0.0.1): both tables.
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
+                count += 1
     return count
 
 

@@ -338,9 +338,10 @@ class Ledger:
                         journal.remove(segment)
                     self._notify()
             for journal in [j for j in self._adopted if not j.segments]:
-                self._adopted.remove(journal)
                 await journal.aclose_and_remove()
+                self._adopted.remove(journal)
                 log.info("ledger journal %s replayed and removed", journal.directory)
+                self._notify()
             return True
 
     # -- flushing and closing -------------------------------------------------------------
@@ -350,7 +351,8 @@ class Ledger:
         self._progress = asyncio.Event()
 
     def _outstanding(self) -> bool:
-        return bool(self._queue) or self._in_flight > 0 or any(j.pending_records() for j in self._journals())
+        return (bool(self._queue) or self._in_flight > 0 or bool(self._adopted)
+                or any(j.pending_records() for j in self._journals()))
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until every acknowledged record is in the database; False if that did not happen

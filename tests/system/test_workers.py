@@ -62,7 +62,8 @@ def config_text(upstream: FakeUpstream, port: int, state: Path, *, workers: int 
         "[ledger]", f'path = "{state / "ledger.sqlite3"}"', f'journal_dir = "{state / "journal"}"',
     ]
     for name in routes:
-        lines += ["[[routes]]", f'name = "{name}"', 'targets = [{ provider = "mixrouter", model = "gemini-2.0-flash" }]']
+        lines += ["[[routes]]", f'name = "{name}"',
+                  'targets = [{ provider = "mixrouter", model = "gemini-2.0-flash" }]']
     return "\n".join(lines) + "\n" + extra
 
 
@@ -353,7 +354,8 @@ async def test_a_taken_port_is_refused_as_a_single_process_refuses_it(tmp_path, 
     for workers in ("1", "2"):
         code, out, err = await tollway("serve", "--config", serve.config, "--workers", workers,
                                        env={"MIXROUTER_API_KEY": MIXROUTER_TEST_KEY})
-        assert (code, out, err) == (1, "", f"tollway: cannot listen on 127.0.0.1:{serve.port}: address already in use\n")
+        refusal = f"tollway: cannot listen on 127.0.0.1:{serve.port}: address already in use\n"
+        assert (code, out, err) == (1, "", refusal)
     assert sorted(worker_pids(serve.pid)) == [0, 1]
 
 

@@ -280,6 +280,10 @@ class Supervisor:
             check.kill()
             await check.wait()
             return f"the config check did not finish within {CHECK_TIMEOUT_S:g}s"
+        except asyncio.CancelledError:  # the supervisor is stopping: the check must not outlive it
+            check.kill()
+            await check.wait()
+            raise
         if check.returncode != 0:
             lines = (out or err).decode("utf-8", "replace").strip().splitlines()
             return lines[-1] if lines else f"the config check exited with code {check.returncode}"

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from tollway.service.gateway.worker import resolve_workers
 from tollway.v1 import completion_pb2 as pb
 from tollway.v1 import completion_pb2_grpc as pb_grpc
 
@@ -269,11 +270,13 @@ async def test_sighup_reloads_every_worker_and_a_bad_file_is_refused_for_all(tmp
     serve = await start(serves, tmp_path, upstream, routes=("first",))
     assert await route_names(serve.target) == [{"first"}] * CONNECTIONS
 
-    serve.config.write_text(config_text(upstream, serve.port, tmp_path / "state", routes=("first", "second")))
+    serve.config.write_text(config_text(upstream, serve.port, tmp_path / "state", routes=("first", "second"),
+                                        workers=3))
     serve.proc.send_signal(signal.SIGHUP)
     await until_log(serve.log_text, r"config reloaded from \S+; providers: mixrouter; routes: first, second", 2,
                     WAIT_S, serve.proc)
     assert "config checked; SIGHUP forwarded to 2 worker(s)" in serve.log_text()
+    assert "server.workers changed to 3: the worker count changes at the next restart" in serve.log_text()
     assert await route_names(serve.target) == [{"first", "second"}] * CONNECTIONS
 
     serve.config.write_text(config_text(upstream, serve.port, tmp_path / "state", routes=("third",),
@@ -383,6 +386,14 @@ async def test_the_journal_of_a_slot_that_no_longer_runs_is_replayed_and_removed
 
 
 # -- the setting -------------------------------------------------------------------------------
+
+
+async def test_auto_starts_a_worker_per_core_this_process_may_use(tmp_path, upstream, serves):
+    cores = resolve_workers("auto")
+    serve = await start(serves, tmp_path, upstream, workers="auto")
+    if cores > 1:
+        await serving_workers(serve.proc, cores, serve.log_text, WAIT_S)
+    assert sorted(worker_pids(serve.pid)) == (list(range(cores)) if cores > 1 else [])
 
 
 @pytest.mark.parametrize(("where", "value", "message"), [

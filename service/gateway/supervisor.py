@@ -225,21 +225,38 @@ class Supervisor:
             how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
             if ran >= STABLE_S:
                 worker.failures = 0
-                delay = 0.0
                 log.error("worker %d (pid %d) %s after %.0fs; restarting it", worker.index, worker.pid, how, ran)
+                delay = 0.0
             else:
-                delay = min(FIRST_BACKOFF_S * 2 ** worker.failures, MAX_BACKOFF_S)
-                worker.failures += 1
+                delay = self._next_backoff(worker)
                 log.error("worker %d (pid %d) %s after %.1fs; restarting it in %gs (%d short run(s) in a row)",
                           worker.index, worker.pid, how, ran, delay, worker.failures)
-            stop = asyncio.ensure_future(self._stop.wait())
-            try:
-                await asyncio.wait([stop], timeout=delay)
-            finally:
-                stop.cancel()
-            if self.stopping or self._stop.is_set():
-                return
-            await self._spawn(worker)
+            while True:
+                await self._pause(delay)
+                if self.stopping or self._stop.is_set():
+                    return
+                try:
+                    await self._spawn(worker)
+                    break
+                except OSError as exc:  # no process could be started (EAGAIN, no memory): later
+                    delay = self._next_backoff(worker)
+                    log.error("cannot start worker %d: %s; trying again in %gs", worker.index, exc.strerror or exc,
+                              delay)
+
+    @staticmethod
+    def _next_backoff(worker: Worker) -> float:
+        # The exponent stops growing long after the cap: a crash loop of days must not overflow it.
+        delay: float = min(FIRST_BACKOFF_S * 2.0 ** min(worker.failures, 32), MAX_BACKOFF_S)
+        worker.failures += 1
+        return delay
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, cut short by a stop."""
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait([stop], timeout=seconds)
+        finally:
+            stop.cancel()
 
     # -- SIGHUP ---------------------------------------------------------------------------
 
@@ -362,7 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     except ListenError as exc:
         print(f"tollway: {exc}", file=sys.stderr)
         return 1
-    return asyncio.run(Supervisor(settings, address, held).run())
+    try:
+        return asyncio.run(Supervisor(settings, address, held).run())
+    except OSError as exc:  # the first workers could not be started at all
+        print(f"tollway: cannot start the workers: {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

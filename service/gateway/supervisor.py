@@ -117,7 +117,7 @@ class Supervisor:
         self.workers = [Worker(i) for i in range(self.settings.workers)]
         try:
             code = await self._start_all()
-            if code:
+            if code is not None:
                 return code
             pids = ", ".join(str(w.pid) for w in self.workers)
             log.info("serving on %s with %d workers (pids %s)", self.address, len(self.workers), pids)
@@ -134,9 +134,9 @@ class Supervisor:
             for sock in self.held:
                 sock.close()
 
-    async def _start_all(self) -> int:
-        """Worker 0 first, then the rest together; the exit code of the first that fails to
-        start (0 when all serve). A stop asked for meanwhile stops them all."""
+    async def _start_all(self) -> int | None:
+        """Worker 0 first, then the rest together. None when all serve; else the exit code to
+        end with: the first failed worker's, or the stop's when one was asked for meanwhile."""
         for group in (self.workers[:1], self.workers[1:]):
             for worker in group:
                 await self._spawn(worker)
@@ -159,7 +159,7 @@ class Supervisor:
                     return code if code > 0 else 1
         for worker in self.workers:
             worker.watcher = asyncio.get_running_loop().create_task(self._watch(worker), name=f"worker-{worker.index}")
-        return 0
+        return None
 
     async def _spawn(self, worker: Worker) -> None:
         loop = asyncio.get_running_loop()

@@ -518,7 +518,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", metavar="DIR",
                         help="run the gateways under cProfile, write DIR/gateway-<transport>.pstats and print "
                              "their top functions (slows the gateways down: figures are not comparable)")
+    parser.add_argument("--workers-compare", action="store_true",
+                        help="instead: the direct call, `tollway serve --workers 1` and `--workers 2` at c=50 "
+                             "(unary, stream), with gateway CPU per call (see bench/workers.py)")
     args = parser.parse_args(argv)
+    if args.workers_compare:
+        return _workers_compare(args)
     plan = QUICK if args.quick else FULL
     if args.repetitions:
         plan = Plan(**{**plan.__dict__, "repetitions": args.repetitions})
@@ -564,6 +569,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     print(render(result))
+    return 0
+
+
+def _workers_compare(args: argparse.Namespace) -> int:
+    from bench import workers
+
+    with tempfile.TemporaryDirectory(prefix="tollway-bench-workers-") as tmp:
+        result = workers.main(args.quick, args.repetitions, Path(tmp))
+    result["meta"] = {
+        **proc.machine(),
+        "python": platform.python_version(),
+        "code": _code_version(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "python -m bench.run --workers-compare" + (" --quick" if args.quick else ""),
+    }
+    if args.json:
+        Path(args.json).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    print(workers.render(result))
     return 0
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tollway.service.config.loader import DEFAULT_LISTEN, ConfigError, load_config, parse_listen
+from tollway.service.config.loader import DEFAULT_LISTEN, Config, ConfigError, load_config, parse_listen
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--listen", help=f"HOST:PORT (env TOLLWAY_LISTEN, default {DEFAULT_LISTEN})")
     serve.add_argument("--config", help="TOML config file (env TOLLWAY_CONFIG; default: embedded)")
+    serve.add_argument("--workers", metavar="N|auto",
+                       help="serving processes on the listen address (default: server.workers, 1)")
 
     complete = commands.add_parser("complete", help="send one request to a running gateway")
     complete.add_argument("--target", default=os.environ.get("TOLLWAY_TARGET", DEFAULT_LISTEN),
@@ -198,6 +200,7 @@ def _keys_new(name: str) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from tollway.service.gateway import worker
     from tollway.service.gateway.logs import configure_logging
     from tollway.service.gateway.server import serve_forever
     from tollway.service.ledger import JournalError, SchemaTooNew
@@ -205,14 +208,22 @@ def _serve(args: argparse.Namespace) -> int:
 
     config_path = args.config or os.environ.get("TOLLWAY_CONFIG")
     try:
+        slot = worker.WorkerSlot.from_environ()
+        if slot is not None:
+            # A worker of a supervisor: it stops with it, and tells it when it serves.
+            worker.stop_with_supervisor()
         config = load_config(config_path)
         if args.listen is not None:
             from dataclasses import replace
 
             config = replace(config, server=replace(config.server, listen=parse_listen(args.listen, "--listen")))
-    except ConfigError as exc:
+        workers = worker.resolve_workers(config.server.workers if args.workers is None else worker.parse_workers(
+            int(args.workers) if args.workers.isascii() and args.workers.isdigit() else args.workers, "--workers"))
+    except (ConfigError, ValueError) as exc:
         print(f"tollway: {exc}", file=sys.stderr)
         return 2
+    if slot is None and workers > 1:
+        _become_supervisor(config, config_path, workers)
     configure_logging(config.server.log_format)
     try:
         import uvloop
@@ -221,11 +232,25 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError:  # uvloop is optional off Linux/macOS
         runner = asyncio.run
     try:
-        runner(serve_forever(config, config_path))
+        runner(serve_forever(config, config_path, on_serving=worker.notify_ready if slot is not None else None))
     except (ConfigError, PluginError, OSError, JournalError, SchemaTooNew) as exc:
         print(f"tollway: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _become_supervisor(config: Config, config_path: str | None, workers: int) -> None:
+    """Replace this process (exec: same pid, so signals and the exit code are the supervisor's)
+    with the supervisor of `workers` serving processes. The config was checked here; the
+    supervisor is a fresh interpreter that never loads gRPC (it starts processes)."""
+    command = [sys.executable, "-m", "tollway.service.gateway.supervisor", "--workers", str(workers),
+               "--listen", config.server.listen, "--grace-period-s", repr(config.server.grace_period_s),
+               "--close-timeout-s", repr(config.ledger.close_timeout_s), "--log-format", config.server.log_format]
+    if config_path:
+        command += ["--config", config_path]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
 
 
 def _complete(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from tollway.service.admission.limits import RequestLimits
 from tollway.service.billing.catalog import PriceCatalog
 from tollway.service.config.keys import reject_unknown
 from tollway.service.gateway.tls import TlsConfig, parse_tls
+from tollway.service.gateway.worker import parse_workers
 from tollway.service.ledger import LedgerConfig
 from tollway.service.media.policy import MediaPolicy
 from tollway.service.routing.routes import (
@@ -83,6 +84,9 @@ class ServerConfig:
     max_connection_age_s: float = 0.0
     # [server.tls]: None serves plaintext.
     tls: TlsConfig | None = None
+    # Serving processes sharing the listen address, under one supervisor: an integer, or
+    # "auto" for the cores this process may use. Read at start-up only.
+    workers: int | str = 1
 
 
 @dataclass(frozen=True)
@@ -208,7 +212,7 @@ MAX_CONNECTION_AGE_S = 2_000_000
 def _parse_server(table: Mapping[str, Any]) -> ServerConfig:
     allowed = {"listen", "log_format", "grace_period_s", "max_upstream_connections", "merge_stream_deltas",
                "max_upstream_body_bytes", "max_upstream_event_bytes", "stream_send_timeout_s",
-               "max_connection_age_s"}
+               "max_connection_age_s", "workers"}
     _no_unknown(table, allowed | {"tls"}, "server")
     table = dict(table)
     tls = _parse_tls(table.pop("tls", None))
@@ -232,6 +236,10 @@ def _parse_server(table: Mapping[str, Any]) -> ServerConfig:
         value = getattr(server, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1024:
             raise ConfigError(f"server.{key} must be an integer >= 1024 (bytes)")
+    try:
+        parse_workers(server.workers, "server.workers")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return server
 
 

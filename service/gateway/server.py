@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -17,6 +16,8 @@ from grpc_reflection.v1alpha import reflection
 from tollway.service.admission.limits import RpcSlots, grpc_receive_limit
 from tollway.service.config.loader import Config, ConfigError, load_config
 from tollway.service.gateway.intake import Intake
+from tollway.service.gateway.listen import ListenError, check_can_listen
+from tollway.service.gateway.worker import WorkerSlot
 from tollway.service.gateway.heap import HeapTrimmer, return_big_blocks_to_the_os
 from tollway.service.gateway.servicer import CompletionServicer, Runtime, ServingState
 from tollway.service.gateway.tls import ListenerTls, TlsConfig, TlsMaterial, read_material
@@ -149,9 +150,13 @@ async def _start(config: Config, state: ServingState, environ: Mapping[str, str]
                  listen: str | None, config_path: str | None, started: contextlib.AsyncExitStack) -> Gateway:
     registry = state.registry
     address = listen or config.server.listen
+    # One of the workers of `tollway serve --workers N`: they share the port (SO_REUSEPORT),
+    # each has its own ledger journal. A process on its own keeps the port to itself, so a
+    # second gateway on a taken port fails clearly.
+    worker = WorkerSlot.from_environ(environ)
     # gRPC's own bind failure says neither why nor in one line (it logs its reason to stderr
     # itself): a plain socket tries the address first, before anything is opened, and names the cause.
-    check_can_listen(address)
+    check_can_listen(address, reuse_port=worker is not None)
     engine = Engine(max_connections=config.server.max_upstream_connections,
                     merge_deltas=config.server.merge_stream_deltas,
                     max_body_bytes=config.server.max_upstream_body_bytes,
@@ -162,9 +167,10 @@ async def _start(config: Config, state: ServingState, environ: Mapping[str, str]
     await media.start()
     started.push_async_callback(media.aclose)
     router = Router(engine, media, HealthBoard(config.routing.breaker))
-    ledger = await Ledger.open(config.ledger)
+    ledger = await Ledger.open(config.ledger, worker_index=worker.index if worker else 0,
+                               worker_count=worker.count if worker else 1)
     started.push_async_callback(ledger.aclose)
-    log.info("usage ledger: %s", config.ledger.describe())
+    log.info("usage ledger: %s; journal %s", config.ledger.describe(), ledger.journal_path)
     tracing = start_tracing(config.tracing)
     if tracing is not None:
         started.push_async_callback(tracing.shutdown)
@@ -178,7 +184,7 @@ async def _start(config: Config, state: ServingState, environ: Mapping[str, str]
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if worker else 0),
             *connection_age_options(config.server.max_connection_age_s),
         ]
     )
@@ -214,8 +220,8 @@ async def _start(config: Config, state: ServingState, environ: Mapping[str, str]
         log.info("TLS on the listener: %s%s", tls.material.describe(),
                  f"; {known} callers known by their client certificate" if known else "")
     usable = ", ".join(p.name for p in registry.usable()) or "none (set a provider's API key)"
-    log.info("serving on %s (config: %s); providers: %s", address.rsplit(":", 1)[0] + f":{port}", config.source,
-             usable)
+    log.info("serving on %s (config: %s)%s; providers: %s", address.rsplit(":", 1)[0] + f":{port}", config.source,
+             f" as worker {worker.index} of {worker.count}" if worker else "", usable)
     return Gateway(server, health_servicer, runtime, port, config.server.grace_period_s, environ, extra_plugins,
                    config_path, tls)
 
@@ -226,34 +232,10 @@ def connection_age_options(age_s: float) -> list[tuple[str, int]]:
     return [("grpc.max_connection_age_ms", max(1, round(age_s * 1000)))] if age_s else []
 
 
-class ListenError(OSError):
-    """The listen address cannot be bound; the message names it and the reason."""
-
-
-def check_can_listen(address: str) -> None:
-    """Raise ListenError("cannot listen on HOST:PORT: address already in use") when no address
-    HOST resolves to can be bound at PORT (gRPC serves when at least one can)."""
-    host, _, port = address.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    try:
-        addresses = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (OSError, ValueError) as exc:
-        raise ListenError(f"cannot listen on {address}: cannot resolve {host!r}") from exc
-    reasons = []
-    for family, kind, proto, _, sockaddr in addresses:
-        try:
-            # SO_REUSEADDR as gRPC sets it: a port only left in TIME_WAIT by the last run is free.
-            with socket.socket(family, kind, proto) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                probe.bind(sockaddr)
-            return
-        except OSError as exc:
-            reasons.append((exc.strerror or str(exc)).lower())
-    raise ListenError(f"cannot listen on {address}: {reasons[0] if reasons else 'no address to bind'}")
-
-
-async def serve_forever(config: Config, config_path: str | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then drain and return (the process exits 0). SIGHUP reloads."""
+async def serve_forever(config: Config, config_path: str | None = None,
+                        on_serving: Callable[[], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain and return (the process exits 0). SIGHUP reloads.
+    on_serving runs once the server answers (a worker tells its supervisor)."""
     return_big_blocks_to_the_os()
     gateway = await start_gateway(config, config_path=config_path)
     stop = asyncio.Event()
@@ -262,6 +244,8 @@ async def serve_forever(config: Config, config_path: str | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, gateway.reload)
     trimmer = asyncio.create_task(HeapTrimmer().run())
+    if on_serving is not None:
+        on_serving()
     await stop.wait()
     trimmer.cancel()
     log.info("stopping: draining in-flight calls for up to %.3gs", gateway.grace_period_s)

@@ -4,6 +4,7 @@
     path = "/var/lib/tollway/ledger.sqlite3"    # SQLite file (the default store)
     dsn = "postgresql://tollway@db/billing"     # PostgreSQL instead of SQLite, when set
     journal_dir = "/var/lib/tollway/journal"    # default: "<path>.journal" beside the SQLite file
+                                                # (with --workers N: worker k > 0 in <journal_dir>/worker-<k>)
     fsync_before_ack = false                    # true: a record survives power loss, not only a crash
 """
 
@@ -16,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from tollway.service.config.keys import reject_unknown
+
+# Journals of workers 1..N-1 are directories of this name (and the index) in worker 0's journal.
+WORKER_JOURNAL_PREFIX = "worker-"
 
 
 def default_sqlite_path(environ: Mapping[str, str] = os.environ) -> Path:
@@ -63,6 +67,24 @@ class LedgerConfig:
         if self.journal_dir:
             return Path(self.journal_dir)
         return self.sqlite_path.with_name(self.sqlite_path.name + ".journal")
+
+    def worker_journal_path(self, worker_index: int) -> Path:
+        """The journal of one worker of `tollway serve --workers N`: worker 0 keeps journal_path
+        (what a single process used, so an upgrade replays what it left), worker k > 0 has
+        `<journal_path>/worker-<k>`."""
+        if worker_index == 0:
+            return self.journal_path
+        return self.journal_path / f"{WORKER_JOURNAL_PREFIX}{worker_index}"
+
+    def orphan_journals(self, worker_count: int) -> list[Path]:
+        """Journals of worker slots that do not run now (k >= worker_count: a restart with fewer
+        workers), in slot order."""
+        found = []
+        for path in self.journal_path.glob(f"{WORKER_JOURNAL_PREFIX}*"):
+            index = path.name[len(WORKER_JOURNAL_PREFIX):]
+            if index.isdigit() and int(index) >= worker_count and path.is_dir():
+                found.append((int(index), path))
+        return [path for _, path in sorted(found)]
 
     @property
     def backend(self) -> str:

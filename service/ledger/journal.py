@@ -15,6 +15,7 @@ every record in it. Whatever a crashed process left behind is replayed at the ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -89,9 +90,12 @@ class Journal:
 
     # -- start and stop -------------------------------------------------------------------
 
-    def open(self) -> list[Segment]:
+    def open(self, *, adopt: bool = False) -> list[Segment]:
         """Lock the directory and open a fresh active segment; returns the segments a previous
-        process left, sealed and marked for replay."""
+        process left, sealed and marked for replay.
+
+        adopt: the directory of a worker slot that no longer runs (a restart with fewer
+        workers): lock it and return what it holds for replay, but never append to it."""
         try:
             private_directory(self.directory)
             self._lock_directory()
@@ -106,7 +110,10 @@ class Journal:
                 self.segments[seq] = segment
                 leftovers.append(segment)
                 self._last_seq = max(self._last_seq, seq)
-            self._start_segment()
+            if adopt:
+                self._closed = True
+            else:
+                self._start_segment()
         except OSError as exc:
             raise JournalError(f"cannot open the ledger journal {self.directory}: {exc.strerror or exc}") from exc
         self._syncer = asyncio.get_running_loop().create_task(self._sync_loop(), name="ledger-journal-fsync")
@@ -143,6 +150,16 @@ class Journal:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    async def aclose_and_remove(self) -> None:
+        """Close an adopted directory whose records are all in the database, and remove it if
+        nothing else is left in it (a rejected.jsonl or an .unreadable segment stays)."""
+        lock = self.directory / ".lock"
+        with contextlib.suppress(OSError):
+            lock.unlink()  # while still locked: no other process can be holding it
+        await self.aclose()
+        with contextlib.suppress(OSError):
+            self.directory.rmdir()
 
     # -- appending --------------------------------------------------------------------------
 

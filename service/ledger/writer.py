@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from tollway.v1 import completion_pb2 as pb
 
 from .config import LedgerConfig
-from .journal import Journal, Segment
+from .journal import Journal, JournalError, Segment
 from .records import LedgerRecord
 from .store import RecordRejected, Store, StoreUnavailable, open_store
 from .summary import UsageFilter, check_groupings, from_proto
@@ -43,11 +43,19 @@ class LedgerStats:
 
 
 class Ledger:
-    def __init__(self, config: LedgerConfig, store: Store | None = None) -> None:
+    def __init__(self, config: LedgerConfig, store: Store | None = None, *, worker_index: int = 0,
+                 worker_count: int = 1) -> None:
+        """worker_index, worker_count: this process's slot under `tollway serve --workers N`.
+        Each worker has a journal of its own (LedgerConfig.worker_journal_path); all write to
+        the same database. Worker 0 also replays the journals of slots >= worker_count."""
         self.config = config
         self.store = store or open_store(config, config.insert_timeout_s)
-        self.journal = Journal(config.journal_path, config.segment_bytes, config.fsync_before_ack,
+        self.worker_index, self.worker_count = worker_index, worker_count
+        self.journal_path = config.worker_journal_path(worker_index)
+        self.journal = Journal(self.journal_path, config.segment_bytes, config.fsync_before_ack,
                                config.fsync_interval_s, self._on_written)
+        # Journals of worker slots that no longer run, locked and replayed by worker 0, then removed.
+        self._adopted: list[Journal] = []
         # Records written to the journal and waiting for the writer: (record, its segment).
         self._queue: collections.deque[tuple[LedgerRecord, Segment | None]] = collections.deque()
         self._queued = asyncio.Event()
@@ -71,8 +79,9 @@ class Ledger:
         self._inserted = self._replayed = self._spilled = 0
 
     @classmethod
-    async def open(cls, config: LedgerConfig, store: Store | None = None) -> Ledger:
-        ledger = cls(config, store)
+    async def open(cls, config: LedgerConfig, store: Store | None = None, *, worker_index: int = 0,
+                   worker_count: int = 1) -> Ledger:
+        ledger = cls(config, store, worker_index=worker_index, worker_count=worker_count)
         await ledger.start()
         return ledger
 
@@ -83,11 +92,14 @@ class Ledger:
         leftovers = self.journal.open()
         if leftovers:
             log.info("ledger journal %s holds %d segment(s) from an earlier run; replaying",
-                     self.config.journal_path, len(leftovers))
+                     self.journal_path, len(leftovers))
+        if self.worker_index == 0:
+            leftovers += await self._adopt_orphans()
         try:
             await self._connect()
-        except BaseException:  # e.g. SchemaTooNew: give the journal's lock back before failing
-            await self.journal.aclose()
+        except BaseException:  # e.g. SchemaTooNew: give the journals' locks back before failing
+            for journal in [self.journal, *self._adopted]:
+                await journal.aclose()
             await self.store.close()
             raise
         loop = asyncio.get_running_loop()
@@ -95,6 +107,29 @@ class Ledger:
                        loop.create_task(self._retry_loop(), name="ledger-retry")]
         if leftovers:
             self._retry_now.set()
+
+    async def _adopt_orphans(self) -> list[Segment]:
+        """Lock the journals of worker slots that do not run now and take what they hold for
+        replay; one still locked (a gateway of an earlier run still draining) is left to it."""
+        found: list[Segment] = []
+        for path in self.config.orphan_journals(self.worker_count):
+            journal = Journal(path, self.config.segment_bytes, False, self.config.fsync_interval_s, self._on_written)
+            try:
+                segments = journal.open(adopt=True)
+            except JournalError as exc:
+                log.warning("%s; it is replayed by whoever holds it, or at the next start", exc)
+                continue
+            if not segments:
+                await journal.aclose_and_remove()
+                continue
+            log.info("ledger journal %s is of a worker that no longer runs; replaying its %d segment(s)",
+                     path, len(segments))
+            self._adopted.append(journal)
+            found += segments
+        return found
+
+    def _journals(self) -> list[Journal]:
+        return [self.journal, *self._adopted]
 
     # -- the request path ---------------------------------------------------------------
 
@@ -259,7 +294,7 @@ class Ledger:
     async def _went_down(self, exc: Exception) -> None:
         if not self._outage_logged:
             log.warning("ledger database unavailable (%s); records wait in the journal %s", exc,
-                        self.config.journal_path)
+                        self.journal_path)
             self._outage_logged = True
         self._database_up = False
         await self.store.reset()
@@ -272,7 +307,7 @@ class Ledger:
             except TimeoutError:
                 pass
             self._retry_now.clear()
-            if not self._database_up or self.journal.replayable() or (
+            if not self._database_up or any(j.replayable() for j in self._journals()) or (
                     self.journal.active is not None and self.journal.active.needs_replay):
                 try:
                     await self._replay()
@@ -288,18 +323,24 @@ class Ledger:
             active = self.journal.active
             if active is not None and active.needs_replay:
                 self.journal.seal_active()
-            for segment in self.journal.replayable():
-                records, bad = await asyncio.to_thread(Journal.read, segment)
-                for start in range(0, len(records), self.config.batch_size):
-                    try:
-                        self._replayed += await self._insert(records[start:start + self.config.batch_size])
-                    except StoreUnavailable as exc:
-                        await self._went_down(exc)
-                        return False
-                if bad:
-                    self.journal.keep_unreadable(segment, bad)
-                else:
-                    self.journal.remove(segment)
+            for journal in self._journals():
+                for segment in journal.replayable():
+                    records, bad = await asyncio.to_thread(Journal.read, segment)
+                    for start in range(0, len(records), self.config.batch_size):
+                        try:
+                            self._replayed += await self._insert(records[start:start + self.config.batch_size])
+                        except StoreUnavailable as exc:
+                            await self._went_down(exc)
+                            return False
+                    if bad:
+                        journal.keep_unreadable(segment, bad)
+                    else:
+                        journal.remove(segment)
+                    self._notify()
+            for journal in [j for j in self._adopted if not j.segments]:
+                await journal.aclose_and_remove()
+                self._adopted.remove(journal)
+                log.info("ledger journal %s replayed and removed", journal.directory)
                 self._notify()
             return True
 
@@ -310,7 +351,8 @@ class Ledger:
         self._progress = asyncio.Event()
 
     def _outstanding(self) -> bool:
-        return bool(self._queue) or self._in_flight > 0 or self.journal.pending_records()
+        return (bool(self._queue) or self._in_flight > 0 or bool(self._adopted)
+                or any(j.pending_records() for j in self._journals()))
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until every acknowledged record is in the database; False if that did not happen
@@ -355,11 +397,12 @@ class Ledger:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.journal.aclose()
+        for journal in self._journals():
+            await journal.aclose()
         await self.store.close()
         if not flushed:
             log.warning("ledger closed with records not yet in the database; they stay in the journal %s "
-                        "and are replayed at the next start", self.config.journal_path)
+                        "and are replayed at the next start", self.journal_path)
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -8,16 +8,22 @@ config, and the ledger's database is read directly until every OK request's reco
 during the run, before the kill, and comes back only after the restart. SIGTERM instead drains
 and flushes: every OK request's record is in the database and the journal is left empty.
 
+With `--workers 2` (two serving processes, each with a journal of its own, under one
+supervisor) the same holds when the whole process group is killed, and when one worker is
+killed: the supervisor restarts it, and the new worker replays what the killed one left.
+
 Everything is counted, nothing is timed; every wait is bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -44,6 +50,7 @@ from tests.support.ledger import (  # noqa: F401
 from tests.support.ledger_calls import GEMINI_USAGE, completion, request_id_of
 from tests.support.seed import recorded_stream
 from tests.support.served import wait_until_serving
+from tests.support.supervised import processes_gone, serving_workers, until_log, worker_pids
 from tests.support.upstream import FakeUpstream, Received, Reply, sse_events
 from tests import support
 
@@ -70,7 +77,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_config(path: Path, upstream: FakeUpstream, backend: Backend, port: int, proxy_port: int | None) -> Path:
+def write_config(path: Path, upstream: FakeUpstream, backend: Backend, port: int, proxy_port: int | None,
+                 workers: int = 1) -> Path:
     config = backend.config(port=proxy_port)
     ledger = [f'path = "{config.sqlite_path}"', f'journal_dir = "{config.journal_path}"',
               # Batches gather for a while: at the kill, acknowledged records wait in the journal only.
@@ -79,7 +87,7 @@ def write_config(path: Path, upstream: FakeUpstream, backend: Backend, port: int
         ledger.append(f'dsn = "{config.dsn}"')
     key_sha256 = hashlib.sha256(LOADGEN_KEY.encode()).hexdigest()
     path.write_text("\n".join([
-        "[server]", f'listen = "127.0.0.1:{port}"', 'log_format = "json"', "grace_period_s = 10",
+        "[server]", f'listen = "127.0.0.1:{port}"', 'log_format = "json"', "grace_period_s = 10", f"workers = {workers}",
         "[providers.mixrouter]", f'base_url = "{upstream.base_url}/v1"',
         "[routing]", "max_retries = 0",
         "[callers.loadgen]", f'key_sha256 = "{key_sha256}"',
@@ -94,6 +102,7 @@ class Gateway:
 
     config: Path
     port: int
+    workers: int = 1
     logs: list[Path] = field(default_factory=list)
     proc: asyncio.subprocess.Process | None = None
 
@@ -107,25 +116,30 @@ class Gateway:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
         env["MIXROUTER_API_KEY"] = MIXROUTER_TEST_KEY
         with open(log_path, "wb") as log_file:
+            # A process group of its own: the gateway with its workers can be killed as one.
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "tollway.service.cli", "serve", "--config", str(self.config),
-                cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file)
+                cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                start_new_session=True)
         await self._serving()
 
     async def _serving(self) -> None:
         assert self.proc is not None
         await wait_until_serving(self.target, self.proc, self.log_text, WAIT_S)
+        if self.workers > 1:
+            await serving_workers(self.proc, self.workers, lambda: self.logs[-1].read_text(errors="replace"), WAIT_S)
 
     def kill(self) -> None:
-        """SIGKILL, at once (no await between the decision and the signal)."""
-        os.kill(self.proc.pid, signal.SIGKILL)
+        """SIGKILL to the gateway and its workers, at once (no await between the decision and the signal)."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
 
     async def exit_code(self) -> int:
         return await asyncio.wait_for(self.proc.wait(), WAIT_S)
 
     async def stop(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             await self.proc.wait()
 
     def log_text(self) -> str:
@@ -206,9 +220,15 @@ async def run_load(target: str, numbers: range, after_ok: Callable[[Load], Await
             load.ok[request_id] = i
             await after_ok(load)
 
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.CompletionStub(channel)
-        await asyncio.wait_for(asyncio.gather(*(caller(stub) for _ in range(IN_FLIGHT))), WAIT_S)
+    # A connection per caller (no shared subchannel): with workers, the kernel spreads
+    # connections, not calls, over them.
+    channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(IN_FLIGHT)]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(caller(pb_grpc.CompletionStub(c)) for c in channels)), WAIT_S)
+    finally:
+        for channel in channels:
+            await channel.close()
     return load
 
 
@@ -241,8 +261,10 @@ async def stored(backend: Backend) -> list[Stored]:
     return [Stored(rid, status, int(labels["load"]), caller) for rid, status, labels, caller in rows]
 
 
-def segment_files(backend: Backend) -> set[str]:
-    return {p.name for p in (backend.tmp / "journal").glob("seg-*.jsonl")}
+def segment_files(backend: Backend, under: str = "") -> set[str]:
+    """Journal segments by path in the journal (worker k > 0 keeps its own in worker-<k>/)."""
+    journal = backend.tmp / "journal"
+    return {str(p.relative_to(journal)) for p in (journal / under).rglob("seg-*.jsonl")}
 
 
 async def caught_up(backend: Backend, ok: dict[str, int], leftovers: set[str]) -> list[Stored]:
@@ -336,13 +358,14 @@ class Outage:
 
 
 async def kill_under_load_and_restart(tmp_path: Path, upstream: FakeUpstream, gateways: list[Gateway],
-                                      backend: Backend, outage: Outage | None = None) -> None:
+                                      backend: Backend, outage: Outage | None = None, workers: int = 1) -> None:
     upstream.responder = answer
     port = free_port()
     gateway = Gateway(write_config(tmp_path / "tollway.toml", upstream, backend, port,
-                                   outage.proxy_port if outage else None), port)
+                                   outage.proxy_port if outage else None, workers), port, workers)
     gateways.append(gateway)
     await gateway.start()
+    pids = worker_pids(gateway.proc.pid)
     ok_when_down = 0
 
     async def after_ok(running: Load) -> None:
@@ -355,6 +378,7 @@ async def kill_under_load_and_restart(tmp_path: Path, upstream: FakeUpstream, ga
 
     load = await run_load(gateway.target, range(TOTAL), after_ok)
     assert await gateway.exit_code() == -signal.SIGKILL
+    await processes_gone(pids.values(), WAIT_S)
     assert len(load.ok) >= KILL_AFTER, load.failed
     assert load.failed and set(load.failed.values()) <= {"UNAVAILABLE"}, load.failed
     leftovers = segment_files(backend)
@@ -428,3 +452,59 @@ async def test_sigterm_mid_load_flushes_every_ok_record_and_leaves_the_journal_e
     rows = await stored(backend)
     assert_exactly_once(rows, load, upstream)
     assert len(rows) == len(load.ok)
+
+
+# -- with workers ----------------------------------------------------------------------------
+
+
+async def test_kill_9_of_two_workers_and_their_supervisor_every_ok_request_has_exactly_one_record(
+        tmp_path, upstream, gateways):
+    await kill_under_load_and_restart(tmp_path, upstream, gateways, Backend("sqlite", tmp_path), workers=2)
+
+
+async def test_kill_9_of_two_workers_with_postgresql_away_every_ok_request_has_exactly_one_record(
+        tmp_path, upstream, gateways, pg_backend):
+    async with Outage(pg_backend) as outage:
+        await kill_under_load_and_restart(tmp_path, upstream, gateways, pg_backend, outage, workers=2)
+
+
+async def test_kill_9_of_one_worker_it_is_restarted_and_every_ok_request_has_exactly_one_record(
+        tmp_path, upstream, gateways):
+    """The supervisor restarts the killed worker; the new one replays the journal the killed
+    one left, while the other worker serves on."""
+    backend = Backend("sqlite", tmp_path)
+    upstream.responder = answer
+    port = free_port()
+    gateway = Gateway(write_config(tmp_path / "tollway.toml", upstream, backend, port, None, 2), port, 2)
+    gateways.append(gateway)
+    await gateway.start()
+    killed = worker_pids(gateway.proc.pid)[1]
+
+    async def after_ok(running: Load) -> None:
+        if len(running.ok) == KILL_AFTER:
+            os.kill(killed, signal.SIGKILL)
+
+    load = await run_load(gateway.target, range(TOTAL), after_ok)
+    assert len(load.ok) >= KILL_AFTER, load.failed
+    # Only the calls the killed worker was serving failed (one caller's failure ends the load).
+    assert load.failed and set(load.failed.values()) <= {"UNAVAILABLE"}, load.failed
+    leftovers = segment_files(backend, "worker-1")
+    assert leftovers, "the killed worker left no journal"
+    assert gateway.proc.returncode is None
+
+    [restarted] = await until_log(gateway.log_text, rf'"worker 1 \(pid (\d+)\) serving"', 1, WAIT_S, gateway.proc)
+    assert int(restarted.group(1)) != killed
+    assert worker_pids(gateway.proc.pid)[1] == int(restarted.group(1))
+    assert re.search(rf"worker 1 \(pid {killed}\) was killed by SIGKILL", gateway.log_text())
+
+    after = await run_load(gateway.target, range(TOTAL, TOTAL + IN_FLIGHT), _nothing)
+    assert (len(after.ok), after.failed) == (IN_FLIGHT, {})
+    load.ok.update(after.ok)
+    rows = await caught_up(backend, load.ok, leftovers)
+    assert_exactly_once(rows, load, upstream)
+    assert await summary_requests(gateway.target) == len(rows)
+
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert await gateway.exit_code() == 0, gateway.log_text()
+    assert segment_files(backend) == set()
+    assert_exactly_once(await stored(backend), load, upstream)

@@ -26,6 +26,7 @@ from tollway.service.routing.routes import (
     parse_routes,
     parse_routing,
 )
+from tollway.service.telemetry.metrics_config import MetricsConfig
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 
@@ -75,6 +76,8 @@ class ServerConfig:
     # Streams: a message the caller does not take within this long ends the stream, so a
     # caller that stops reading cannot hold an upstream connection forever.
     stream_send_timeout_s: float = 30.0
+    # HOST:PORT serving Prometheus /metrics; None: no metrics are kept at all.
+    metrics_listen: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,7 @@ class Config:
     # Read at start-up only: a reload keeps the ledger it has.
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     limits: RequestLimits = field(default_factory=RequestLimits)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = "embedded default"
 
 
@@ -154,7 +158,7 @@ def parse_listen(value: object, where: str) -> str:
 
 def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
     reject_unknown(raw, {"server", "plugins", "providers", "media", "routes", "routing", "prices", "callers", "ledger",
-                        "limits"},
+                        "limits", "metrics"},
                    "", noun="top-level config table(s)", error=ConfigError)
     server = _parse_server(_table(raw, "server"))
     plugins_raw = _table(raw, "plugins")
@@ -176,18 +180,22 @@ def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
         callers = parse_callers(_table(raw, "callers"))
         ledger = LedgerConfig.from_table(_table(raw, "ledger"))
         limits = RequestLimits.from_table(_table(raw, "limits"))
+        metrics = MetricsConfig.from_table(_table(raw, "metrics"))
     except (TypeError, ValueError, RoutingConfigError) as exc:
         raise ConfigError(str(exc)) from None
     return Config(server=server, plugins=plugins, providers=providers, media=media, routes=routes, routing=routing,
-                  prices=catalog, callers=callers, ledger=ledger, limits=limits, source=source)
+                  prices=catalog, callers=callers, ledger=ledger, limits=limits, metrics=metrics,
+                  source=source)
 
 
 def _parse_server(table: Mapping[str, Any]) -> ServerConfig:
     allowed = {"listen", "log_format", "grace_period_s", "max_upstream_connections", "merge_stream_deltas",
-               "max_upstream_body_bytes", "max_upstream_event_bytes", "stream_send_timeout_s"}
+               "max_upstream_body_bytes", "max_upstream_event_bytes", "stream_send_timeout_s", "metrics_listen"}
     _no_unknown(table, allowed, "server")
     server = ServerConfig(**table)
     parse_listen(server.listen, "server.listen")
+    if server.metrics_listen is not None:
+        parse_listen(server.metrics_listen, "server.metrics_listen")
     if server.log_format not in ("plain", "json"):
         raise ConfigError('server.log_format must be "plain" or "json"')
     if not _is_number(server.grace_period_s) or server.grace_period_s < 0:

@@ -21,6 +21,7 @@ from tollway.service.ledger import Ledger, StoreUnavailable, SummaryTooLarge, fr
 from tollway.service.media.fetch import MediaFetcher
 from tollway.service.plugins.adapter import Adapter, AnyRequest, Capabilities
 from tollway.service.routing.router import Router
+from tollway.service.telemetry.metrics import GatewayMetrics
 from tollway.service.upstream.engine import Engine
 from tollway.service.usage.estimate import estimated_usage
 from tollway.v1 import completion_pb2 as pb
@@ -43,6 +44,8 @@ class Runtime:
     max_send_bytes: int = 4 * 1024 * 1024
     # Streams open per configured caller, against routing.max_streams_per_caller.
     caller_streams: OpenStreams = field(default_factory=OpenStreams)
+    # None: no metrics are kept (server.metrics_listen unset).
+    metrics: GatewayMetrics | None = None
 
 
 class CompletionServicer(pb_grpc.CompletionServicer):
@@ -53,7 +56,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         """A Call, counted by the ledger until it has finished (see Ledger.call_started)."""
         ledger = self._runtime.ledger
         ledger.call_started()
-        return Call(rpc, request, self._runtime.state, ledger)
+        return Call(rpc, request, self._runtime.state, ledger, self._runtime.metrics)
 
     async def Complete(
         self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext[pb.CompleteRequest, pb.CompleteResponse]

@@ -145,7 +145,9 @@ class GatewayMetrics:
             "gen_ai_server_time_to_first_token_seconds", "Streams that ended OK: arrival to the first output sent",
             ["gen_ai_operation_name", _PROVIDER, _MODEL], buckets=TTFT_BUCKETS, registry=r)
         self.token_usage = Histogram(
-            "gen_ai_client_token_usage", "Tokens per call by type (cache and reasoning are parts of input and output)",
+            "gen_ai_client_token_usage",
+            "Tokens per call by type: input and output of every call with usage; cache_read, cache_write "
+            "(parts of input) and reasoning (part of output) of the calls that had them",
             ["gen_ai_operation_name", _PROVIDER, _MODEL, "gen_ai_token_type"], buckets=TOKEN_BUCKETS, registry=r)
         self.requests = Counter(
             "tollway_requests_total", "Finished Complete and StreamComplete calls by gRPC status",
@@ -227,10 +229,16 @@ class GatewayMetrics:
             inputs, outputs = usage.input, usage.output
             counts = (inputs.total, outputs.total, inputs.cache_read,
                       inputs.cache_write_5m + inputs.cache_write_1h + inputs.cache_write_unknown_ttl, outputs.reasoning)
-            for count, counter, histogram in zip(counts, series.tokens, series.token_usage):
-                histogram.observe(count)
+            tokens, usage_of = series.tokens, series.token_usage
+            # Input and output are observed for every call with usage, the parts of them only when
+            # present: most calls have none, and each observation costs a microsecond or two.
+            usage_of[0].observe(counts[0])
+            usage_of[1].observe(counts[1])
+            for kind, count in enumerate(counts):
                 if count:
-                    counter.inc(count)
+                    tokens[kind].inc(count)
+                    if kind > 1:
+                        usage_of[kind].observe(count)
         cost = call.cost
         if cost is not None:
             if cost.unpriced:

@@ -116,7 +116,12 @@ async def test_calls_are_counted_by_status_with_their_tokens_cost_and_durations(
     for kind, tokens in figures.items():
         assert total(samples, "tollway_tokens_total", gen_ai_token_type=kind, **target) == tokens, kind
         assert total(samples, "gen_ai_client_token_usage_sum", gen_ai_token_type=kind, **target) == tokens, kind
-        assert total(samples, "gen_ai_client_token_usage_count", gen_ai_token_type=kind, **target) == 3, kind
+    calls_with = {"input": 3, "output": 3, "cache_read": sum(1 for u in usages if u.input.cache_read),
+                  "reasoning": sum(1 for u in usages if u.output.reasoning),
+                  "cache_write": sum(1 for u in usages if u.input.cache_write_5m + u.input.cache_write_1h
+                                     + u.input.cache_write_unknown_ttl)}
+    for kind, calls in calls_with.items():
+        assert total(samples, "gen_ai_client_token_usage_count", gen_ai_token_type=kind, **target) == calls, kind
     cost = sum(a.cost.total_nano_usd for a in answers) + summary.cost.total_nano_usd
     assert cost > 0
     assert total(samples, "tollway_cost_nano_usd_total", **target) == cost

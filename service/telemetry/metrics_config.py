@@ -43,7 +43,8 @@ class MetricsConfig:
         if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
             raise ValueError("metrics.label_keys must be a list of non-empty strings (request label keys)")
         if len(keys) > MAX_LABEL_KEYS:
-            raise ValueError(f"metrics.label_keys lists {len(keys)} keys; at most {MAX_LABEL_KEYS} may be metric labels")
+            raise ValueError(f"metrics.label_keys lists {len(keys)} keys; at most {MAX_LABEL_KEYS} may be "
+                             "metric labels")
         names: dict[str, str] = {}
         for key in keys:
             name = metric_label_name(key)

@@ -102,7 +102,8 @@ def serve_metrics(listen: str, multiprocess_dir: str | None,
         raise MetricsListenError(f"cannot serve metrics on {listen}: cannot resolve {host!r}") from exc
     server_class = type("MetricsHTTPServer", (ThreadingWSGIServer,), {"address_family": family})
     try:
-        httpd: ThreadingWSGIServer = make_server(host, int(port_text), metrics_app(registry), server_class, _QuietHandler)
+        httpd: ThreadingWSGIServer = make_server(host, int(port_text), metrics_app(registry), server_class,
+                                                 _QuietHandler)
     except OSError as exc:
         raise MetricsListenError(f"cannot serve metrics on {listen}: {(exc.strerror or str(exc)).lower()}") from None
     thread = threading.Thread(target=httpd.serve_forever, name="tollway-metrics", daemon=True)

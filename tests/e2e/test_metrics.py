@@ -178,8 +178,8 @@ async def test_no_metrics_listen_keeps_no_metrics_at_all(client):
 def two_providers(ups: list[FakeUpstream], routing: dict[str, Any] | None = None) -> dict[str, Any]:
     a, b, _ = ups
     return with_metrics({
-        "providers": {name: {"kind": "mixrouter", "base_url": f"{server.base_url}/v1", "api_key_env": f"{name.upper()}_KEY"}
-                      for name, server in (("a", a), ("b", b))},
+        "providers": {name: {"kind": "mixrouter", "base_url": f"{server.base_url}/v1",
+                             "api_key_env": f"{name.upper()}_KEY"} for name, server in (("a", a), ("b", b))},
         "routes": [{"name": "fast", "targets": [{"provider": "a", "model": "model-a"},
                                                 {"provider": "b", "model": "model-b", "priority": 2}]}],
         "routing": {"max_retries": 0, "backoff_initial_s": 0.001, "backoff_max_s": 0.005, **(routing or {})},
@@ -331,3 +331,54 @@ async def test_media_fetches_count_their_bytes_and_refusals_by_reason(start_clie
                 if name == "tollway_media_fetch_refusals_total"}
     assert refusals == {"blocked_address": 1, "too_large": 0, "http_error": 1, "redirect": 0, "timeout": 0,
                         "unreachable": 0, "invalid_url": 0, "content": 1}
+
+
+# -- calls that end without an answer --------------------------------------------------------
+
+
+async def wait_for_sample(client: Client, name: str, value: float, **labels: str) -> dict:
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        samples = await scrape(client)
+        if total(samples, name, **labels) == value:
+            return samples
+        assert time.monotonic() < deadline, f"{name}{labels} is {total(samples, name, **labels)}, not {value}"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_stream_the_caller_cancels_is_counted_with_its_estimated_tokens(metered, upstream):
+    chunks = [{"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+               "choices": [{"index": 0, "delta": {"role": "assistant", "content": "first words"},
+                            "finish_reason": None}]}]
+    upstream.reply(Reply(events=sse_events(chunks, done=False), fault="stall"))
+    request = pb.StreamCompleteRequest(model="mixrouter/gemini-2.0-flash",
+                                       messages=[pb.Message(role=pb.ROLE_USER, parts=[pb.Part(text="hello there")])])
+
+    call = metered.stub.StreamComplete(request, timeout=30)
+    first = await call.read()
+    assert first.delta.text == "first words"
+    call.cancel()
+
+    target = {"gen_ai_provider_name": "mixrouter", "gen_ai_request_model": "gemini-2.0-flash"}
+    samples = await wait_for_sample(metered, "tollway_requests_total", 1, status="CANCELLED", **target)
+    # Estimated as the ledger records it: the request's text in, the text forwarded out.
+    assert total(samples, "tollway_tokens_total", gen_ai_token_type="input", **target) > 0
+    assert total(samples, "tollway_tokens_total", gen_ai_token_type="output", **target) > 0
+    assert total(samples, "tollway_attempts_total", status="CANCELLED", **target) == 1
+    assert total(samples, "gen_ai_server_time_to_first_token_seconds_count") == 0
+
+
+async def test_a_metrics_port_already_taken_stops_the_start(start_client, upstream):
+    import socket
+
+    from tollway.service.telemetry.metrics_export import MetricsListenError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = mixrouter_config(upstream)
+        config["server"] = {"metrics_listen": f"127.0.0.1:{port}"}
+        with pytest.raises(MetricsListenError) as refused:
+            await start_client(config, {"MIXROUTER_API_KEY": MIXROUTER_TEST_KEY})
+    assert str(refused.value) == f"cannot serve metrics on 127.0.0.1:{port}: address already in use"

@@ -77,6 +77,9 @@ class Gateway:
             return False
         if config.ledger != self.runtime.state.config.ledger:
             log.warning("[ledger] changed: the new settings take effect at the next restart")
+        running = self.runtime.state.config
+        if (config.server.metrics_listen, config.metrics) != (running.server.metrics_listen, running.metrics):
+            log.warning("server.metrics_listen or [metrics] changed: the new settings take effect at the next restart")
         router = self.runtime.router
         router.board = router.board.with_policy(config.routing.breaker)
         self.runtime.media.policy = config.media

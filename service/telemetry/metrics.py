@@ -18,6 +18,7 @@ prometheus_client), every value goes to that directory and the exporter sums the
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
@@ -33,6 +34,8 @@ from tollway.v1 import completion_pb2 as pb
 if TYPE_CHECKING:
     from tollway.service.gateway.call import Call
     from tollway.service.routing.health import HealthBoard
+
+log = logging.getLogger("tollway.metrics")
 
 # The value a bounded label takes once its limit of distinct values is reached.
 OTHER = "other"
@@ -332,7 +335,11 @@ class GatewayMetrics:
         """Read the gauges now and every interval_s; the router's board is read each time, since a
         reload replaces it."""
         while True:
-            self.sample_health(router.board)
-            self.sample_ledger(ledger)
+            try:
+                self.sample_health(router.board)
+                self.sample_ledger(ledger)
+            except Exception as exc:
+                # Stale gauges beat no gauges: the next reading may well succeed.
+                log.error("metrics: reading the gauges failed: %s: %s", type(exc).__name__, exc)
             await asyncio.sleep(interval_s)
 

@@ -382,3 +382,25 @@ async def test_a_metrics_port_already_taken_stops_the_start(start_client, upstre
         with pytest.raises(MetricsListenError) as refused:
             await start_client(config, {"MIXROUTER_API_KEY": MIXROUTER_TEST_KEY})
     assert str(refused.value) == f"cannot serve metrics on 127.0.0.1:{port}: address already in use"
+
+
+async def test_a_reload_keeps_the_metrics_settings_it_started_with(tmp_path, upstream, caplog):
+    from tollway.service.config.loader import load_config
+    from tollway.service.gateway.server import start_gateway
+
+    path = tmp_path / "tollway.toml"
+    base = (f'[server]\nmetrics_listen = "127.0.0.1:0"\n[providers.mixrouter]\nbase_url = "{upstream.base_url}/v1"\n'
+            f'[ledger]\npath = "{tmp_path / "ledger.sqlite3"}"\n')
+    path.write_text(base + '[metrics]\nlabel_keys = ["team"]\n', encoding="utf-8")
+    gateway = await start_gateway(load_config(path), environ={"MIXROUTER_API_KEY": MIXROUTER_TEST_KEY},
+                                  listen="127.0.0.1:0", config_path=str(path))
+    try:
+        metrics = gateway.runtime.metrics
+        path.write_text(base + '[metrics]\nlabel_keys = ["team", "feature"]\n', encoding="utf-8")
+        assert gateway.reload()
+        assert "server.metrics_listen or [metrics] changed: the new settings take effect at the next restart" \
+            in caplog.text
+        assert gateway.runtime.metrics is metrics
+        assert metrics is not None and metrics.requests._labelnames[-1] == "label_team"
+    finally:
+        await gateway.stop(grace=0)

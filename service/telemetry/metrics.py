@@ -7,7 +7,8 @@ with `tollway_` where none does. The README's Metrics section lists every one.
 Every label set is bounded: callers, providers and configured routes come from the config;
 what a caller chooses (the model of a direct "provider/model" call, the values of the request
 labels an operator lists in `[metrics] label_keys`) keeps its first distinct values and folds
-the rest into "other". Children are resolved once per label combination and cached, so the
+the rest into "other" (the breaker and cool-down gauges fold every model past that limit, since
+the health board does not say which route a model came from). Children are resolved once per label combination and cached, so the
 end of a call costs dictionary lookups and the observations themselves.
 
 With several worker processes (PROMETHEUS_MULTIPROC_DIR set before the interpreter imports
@@ -90,6 +91,10 @@ class BoundedValues:
             return OTHER
         self._seen.add(value)
         return value
+
+
+def _as_configured(value: str) -> str:
+    return value
 
 
 class _CallSeries:
@@ -207,13 +212,21 @@ class GatewayMetrics:
         """Everything one finished call counts; Call.log calls this once per call, on every path."""
         elapsed = time.perf_counter() - call.started
         routed = call.routed
+        direct = False
         if routed is None:
             route = provider = model = ""
         else:
-            route = self._routes.fold(routed.route.name)
+            route = routed.route.name
+            # A route named "provider/model" is a direct call, whose model the caller chose: that
+            # is what is bounded. Configured routes and their targets come from the config.
+            direct = "/" in route
+            if direct:
+                route = self._routes.fold(route)
             target = routed.target
             # The resolved target: a configured provider and the model actually called.
-            provider, model = (target.provider, self._models.fold(target.model)) if target is not None else ("", "")
+            provider, model = (target.provider, target.model) if target is not None else ("", "")
+            if direct:
+                model = self._models.fold(model)
         caller = call.caller.name if call.caller is not None else ""
         if self._label_keys:
             labels = call.labels
@@ -251,7 +264,7 @@ class GatewayMetrics:
         if call.ttft_ms is not None and status == "OK":
             series.ttft.observe(call.ttft_ms / 1000)
         if routed is not None and routed.reached_upstream:
-            upstream_s = self._count_attempts(route, routed.attempts)
+            upstream_s = self._count_attempts(route, routed.attempts, direct)
             series.overhead.observe(max(0.0, elapsed - upstream_s))
 
     def _new_series(self, rpc: str, caller: str, route: str, provider: str, model: str, status: str,
@@ -271,20 +284,21 @@ class GatewayMetrics:
         s.overhead = overhead
         return s
 
-    def _count_attempts(self, route: str, attempts: Iterable[pb.Attempt]) -> float:
+    def _count_attempts(self, route: str, attempts: Iterable[pb.Attempt], direct: bool) -> float:
         """Count attempts and fallbacks; returns the seconds spent in provider requests."""
+        fold = self._models.fold if direct else _as_configured
         upstream_s = 0.0
         previous: tuple[str, str] | None = None
         for attempt in attempts:
             target = (attempt.provider, attempt.model)
             if previous is not None and target != previous:
-                self._fallback(route, *previous).inc()
+                self._fallback(route, previous[0], fold(previous[1])).inc()
             previous = target
             # Targets skipped without a request (no key, breaker open, keys cooling) have no duration.
             if attempt.HasField("duration"):
                 duration = attempt.duration
                 upstream_s += duration.seconds + duration.nanos * 1e-9
-                key = (attempt.provider, self._models.fold(attempt.model), attempt.code)
+                key = (attempt.provider, fold(attempt.model), attempt.code)
                 child = self._attempt_children.get(key)
                 if child is None:
                     child = self._attempt_children[key] = self.attempts.labels(
@@ -293,7 +307,7 @@ class GatewayMetrics:
         return upstream_s
 
     def _fallback(self, route: str, provider: str, model: str) -> Counter:
-        key = (route, provider, self._models.fold(model))
+        key = (route, provider, model)
         child = self._fallback_children.get(key)
         if child is None:
             child = self._fallback_children[key] = self.fallbacks.labels(*key)

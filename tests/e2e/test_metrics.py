@@ -247,19 +247,24 @@ async def test_an_open_breaker_and_a_cooling_key_show_in_their_gauges(start_clie
 async def test_caller_chosen_models_past_the_limit_fold_into_other(start_client, upstream, monkeypatch):
     monkeypatch.setattr(metrics_module, "MAX_MODELS", 2)
     monkeypatch.setattr(metrics_module, "MAX_ROUTES", 2)
-    client = await start_client(with_metrics(mixrouter_config(upstream)), {"MIXROUTER_API_KEY": MIXROUTER_TEST_KEY})
+    config = {**mixrouter_config(upstream),
+              "routes": [{"name": "fast", "targets": [{"provider": "mixrouter", "model": "configured-model"}]}]}
+    client = await start_client(with_metrics(config), {"MIXROUTER_API_KEY": MIXROUTER_TEST_KEY})
     upstream.default = Reply(body=answer())
 
     for model in ("m1", "m2", "m3", "m4"):
         await client.stub.Complete(fast(f"mixrouter/{model}"), timeout=5)
+    # A configured route and its target are the operator's: never folded.
+    await client.stub.Complete(fast("fast"), timeout=5)
 
     samples = await scrape(client)
     models = {dict(labels)["gen_ai_request_model"] for (name, labels) in samples if name == "tollway_requests_total"}
     routes = {dict(labels)["route"] for (name, labels) in samples if name == "tollway_requests_total"}
-    assert models == {"m1", "m2", "other"}
-    assert routes == {"mixrouter/m1", "mixrouter/m2", "other"}
+    assert models == {"m1", "m2", "other", "configured-model"}
+    assert routes == {"mixrouter/m1", "mixrouter/m2", "other", "fast"}
     assert total(samples, "tollway_requests_total", gen_ai_request_model="other") == 2
     assert total(samples, "tollway_attempts_total", gen_ai_request_model="other") == 2
+    assert total(samples, "tollway_attempts_total", gen_ai_request_model="configured-model") == 1
 
 
 async def test_request_labels_the_operator_lists_become_metric_labels(start_client, upstream):

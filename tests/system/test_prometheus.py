@@ -4,6 +4,7 @@ counted arrives, exactly, in Prometheus's query API."""
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import time
 from typing import Any
@@ -28,35 +29,61 @@ SELECTOR = '{gen_ai_provider_name="mixrouter", gen_ai_request_model="gemini-2.0-
 @pytest.fixture
 async def served(tmp_path, upstream):
     served = Served(tmp_path, upstream, "prometheus")
-    metrics_port = free_port()
-    await served.start(config={"server": {"metrics_listen": f"127.0.0.1:{metrics_port}"}})
-    served.metrics_port = metrics_port  # type: ignore[attr-defined]
+    # Port 0: the gateway binds a free port itself and names it in its log.
+    await served.start(config={"server": {"metrics_listen": "127.0.0.1:0"}})
+    found = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", served.log_text())
+    assert found, served.log_text()
+    served.metrics_port = int(found.group(1))  # type: ignore[attr-defined]
     yield served
     await served.stop()
 
 
 @pytest.fixture
-def prometheus(tmp_path, served):
+async def prometheus(tmp_path, served):
     binary = require_tool("prometheus", "prometheus")
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         "scrape_configs:\n  - job_name: tollway\n    static_configs:\n"
         f"      - targets: ['127.0.0.1:{served.metrics_port}']\n", encoding="utf-8")
-    port = free_port()
-    log = open(tmp_path / "prometheus.log", "wb")
-    proc = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}",
-         f"--storage.tsdb.path={tmp_path / 'tsdb'}"],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    yield f"http://127.0.0.1:{port}", proc, tmp_path / "prometheus.log"
+    log_path = tmp_path / "prometheus.log"
+    # Prometheus takes no port 0: a port found free may be taken before it binds, so a start that
+    # fails is tried again on another.
+    for _ in range(3):
+        port = free_port()
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                [binary, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}",
+                 f"--storage.tsdb.path={tmp_path / 'tsdb'}"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        if await ready(f"http://127.0.0.1:{port}", proc):
+            break
+    else:
+        pytest.fail(f"prometheus did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
+    yield f"http://127.0.0.1:{port}", proc, log_path
     proc.terminate()
     try:
         proc.wait(30)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    log.close()
+
+
+async def ready(base: str, proc: subprocess.Popen[Any]) -> bool:
+    """Whether Prometheus answers /-/ready (bounded wait); False if it exited first."""
+    deadline = time.monotonic() + WAIT_S
+    async with httpx.AsyncClient() as http:
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if (await http.get(f"{base}/-/ready", timeout=5)).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    return False
 
 
 async def query(base: str, promql: str) -> dict[str, float]:

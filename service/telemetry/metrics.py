@@ -8,8 +8,9 @@ Every label set is bounded: callers, providers and configured routes come from t
 what a caller chooses (the model of a direct "provider/model" call, the values of the request
 labels an operator lists in `[metrics] label_keys`) keeps its first distinct values and folds
 the rest into "other" (the breaker and cool-down gauges fold every model past that limit, since
-the health board does not say which route a model came from). Children are resolved once per label combination and cached, so the
-end of a call costs dictionary lookups and the observations themselves.
+the health board does not say which route a model came from). Children are resolved once per
+label combination and cached, so the end of a call costs dictionary lookups and the
+observations themselves.
 
 With several worker processes (PROMETHEUS_MULTIPROC_DIR set before the interpreter imports
 prometheus_client), every value goes to that directory and the exporter sums them

@@ -22,6 +22,9 @@ from prometheus_client.exposition import ThreadingWSGIServer
 WORKER_INDEX_ENV = "TOLLWAY_WORKER_INDEX"
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
+# The multiprocess directories serve_metrics serves in this process (a supervisor has one).
+_served_dirs: list[str] = []
+
 _INDEX = (b"<!doctype html><html><head><title>Tollway metrics</title></head>"
           b'<body><h1>Tollway</h1><p><a href="/metrics">/metrics</a></p></body></html>\n')
 
@@ -40,9 +43,10 @@ def in_worker(environ: Mapping[str, str] = os.environ) -> bool:
 class MetricsServer:
     """A running /metrics endpoint."""
 
-    def __init__(self, httpd: ThreadingWSGIServer, thread: threading.Thread) -> None:
+    def __init__(self, httpd: ThreadingWSGIServer, thread: threading.Thread, multiprocess_dir: str | None) -> None:
         self._httpd = httpd
         self._thread = thread
+        self._multiprocess_dir = multiprocess_dir
 
     @property
     def port(self) -> int:
@@ -52,6 +56,8 @@ class MetricsServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join()
+        if self._multiprocess_dir in _served_dirs:
+            _served_dirs.remove(self._multiprocess_dir)
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -108,10 +114,14 @@ def serve_metrics(listen: str, multiprocess_dir: str | None,
         raise MetricsListenError(f"cannot serve metrics on {listen}: {(exc.strerror or str(exc)).lower()}") from None
     thread = threading.Thread(target=httpd.serve_forever, name="tollway-metrics", daemon=True)
     thread.start()
-    return MetricsServer(httpd, thread)
+    if multiprocess_dir is not None:
+        _served_dirs.append(multiprocess_dir)
+    return MetricsServer(httpd, thread, multiprocess_dir)
 
 
-def worker_exited(pid: int, environ: Mapping[str, str] = os.environ) -> None:
-    """A worker process is gone: its live gauges (livesum, livemax) stop counting."""
-    if environ.get(MULTIPROC_DIR_ENV):
-        multiprocess.mark_process_dead(pid, environ[MULTIPROC_DIR_ENV])  # type: ignore[no-untyped-call]
+def worker_exited(pid: int, multiprocess_dir: str | None = None) -> None:
+    """A worker process is gone: its live gauges (livesum, livemax) stop counting. The directory is
+    multiprocess_dir, else the one this process serves (serve_metrics), else PROMETHEUS_MULTIPROC_DIR."""
+    directory = multiprocess_dir or (_served_dirs[-1] if _served_dirs else os.environ.get(MULTIPROC_DIR_ENV))
+    if directory:
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]

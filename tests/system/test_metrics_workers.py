@@ -73,7 +73,7 @@ async def test_two_workers_values_are_summed_by_the_exporter(workers):
 
         # A worker that exits stops counting in live gauges; its counters stay in the sums.
         await second.stop()
-        worker_exited(second.pid, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+        worker_exited(second.pid)  # the directory the exporter serves
         samples = scrape(exporter.port)
         assert total(samples, "tollway_breaker_state", **breaker) == 1
         assert total(samples, "tollway_requests_total", gen_ai_request_model=model, status="OK") == 8

@@ -294,6 +294,9 @@ async def test_a_label_key_list_that_cannot_be_labels_is_refused(start_client, u
         parse_config({"metrics": {"label_keys": ["cost-center", "cost_center"]}})
     assert str(refused.value) == "metrics.label_keys: 'cost-center' and 'cost_center' are both the metric label " \
                                  "label_cost_center"
+    with pytest.raises(ConfigError) as too_many:
+        parse_config({"metrics": {"label_keys": [f"k{i}" for i in range(9)]}})
+    assert str(too_many.value) == "metrics.label_keys lists 9 keys; at most 8 may be metric labels"
     with pytest.raises(ConfigError) as unknown:
         parse_config({"metrics": {"label_key": ["team"]}})
     assert str(unknown.value) == "unknown key(s) in [metrics]: label_key (did you mean label_keys?)"

@@ -29,6 +29,7 @@ from tollway.service.routing.routes import (
     parse_routing,
 )
 from tollway.service.telemetry.tracing_config import TracingConfig
+from tollway.service.telemetry.metrics_config import MetricsConfig
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 
@@ -87,6 +88,8 @@ class ServerConfig:
     # Serving processes sharing the listen address, under one supervisor: an integer, or
     # "auto" for the cores this process may use. Read at start-up only.
     workers: int | str = 1
+    # HOST:PORT serving Prometheus /metrics; None: no metrics are kept at all.
+    metrics_listen: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,12 +116,13 @@ class Config:
     limits: RequestLimits = field(default_factory=RequestLimits)
     # Read at start-up only; off unless an endpoint is configured (here or by OTEL_*).
     tracing: TracingConfig = field(default_factory=TracingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = "embedded default"
 
 
 # Every table a config file may hold; the README documents each (tests/system/test_readme.py).
 TOP_LEVEL_TABLES = frozenset({"server", "plugins", "providers", "media", "routes", "routing", "prices", "callers",
-                              "ledger", "limits", "tracing"})
+                              "ledger", "limits", "tracing", "metrics"})
 
 _PROVIDER_KEYS = {"kind", "base_url", "api_key_env", "api_key_envs", "timeout_s", "connect_timeout_s",
                   "first_byte_timeout_s", "idle_timeout_s", "max_concurrent_streams"}
@@ -197,11 +201,12 @@ def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
         ledger = LedgerConfig.from_table(_table(raw, "ledger"))
         limits = RequestLimits.from_table(_table(raw, "limits"))
         tracing = TracingConfig.from_table(_table(raw, "tracing"))
+        metrics = MetricsConfig.from_table(_table(raw, "metrics"))
     except (TypeError, ValueError, RoutingConfigError) as exc:
         raise ConfigError(str(exc)) from None
     _check_certificate_callers(callers, server.tls)
     return Config(server=server, plugins=plugins, providers=providers, media=media, routes=routes, routing=routing,
-                  prices=catalog, callers=callers, ledger=ledger, limits=limits, tracing=tracing,
+                  prices=catalog, callers=callers, ledger=ledger, limits=limits, tracing=tracing, metrics=metrics,
                   source=source)
 
 
@@ -212,12 +217,14 @@ MAX_CONNECTION_AGE_S = 2_000_000
 def _parse_server(table: Mapping[str, Any]) -> ServerConfig:
     allowed = {"listen", "log_format", "grace_period_s", "max_upstream_connections", "merge_stream_deltas",
                "max_upstream_body_bytes", "max_upstream_event_bytes", "stream_send_timeout_s",
-               "max_connection_age_s", "workers"}
+               "max_connection_age_s", "workers", "metrics_listen"}
     _no_unknown(table, allowed | {"tls"}, "server")
     table = dict(table)
     tls = _parse_tls(table.pop("tls", None))
     server = ServerConfig(**table, tls=tls)
     parse_listen(server.listen, "server.listen")
+    if server.metrics_listen is not None:
+        parse_listen(server.metrics_listen, "server.metrics_listen")
     if server.log_format not in ("plain", "json"):
         raise ConfigError('server.log_format must be "plain" or "json"')
     if not _is_number(server.grace_period_s) or server.grace_period_s < 0:

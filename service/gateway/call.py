@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
@@ -31,6 +31,9 @@ from tollway.service.telemetry.tracing import CallTrace
 from tollway.service.usage.estimate import estimated_usage
 from tollway.v1 import completion_pb2 as pb
 
+if TYPE_CHECKING:
+    from tollway.service.telemetry.metrics import GatewayMetrics
+
 log = logging.getLogger("tollway.servicer")
 
 REQUEST_ID_KEY = "tollway-request-id"
@@ -48,9 +51,10 @@ class ServingState:
 class Call:
     __slots__ = ("rpc", "request", "state", "ledger", "request_id", "started", "at", "routed", "caller", "labels",
                  "provider", "upstream_model", "usage", "cost", "attempts", "ttft_ms", "streamed_bytes", "recorded",
-                 "trace")
+                 "trace", "metrics")
 
-    def __init__(self, rpc: str, request: AnyRequest, state: ServingState, ledger: Ledger) -> None:
+    def __init__(self, rpc: str, request: AnyRequest, state: ServingState, ledger: Ledger,
+                 metrics: GatewayMetrics | None = None) -> None:
         self.rpc = rpc
         self.request = request
         self.state = state
@@ -74,6 +78,8 @@ class Call:
         self.recorded = False
         # The RPC's span when tracing is on; the servicer ends it.
         self.trace: CallTrace | None = None
+        # None when no metrics are kept (server.metrics_listen unset).
+        self.metrics = metrics
 
     def prepare(self, context: grpc.aio.ServicerContext[Any, Any]) -> RoutedCall:
         """Who is calling, every check that needs no network, then the call's deadline budget."""
@@ -113,6 +119,7 @@ class Call:
     async def succeed(self) -> None:
         """Log the call and make its ledger record durable before the caller sees OK."""
         self.log("OK")
+        self._count("OK")
         self.recorded = True
         try:
             await self.ledger.record(self._record("OK"))
@@ -136,6 +143,7 @@ class Call:
             if self.usage is None:
                 self._estimate_abandoned_usage()
             self._record_nowait(status)
+        self._count(status)  # after the estimate: the metrics count what the ledger records
 
     def fail(self, context: grpc.aio.ServicerContext[Any, Any], err: GatewayError) -> None:
         """Log, record and set the error status; the handler returns right after (gateway/status.py)."""
@@ -147,6 +155,7 @@ class Call:
                         partial.usage, ())
         self.attempts = self._scrubbed(self.routed.attempts) if self.routed else []
         self.log(err.code.name, err.message)
+        self._count(err.code.name)
         if self.routed is not None and self.routed.reached_upstream:
             self._record_nowait(err.code.name)
         details = []
@@ -164,6 +173,7 @@ class Call:
         # A bug of ours: the caller gets a request id to report, never a traceback.
         log.exception("unexpected error in %s (request_id=%s)", self.rpc, self.request_id)
         self.log("INTERNAL", "unexpected error")
+        self._count("INTERNAL")
         if self.routed is not None and self.routed.reached_upstream:
             self._record_nowait("INTERNAL")
         end_with_status(context, grpc.StatusCode.INTERNAL,
@@ -202,6 +212,15 @@ class Call:
         trace.outcome(status, error, provider=self.provider or self._target_provider(),
                       model=self.upstream_model or self._target_model(),
                       attempts=len(self.routed.attempts) if self.routed else 0, usage=self.usage, cost=self.cost)
+
+    def _count(self, status: str) -> None:
+        """The metrics of the finished call: once per call, beside its one log line."""
+        if self.metrics is not None:
+            try:
+                self.metrics.call_finished(self, status)
+            except Exception as exc:
+                # A metric must never cost a caller its answer or its status.
+                log.error("metrics of request %s not counted: %s: %s", self.request_id, type(exc).__name__, exc)
 
     # -- the ledger record ---------------------------------------------------------------
 

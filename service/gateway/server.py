@@ -29,6 +29,8 @@ from tollway.service.plugins.registry import build_registry
 from tollway.service.routing.health import HealthBoard
 from tollway.service.routing.router import Router
 from tollway.service.telemetry.tracing import start_tracing
+from tollway.service.telemetry.metrics import GatewayMetrics
+from tollway.service.telemetry.metrics_export import MULTIPROC_DIR_ENV, MetricsServer, in_worker, serve_metrics
 from tollway.service.upstream.engine import Engine
 from tollway.v1 import completion_pb2 as pb
 from tollway.v1 import completion_pb2_grpc as pb_grpc
@@ -52,6 +54,14 @@ class Gateway:
     config_path: str | None = None
     # The listener's TLS; None: plaintext.
     tls: ListenerTls | None = None
+    # The /metrics endpoint this process serves (None: metrics off, or a worker) and the task
+    # that reads the breaker, cool-down and journal gauges.
+    metrics_server: MetricsServer | None = None
+    metrics_sampler: asyncio.Task[None] | None = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics_server.port if self.metrics_server is not None else None
 
     def reload(self) -> bool:
         """Re-read the config file and swap in a new registry atomically.
@@ -76,6 +86,9 @@ class Gateway:
             log.warning("[ledger] changed: the new settings take effect at the next restart")
         if config.tracing != self.runtime.state.config.tracing:
             log.warning("[tracing] changed: the new settings take effect at the next restart")
+        running = self.runtime.state.config
+        if (config.server.metrics_listen, config.metrics) != (running.server.metrics_listen, running.metrics):
+            log.warning("server.metrics_listen or [metrics] changed: the new settings take effect at the next restart")
         router = self.runtime.router
         router.board = router.board.with_policy(config.routing.breaker)
         self.runtime.media.policy = config.media
@@ -98,6 +111,11 @@ class Gateway:
         """Health turns NOT_SERVING, new calls are refused, in-flight calls get the grace period."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.grace_period_s if grace is None else grace)
+        if self.metrics_sampler is not None:
+            self.metrics_sampler.cancel()
+            await asyncio.gather(self.metrics_sampler, return_exceptions=True)
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.close)
         # In-flight calls have recorded their usage by now: flush it before the process ends.
         await self.runtime.ledger.aclose()
         await self.runtime.engine.aclose()
@@ -175,6 +193,7 @@ async def _start(config: Config, state: ServingState, environ: Mapping[str, str]
     if tracing is not None:
         started.push_async_callback(tracing.shutdown)
     runtime = Runtime(state=state, engine=engine, media=media, router=router, ledger=ledger, tracing=tracing)
+    metrics_server, metrics_sampler = _start_metrics(config, runtime, environ, started)
 
     max_bytes = grpc_receive_limit(config.limits)
     # Answers are bounded like requests; a unary answer over it is refused before it is recorded OK.
@@ -223,7 +242,27 @@ async def _start(config: Config, state: ServingState, environ: Mapping[str, str]
     log.info("serving on %s (config: %s)%s; providers: %s", address.rsplit(":", 1)[0] + f":{port}", config.source,
              f" as worker {worker.index} of {worker.count}" if worker else "", usable)
     return Gateway(server, health_servicer, runtime, port, config.server.grace_period_s, environ, extra_plugins,
-                   config_path, tls)
+                   config_path, tls, metrics_server, metrics_sampler)
+
+
+def _start_metrics(config: Config, runtime: Runtime, environ: Mapping[str, str],
+                   started: contextlib.AsyncExitStack) -> tuple[MetricsServer | None, asyncio.Task[None] | None]:
+    """With server.metrics_listen: instruments for every hook, the gauge sampler, and (unless this
+    is a worker, whose supervisor serves every worker's values) the /metrics endpoint."""
+    listen = config.server.metrics_listen
+    if listen is None:
+        return None, None
+    metrics = GatewayMetrics(config.metrics, process_metrics=not environ.get(MULTIPROC_DIR_ENV))
+    runtime.metrics = metrics
+    runtime.media.metrics = metrics
+    server = None
+    if not in_worker(environ):
+        server = serve_metrics(listen, environ.get(MULTIPROC_DIR_ENV), metrics.registry)
+        started.callback(server.close)
+        log.info("metrics on http://%s:%d/metrics", listen.rsplit(":", 1)[0], server.port)
+    sampler = asyncio.create_task(metrics.sample_forever(runtime.router, runtime.ledger), name="metrics-sampler")
+    started.callback(sampler.cancel)
+    return server, sampler
 
 
 def connection_age_options(age_s: float) -> list[tuple[str, int]]:

@@ -23,6 +23,7 @@ from tollway.service.media.fetch import MediaFetcher
 from tollway.service.plugins.adapter import Adapter, AnyRequest, Capabilities
 from tollway.service.routing.router import Router
 from tollway.service.telemetry.tracing import Tracing
+from tollway.service.telemetry.metrics import GatewayMetrics
 from tollway.service.upstream.engine import Engine
 from tollway.service.usage.estimate import estimated_usage
 from tollway.v1 import completion_pb2 as pb
@@ -80,6 +81,8 @@ class Runtime:
     caller_streams: OpenStreams = field(default_factory=OpenStreams)
     # None: tracing is off (read at start-up only).
     tracing: Tracing | None = None
+    # None: no metrics are kept (server.metrics_listen unset).
+    metrics: GatewayMetrics | None = None
 
 
 class CompletionServicer(pb_grpc.CompletionServicer):
@@ -90,7 +93,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         """A Call, counted by the ledger until it has finished (see Ledger.call_started)."""
         ledger = self._runtime.ledger
         ledger.call_started()
-        call = Call(rpc, request, self._runtime.state, ledger)
+        call = Call(rpc, request, self._runtime.state, ledger, self._runtime.metrics)
         tracing = self._runtime.tracing
         if tracing is not None:
             call.trace = tracing.start_rpc(rpc, context.invocation_metadata(), call.request_id,

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import cast
@@ -43,14 +44,18 @@ class JournalError(Exception):
 class Segment:
     """One journal file and what the ledger knows of its records."""
 
-    __slots__ = ("seq", "path", "fd", "size", "appended", "unconfirmed", "needs_replay", "sealed", "removed")
+    __slots__ = ("seq", "path", "fd", "size", "appended", "first_written", "unconfirmed", "needs_replay", "sealed",
+                 "removed")
 
     def __init__(self, seq: int, path: Path, fd: int | None) -> None:
         self.seq = seq
         self.path = path
         self.fd = fd
         self.size = 0
+        # Records in it: written by this process, or counted in a file an earlier run left.
         self.appended = 0
+        # When its first record was written (time.monotonic()).
+        self.first_written = time.monotonic()
         # Records handed to the writer and not yet confirmed in the database.
         self.unconfirmed = 0
         # Some record of it reached neither the database nor the writer's queue: read the file again.
@@ -105,7 +110,10 @@ class Journal:
                 if seq is None:
                     continue
                 segment = Segment(seq, path, None)
-                segment.size = path.stat().st_size
+                info = path.stat()
+                segment.size = info.st_size
+                # Its last write: the oldest record in it is at least this old.
+                segment.first_written -= max(0.0, time.time() - info.st_mtime)
                 segment.sealed = segment.needs_replay = True
                 self.segments[seq] = segment
                 leftovers.append(segment)
@@ -188,6 +196,8 @@ class Journal:
                 self._seal(segment, start_next=True)
             self._on_written(None, record)
             raise error from None
+        if not segment.appended:
+            segment.first_written = time.monotonic()
         segment.size += len(data)
         segment.appended += 1
         segment.unconfirmed += 1
@@ -266,6 +276,15 @@ class Journal:
                         log.info("ledger journal segment %s ends in a torn line (an unacknowledged write); "
                                  "dropped", segment.path.name)
         return records, bad
+
+    @staticmethod
+    def count_records(path: Path) -> int:
+        """The complete lines of a segment file (blocking: run it on a thread)."""
+        lines = 0
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                lines += chunk.count(b"\n")
+        return lines
 
     def keep_unreadable(self, segment: Segment, bad: int) -> None:
         """A segment with lines that do not parse is kept, renamed, for a person to look at."""

@@ -28,6 +28,11 @@ from .summary import UsageFilter, check_groupings, from_proto
 log = logging.getLogger("tollway.ledger")
 
 
+# A record waiting for the writer: the record, its journal segment (None: the journal write
+# failed), and when it was written (time.monotonic()).
+Queued = tuple[LedgerRecord, Segment | None, float]
+
+
 class LedgerClosed(Exception):
     """record() after aclose()."""
 
@@ -56,12 +61,14 @@ class Ledger:
                                config.fsync_interval_s, self._on_written)
         # Journals of worker slots that no longer run, locked and replayed by worker 0, then removed.
         self._adopted: list[Journal] = []
-        # Records written to the journal and waiting for the writer: (record, its segment).
-        self._queue: collections.deque[tuple[LedgerRecord, Segment | None]] = collections.deque()
+        # Records written to the journal and waiting for the writer.
+        self._queue: collections.deque[Queued] = collections.deque()
         self._queued = asyncio.Event()
         # Set by flush(): the writer stops lingering and inserts what it has.
         self._flush_now = asyncio.Event()
         self._in_flight = 0
+        # The batch being inserted (what backlog() counts besides the queue).
+        self._in_flight_batch: list[Queued] = []
         self._database_up = False
         self._closing = False
         self._close_started = False
@@ -107,6 +114,7 @@ class Ledger:
                        loop.create_task(self._retry_loop(), name="ledger-retry")]
         if leftovers:
             self._retry_now.set()
+            self._tasks.append(loop.create_task(_count_records(leftovers), name="ledger-count-leftovers"))
 
     async def _adopt_orphans(self) -> list[Segment]:
         """Lock the journals of worker slots that do not run now and take what they hold for
@@ -173,7 +181,7 @@ class Ledger:
                 log.error("ledger queue full and journal unwritable: a record is lost (request %s)",
                           rec.request_id)
             return
-        self._queue.append((rec, segment))
+        self._queue.append((rec, segment, time.monotonic()))
         if not self._queued.is_set():
             self._queued.set()
 
@@ -196,6 +204,7 @@ class Ledger:
             if not batch:
                 continue
             self._in_flight = len(batch)
+            self._in_flight_batch = batch
             try:
                 await self._insert_live(batch)
             except Exception as exc:  # the writer must outlive any one batch
@@ -203,10 +212,11 @@ class Ledger:
                 self._leave_to_journal(batch)
             finally:
                 self._in_flight = 0
+                self._in_flight_batch = []
                 self._notify()
 
-    async def _insert_live(self, batch: list[tuple[LedgerRecord, Segment | None]]) -> None:
-        records = [rec for rec, _ in batch]
+    async def _insert_live(self, batch: list[Queued]) -> None:
+        records = [rec for rec, _, _ in batch]
         if self._database_up:
             try:
                 await self._insert(records)
@@ -219,11 +229,11 @@ class Ledger:
             await asyncio.sleep(self.config.retry_interval_s)
         self._kick_replay()
 
-    def _leave_to_journal(self, batch: list[tuple[LedgerRecord, Segment | None]]) -> bool:
+    def _leave_to_journal(self, batch: list[Queued]) -> bool:
         """The database missed these: their segments are marked for replay. Records whose journal
         write failed have no copy there, so they go back to the queue; True if there were such."""
         orphans = [item for item in batch if item[1] is None]
-        for _, segment in batch:
+        for _, segment, _ in batch:
             if segment is not None:
                 segment.unconfirmed -= 1
                 segment.needs_replay = True
@@ -264,10 +274,10 @@ class Ledger:
             # aside (one by one, in _insert) rather than blocking everything behind it.
             raise RecordRejected(f"unexpected {type(exc).__name__}: {exc}") from exc
 
-    def _confirm(self, batch: list[tuple[LedgerRecord, Segment | None]]) -> None:
+    def _confirm(self, batch: list[Queued]) -> None:
         self._inserted += len(batch)
         touched = set()
-        for _, segment in batch:
+        for _, segment, _ in batch:
             if segment is not None and not segment.removed:
                 segment.unconfirmed -= 1
                 touched.add(segment)
@@ -404,6 +414,27 @@ class Ledger:
             log.warning("ledger closed with records not yet in the database; they stay in the journal %s "
                         "and are replayed at the next start", self.journal_path)
 
+    def backlog(self) -> tuple[int, float]:
+        """Records acknowledged and not yet confirmed in the database, and how many seconds ago the
+        oldest of them was written (0.0 when there is none). A segment marked for replay counts
+        all its records (the replay inserts them all; some may be in the database already)."""
+        now = time.monotonic()
+        records, oldest = 0, now
+        for segment in list(self.journal.segments.values()):
+            if segment.needs_replay:
+                records += segment.appended
+                if segment.size:
+                    oldest = min(oldest, segment.first_written)
+            else:
+                records += segment.unconfirmed
+        waiting = (self._in_flight_batch, self._queue)
+        # Records whose journal write failed are in no segment: they are counted where they wait.
+        records += sum(1 for batch in waiting for _, segment, _ in batch if segment is None)
+        for batch in waiting:
+            if batch:
+                oldest = min(oldest, batch[0][2])
+        return records, now - oldest
+
     # -- reading ----------------------------------------------------------------------------
 
     async def summary(self, filters: UsageFilter, group_by: Sequence[str] = ()) -> list[pb.UsageSummaryRow]:
@@ -430,3 +461,13 @@ class Ledger:
             spilled=self._spilled,
         )
 
+
+async def _count_records(segments: list[Segment]) -> None:
+    """How many records the segments an earlier run left hold (for backlog()), read on a thread."""
+    for segment in segments:
+        if segment.removed:
+            continue
+        try:
+            segment.appended = await asyncio.to_thread(Journal.count_records, segment.path)
+        except OSError:
+            continue  # replayed and deleted meanwhile

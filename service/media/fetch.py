@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import aiohttp
 import grpc
@@ -29,6 +29,9 @@ from .policy import (
     settle_mime_type,
 )
 from .urls import BadMediaURL, is_ip_literal, parse_http_url
+
+if TYPE_CHECKING:
+    from tollway.service.telemetry.metrics import GatewayMetrics
 
 Code = grpc.StatusCode
 
@@ -75,6 +78,8 @@ class MediaFetcher:
         self.policy = policy
         self._resolver = resolver
         self._client: httpx.AsyncClient | None = None
+        # None: no metrics are kept (server.metrics_listen unset).
+        self.metrics: GatewayMetrics | None = None
 
     async def start(self) -> None:
         # One pool for every caller. Each request holds at most max_parallel_fetches_per_request
@@ -143,23 +148,28 @@ class MediaFetcher:
 
     async def fetch(self, part_path: str, modality: pb.Modality, media: pb.Media, budget: float,
                     allowance: RequestBytes | None = None, trace: CallTrace | None = None) -> tuple[bytes, str]:
-        if self._client is None:
+        client = self._client
+        if client is None:
             raise GatewayError(Code.UNAVAILABLE, "gateway is not started")
         url = media.url
         if url.startswith("data:"):
             return decode_data_url(part_path, modality, url)  # its bytes are in the request already
         span = NO_FETCH if trace is None else trace.media_fetch(part_path, url)
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.media_fetch_started()
         try:
-            data, mime = await self._fetch_url(part_path, modality, media, budget, allowance, span)
+            data, mime = await self._fetch_url(client, part_path, modality, media, budget, allowance, span)
         except BaseException as exc:
             span.failed(exc)
+            if metrics is not None and isinstance(exc, GatewayError):
+                metrics.media_fetch_refused(refusal_reason(exc))
             raise
         span.fetched(len(data), mime)
         return data, mime
 
-    async def _fetch_url(self, part_path: str, modality: pb.Modality, media: pb.Media, budget: float,
-                         allowance: RequestBytes | None, span: FetchSpan) -> tuple[bytes, str]:
-        assert self._client is not None
+    async def _fetch_url(self, client: httpx.AsyncClient, part_path: str, modality: pb.Modality, media: pb.Media,
+                         budget: float, allowance: RequestBytes | None, span: FetchSpan) -> tuple[bytes, str]:
         url = media.url
         try:
             async with asyncio.timeout(budget):
@@ -168,7 +178,7 @@ class MediaFetcher:
                     request = httpx.Request("GET", url, headers={"accept": "*/*", "user-agent": "tollway-media/0.1"})
                     _set_socket_timeouts(request, budget)
                     try:
-                        response = await self._client.send(request, stream=True)
+                        response = await client.send(request, stream=True)
                     except (httpx.InvalidURL, ValueError):
                         # httpx builds the next hop of a 3xx eagerly: a Location it cannot parse
                         # raises here, before the status is seen.
@@ -222,8 +232,10 @@ class MediaFetcher:
         # are freed as they are copied, so the heap never holds the body in small pieces that it
         # cannot give back; the buffer itself is big enough to be mmapped (see gateway/heap.py).
         body = bytearray()
+        read = 0
         try:
             async for chunk in response.aiter_bytes():  # decoded: the limit holds for compressed bodies too
+                read += len(chunk)
                 if len(body) + len(chunk) > limit:  # stop reading at once: never buffer more than the limit
                     raise invalid_argument(part_path, f"the media is larger than the {limit}-byte limit")
                 if allowance is not None:
@@ -234,6 +246,28 @@ class MediaFetcher:
             # An exception's traceback keeps this frame alive as long as the exception lives
             # (gRPC keeps the last one of a call): it must not keep what was read.
             del body[:]
+            if self.metrics is not None:
+                self.metrics.media_fetch_read(read)
+
+
+def refusal_reason(err: GatewayError) -> str:
+    """The tollway_media_fetch_refusals_total reason of a refused fetch (messages written above)."""
+    message = err.message
+    if err.code == Code.PERMISSION_DENIED:
+        return "blocked_address"
+    if err.code == Code.DEADLINE_EXCEEDED:
+        return "timeout"
+    if "larger than the" in message or "media.max_request_bytes" in message:
+        return "too_large"
+    if "failed with HTTP" in message:
+        return "http_error"
+    if "redirected" in message:
+        return "redirect"
+    if "could not fetch" in message:
+        return "unreachable"
+    if "not a valid http(s) URL" in message:
+        return "invalid_url"
+    return "content"  # what was fetched is not what the part says it is
 
 
 def _first_failure(failed: BaseExceptionGroup[BaseException]) -> BaseException:

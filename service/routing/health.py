@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 
@@ -84,6 +84,13 @@ class CircuitBreaker:
     def is_idle(self) -> bool:
         """Closed, no failure in a row and none in the window: it remembers nothing a fresh one would not."""
         return self.state == CLOSED and self._consecutive == 0 and self._failures == 0 and not self._probe_in_flight
+
+    def current_state(self) -> str:
+        """The state a call would meet now: an open breaker past its cool-down admits a probe,
+        so it reads as half-open (allow() makes the move when a call comes)."""
+        if self.state == OPEN and self._clock() - self._opened_at >= self.policy.cooldown_s:
+            return HALF_OPEN
+        return self.state
 
     def release_probe(self) -> None:
         """A probe ended without a verdict (the caller cancelled): let another one through."""
@@ -176,6 +183,18 @@ class HealthBoard:
             del self._cool_until[(provider, model, key_id)]  # expired: keep the table small
             return 0.0
         return left
+
+    def breaker_states(self) -> Iterator[tuple[tuple[str, str, str], str]]:
+        """((provider, model, key id), state) of every breaker held, for the metrics."""
+        for key, breaker in list(self._breakers.items()):
+            yield key, breaker.current_state()
+
+    def cooling_keys(self) -> Iterator[tuple[str, str, str]]:
+        """(provider, model, key id) of every key cooling down now, for the metrics."""
+        now = self._clock()
+        for key, until in list(self._cool_until.items()):
+            if until > now:
+                yield key
 
     def with_policy(self, policy: BreakerPolicy) -> "HealthBoard":
         """The same remembered state under a reloaded policy."""

@@ -248,6 +248,8 @@ def _become_supervisor(config: Config, config_path: str | None, workers: int) ->
                "--close-timeout-s", repr(config.ledger.close_timeout_s), "--log-format", config.server.log_format]
     if config_path:
         command += ["--config", config_path]
+    if config.server.metrics_listen:
+        command += ["--metrics-listen", config.server.metrics_listen]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, command)

@@ -276,12 +276,27 @@ async def serve_forever(config: Config, config_path: str | None = None,
     """Run until SIGTERM or SIGINT, then drain and return (the process exits 0). SIGHUP reloads.
     on_serving runs once the server answers (a worker tells its supervisor)."""
     return_big_blocks_to_the_os()
-    gateway = await start_gateway(config, config_path=config_path)
+    # Handlers first: the server answers (health SERVING) before start_gateway returns, and a
+    # signal meanwhile must not find the default action (SIGHUP's ends the process). A stop
+    # asked for during start-up drains right after it; a reload asked for then runs then.
     stop = asyncio.Event()
+    started: list[Gateway] = []
+    reload_asked = asyncio.Event()
+
+    def on_sighup() -> None:
+        if started:
+            started[0].reload()
+        else:
+            reload_asked.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, gateway.reload)
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    gateway = await start_gateway(config, config_path=config_path)
+    started.append(gateway)
+    if reload_asked.is_set():
+        gateway.reload()
     trimmer = asyncio.create_task(HeapTrimmer().run())
     if on_serving is not None:
         on_serving()

@@ -43,6 +43,7 @@ from typing import Any
 from tollway.service.gateway.listen import ListenError, check_can_listen, reserve
 from tollway.service.gateway.logs import configure_logging
 from tollway.service.gateway.worker import COUNT_ENV, INDEX_ENV, READY_FD_ENV, SUPERVISOR_ENV
+from tollway.service.telemetry.metrics_export import MULTIPROC_DIR_ENV, WorkersMetrics
 
 log = logging.getLogger("tollway.supervisor")
 
@@ -64,6 +65,8 @@ class Settings:
     grace_period_s: float
     close_timeout_s: float
     log_format: str
+    # server.metrics_listen: the supervisor serves the sum of every worker's metrics there.
+    metrics_listen: str | None = None
 
     def stop_wait_s(self) -> float:
         return self.grace_period_s + self.close_timeout_s + STOP_MARGIN_S
@@ -106,6 +109,8 @@ class Supervisor:
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _reload_wanted: asyncio.Event = field(default_factory=asyncio.Event)
     _reloader: asyncio.Task[None] | None = None
+    # With metrics: the directory the workers write to and the /metrics endpoint over it.
+    metrics: WorkersMetrics | None = None
 
     # -- running --------------------------------------------------------------------------
 
@@ -133,6 +138,8 @@ class Supervisor:
             await self._kill_all()
             for sock in self.held:
                 sock.close()
+            if self.metrics is not None:
+                self.metrics.close()
 
     async def _start_all(self) -> int | None:
         """Worker 0 first, then the rest together. None when all serve; else the exit code to
@@ -216,6 +223,9 @@ class Supervisor:
         while True:
             assert worker.proc is not None
             code = await worker.proc.wait()
+            if self.metrics is not None:
+                # Its live gauges (streams open, breakers) stop counting; its counters stay.
+                self.metrics.worker_exited(worker.pid)
             if self.stopping:
                 return
             ran = time.monotonic() - worker.started
@@ -367,10 +377,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grace-period-s", type=float, required=True)
     parser.add_argument("--close-timeout-s", type=float, required=True)
     parser.add_argument("--log-format", default="plain", choices=("plain", "json"))
+    parser.add_argument("--metrics-listen")
     args = parser.parse_args(argv)
     settings = Settings(workers=args.workers, listen=args.listen, config_path=args.config,
                         grace_period_s=args.grace_period_s, close_timeout_s=args.close_timeout_s,
-                        log_format=args.log_format)
+                        log_format=args.log_format, metrics_listen=args.metrics_listen)
     configure_logging(settings.log_format)
     try:
         # As a single process checks it: a port taken by anything, our own gateways included.
@@ -379,8 +390,21 @@ def main(argv: list[str] | None = None) -> int:
     except ListenError as exc:
         print(f"tollway: {exc}", file=sys.stderr)
         return 1
+    metrics = None
+    if settings.metrics_listen:
+        try:
+            metrics = WorkersMetrics(settings.metrics_listen)
+        except OSError as exc:
+            for sock in held:
+                sock.close()
+            print(f"tollway: {exc}", file=sys.stderr)
+            return 1
+        # Every worker's environment is a copy of this one.
+        os.environ[MULTIPROC_DIR_ENV] = metrics.directory
+        log.info("metrics of all workers on http://%s:%d/metrics", settings.metrics_listen.rsplit(":", 1)[0],
+                 metrics.server.port)
     try:
-        return asyncio.run(Supervisor(settings, address, held).run())
+        return asyncio.run(Supervisor(settings, address, held, metrics=metrics).run())
     except OSError as exc:  # the first workers could not be started at all
         print(f"tollway: cannot start the workers: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -9,7 +9,9 @@ with worker processes, from the directory every worker writes its values to.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -125,3 +127,24 @@ def worker_exited(pid: int, multiprocess_dir: str | None = None) -> None:
     directory = multiprocess_dir or (_served_dirs[-1] if _served_dirs else os.environ.get(MULTIPROC_DIR_ENV))
     if directory:
         multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+
+
+class WorkersMetrics:
+    """The supervisor's side of `--workers N` with metrics: a fresh private directory that every
+    worker writes its values to (PROMETHEUS_MULTIPROC_DIR in each worker's environment), served
+    on listen as their sums. Fresh at each start, so values of an earlier run never add in."""
+
+    def __init__(self, listen: str) -> None:
+        self.directory = tempfile.mkdtemp(prefix="tollway-metrics-")
+        try:
+            self.server = serve_metrics(listen, self.directory)
+        except BaseException:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise
+
+    def worker_exited(self, pid: int) -> None:
+        worker_exited(pid, self.directory)
+
+    def close(self) -> None:
+        self.server.close()
+        shutil.rmtree(self.directory, ignore_errors=True)

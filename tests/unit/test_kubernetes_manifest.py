@@ -116,3 +116,23 @@ def test_the_pod_runs_the_gateway_as_a_non_root_user_on_a_read_only_root(pod, co
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert shlex.join(container["command"] + container["args"]).startswith("tollway serve --config ")
+
+
+def test_metrics_are_served_on_a_declared_port_that_the_scrape_annotations_name(documents, container, config):
+    assert config.server.metrics_listen is not None
+    host, _, port = config.server.metrics_listen.rpartition(":")
+    assert host in ("0.0.0.0", "[::]")
+    [declared] = [p for p in container["ports"] if p.get("name") == "metrics"]
+    assert declared["containerPort"] == int(port)
+    annotations = documents["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == port
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_traces_stay_off_until_an_endpoint_is_set_and_spans_name_the_pod(container, config):
+    env = {item["name"]: item for item in container.get("env", [])}
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env
+    assert config.tracing.otlp_endpoint is None
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert "k8s.pod.name=$(POD_NAME)" in env["OTEL_RESOURCE_ATTRIBUTES"]["value"]

@@ -1,5 +1,6 @@
-"""A real Prometheus scrapes a real `tollway serve`: what the calls driven through the gateway
-counted arrives, exactly, in Prometheus's query API."""
+"""A real Prometheus scrapes a real `tollway serve`, one process or the supervisor of two
+workers: what the calls driven through the gateway counted arrives, exactly, in Prometheus's
+query API."""
 
 from __future__ import annotations
 
@@ -26,13 +27,15 @@ MODEL = {"gen_ai_provider_name": "mixrouter", "gen_ai_request_model": "gemini-2.
 SELECTOR = '{gen_ai_provider_name="mixrouter", gen_ai_request_model="gemini-2.0-flash"}'
 
 
-@pytest.fixture
-async def served(tmp_path, upstream):
+@pytest.fixture(params=[1, 2], ids=["one process", "two workers"])
+async def served(request, tmp_path, upstream):
     served = Served(tmp_path, upstream, "prometheus")
-    # Port 0: the gateway binds a free port itself and names it in its log.
-    await served.start(config={"server": {"metrics_listen": "127.0.0.1:0"}})
-    found = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", served.log_text())
+    # Port 0: the gateway (or the supervisor of its workers) binds a free port itself and
+    # names it in its log.
+    await served.start(config={"server": {"metrics_listen": "127.0.0.1:0", "workers": request.param}})
+    found = re.search(r"metrics (?:of all workers )?on http://127\.0\.0\.1:(\d+)/metrics", served.log_text())
     assert found, served.log_text()
+    assert ("of all workers" in found.group(0)) == (request.param > 1)
     served.metrics_port = int(found.group(1))  # type: ignore[attr-defined]
     yield served
     await served.stop()

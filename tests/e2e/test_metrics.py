@@ -17,6 +17,7 @@ from tollway.v1 import completion_pb2 as pb
 
 from tests.e2e.test_media_fetch import PDF, document_request
 from tests.support.gateway import MIXROUTER_TEST_KEY, Client, fixture_json, mixrouter_config
+from tests.support.metrics import tokens_by_type
 from tests.support.seed import recorded_stream, seed_request, seed_stream_request
 from tests.support.upstream import FakeUpstream, Reply, sse_events
 
@@ -104,14 +105,7 @@ async def test_calls_are_counted_by_status_with_their_tokens_cost_and_durations(
     assert not any("nowhere" in value for (_, labels) in samples for _, value in labels)
 
     usages = [a.usage for a in answers] + [summary.usage]
-    figures = {
-        "input": sum(u.input.total for u in usages),
-        "output": sum(u.output.total for u in usages),
-        "cache_read": sum(u.input.cache_read for u in usages),
-        "cache_write": sum(u.input.cache_write_5m + u.input.cache_write_1h + u.input.cache_write_unknown_ttl
-                           for u in usages),
-        "reasoning": sum(u.output.reasoning for u in usages),
-    }
+    figures = tokens_by_type(usages)
     assert figures["input"] > 0 and figures["output"] > 0
     for kind, tokens in figures.items():
         assert total(samples, "tollway_tokens_total", gen_ai_token_type=kind, **target) == tokens, kind

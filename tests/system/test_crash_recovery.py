@@ -391,6 +391,18 @@ async def kill_under_load_and_restart(tmp_path: Path, upstream: FakeUpstream, ga
 
     await gateway.start()
     # Restarted (with the database still away, if it was): it serves at once.
+    await serves_on_and_records_every_call_once(gateway, backend, load, leftovers, upstream, outage)
+
+
+async def _nothing(running: Load) -> None:
+    return None
+
+
+async def serves_on_and_records_every_call_once(gateway: Gateway, backend: Backend, load: Load, leftovers: set[str],
+                                                upstream: FakeUpstream, outage: TcpProxy | None = None) -> None:
+    """After a kill: the gateway serves more calls at once, every OK request of the whole run
+    (before and after the kill) ends up in the database exactly once, the journal it left
+    included, and SIGTERM then flushes and empties the journal."""
     after = await run_load(gateway.target, range(TOTAL, TOTAL + IN_FLIGHT), _nothing)
     assert (len(after.ok), after.failed) == (IN_FLIGHT, {})
     load.ok.update(after.ok)
@@ -400,15 +412,11 @@ async def kill_under_load_and_restart(tmp_path: Path, upstream: FakeUpstream, ga
     assert_exactly_once(rows, load, upstream)
     assert await summary_requests(gateway.target) == len(rows)
 
-    # The restarted gateway flushes on SIGTERM like any other.
     gateway.proc.send_signal(signal.SIGTERM)
     assert await gateway.exit_code() == 0, gateway.log_text()
     assert segment_files(backend) == set()
     assert_exactly_once(await stored(backend), load, upstream)
 
-
-async def _nothing(running: Load) -> None:
-    return None
 
 
 async def test_kill_9_under_load_sqlite_every_ok_request_has_exactly_one_record(tmp_path, upstream, gateways):
@@ -497,14 +505,4 @@ async def test_kill_9_of_one_worker_it_is_restarted_and_every_ok_request_has_exa
     assert worker_pids(gateway.proc.pid)[1] == int(restarted.group(1))
     assert re.search(rf"worker 1 \(pid {killed}\) was killed by SIGKILL", gateway.log_text())
 
-    after = await run_load(gateway.target, range(TOTAL, TOTAL + IN_FLIGHT), _nothing)
-    assert (len(after.ok), after.failed) == (IN_FLIGHT, {})
-    load.ok.update(after.ok)
-    rows = await caught_up(backend, load.ok, leftovers)
-    assert_exactly_once(rows, load, upstream)
-    assert await summary_requests(gateway.target) == len(rows)
-
-    gateway.proc.send_signal(signal.SIGTERM)
-    assert await gateway.exit_code() == 0, gateway.log_text()
-    assert segment_files(backend) == set()
-    assert_exactly_once(await stored(backend), load, upstream)
+    await serves_on_and_records_every_call_once(gateway, backend, load, leftovers, upstream)

@@ -17,6 +17,7 @@ from tollway.v1 import completion_pb2 as pb
 
 from tests.support.gateway import fixture_json
 from tests.support.seed import recorded_stream, seed_request, seed_stream_request
+from tests.support.metrics import tokens_by_type
 from tests.support.served import Served, free_port
 from tests.support.tools import require_tool
 from tests.support.upstream import Reply, sse_events
@@ -152,13 +153,3 @@ async def test_prometheus_sees_exactly_the_calls_driven_through_the_gateway(serv
     await check("sum(tollway_ledger_journal_backlog_records)", {"": 0})
     await check(f'sum(tollway_breaker_state{{gen_ai_provider_name="mixrouter", state="closed"}})', {"": 1})
 
-
-def tokens_by_type(usages: list[pb.Usage]) -> dict[str, int]:
-    return {
-        "input": sum(u.input.total for u in usages),
-        "output": sum(u.output.total for u in usages),
-        "cache_read": sum(u.input.cache_read for u in usages),
-        "cache_write": sum(u.input.cache_write_5m + u.input.cache_write_1h + u.input.cache_write_unknown_ttl
-                           for u in usages),
-        "reasoning": sum(u.output.reasoning for u in usages),
-    }

@@ -17,7 +17,7 @@ import hmac
 import logging
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,14 +114,14 @@ class Callers:
         return not self.entries
 
     def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None,
-                     auth_context: Mapping[str, Iterable[bytes]] | None = None) -> Caller:
+                     auth_context: Callable[[], Mapping[str, Iterable[bytes]]] | None = None) -> Caller:
         """The caller a request's metadata proves, or else its client certificate (auth_context:
-        the call's `context.auth_context()`), or UNAUTHENTICATED."""
+        the call's `context.auth_context`, asked only when no bearer key came), or UNAUTHENTICATED."""
         if self.anonymous:
             return ANONYMOUS_CALLER
         presented = _bearer(metadata)
         if presented is None:
-            certificate = peer_certificate(auth_context)
+            certificate = peer_certificate(auth_context()) if auth_context is not None else None
             if certificate is not None:
                 return self._by_certificate(certificate)
             raise GatewayError(Code.UNAUTHENTICATED, "missing caller key: send metadata 'authorization: Bearer <key>'")

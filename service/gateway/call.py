@@ -85,7 +85,7 @@ class Call:
         """Who is calling, every check that needs no network, then the call's deadline budget."""
         config, registry = self.state.config, self.state.registry
         check_request_limits(self.request, config.limits)  # before anything logs or records them
-        self.caller = config.callers.authenticate(context.invocation_metadata(), context.auth_context())
+        self.caller = config.callers.authenticate(context.invocation_metadata(), context.auth_context)
         # The caller's configured labels win over what the request says.
         self.labels = {**self.request.labels, **self.caller.labels}
         validate_request(self.request)

@@ -204,7 +204,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
     ) -> pb.ListModelsResponse | None:
         state = self._runtime.state
         try:
-            caller = state.config.callers.authenticate(context.invocation_metadata(), context.auth_context())
+            caller = state.config.callers.authenticate(context.invocation_metadata(), context.auth_context)
         except GatewayError as err:
             end_with_error(context, err)
             return None
@@ -247,7 +247,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
     ) -> pb.GetUsageSummaryResponse | None:
         state = self._runtime.state
         try:
-            caller = state.config.callers.authenticate(context.invocation_metadata(), context.auth_context())
+            caller = state.config.callers.authenticate(context.invocation_metadata(), context.auth_context)
             try:
                 filters, group_by = from_proto(request)
             except ValueError as exc:

@@ -16,6 +16,10 @@ FALLBACK = "fallback"
 MERGED = "merged"
 # The gateway of another checkout (--baseline-tree): the code before a change.
 BASELINE = "baseline"
+# Portkey's gateway (Node, bench/portkey), called over HTTP with the stand-in as its custom host.
+PORTKEY = "portkey"
+# The transport Tollway ships with: the side-by-side table's Tollway when it was measured.
+SHIPPED_TRANSPORT = "aiohttp"
 PORTKEY_RPS = 600  # Portkey gateway at c=50 on a machine like this one (593..634 requests/s)
 
 Phase = dict[str, Any]
@@ -64,6 +68,23 @@ class Figures:
                 ratios.append(gw[key] / direct[key])
         return _median(ratios)
 
+    def ratio_between(self, target: str, other: str, mode: str, c: int, key: str, added: bool = False) -> float:
+        """Median over repetitions of target / other in the same repetition; with added, of
+        (target - direct) / (other - direct)."""
+        ratios = []
+        for r in self.repetitions:
+            a, b, d = self._one(target, mode, c, r), self._one(other, mode, c, r), self._one(DIRECT, mode, c, r)
+            if not (a and b) or a.get(key) is None or b.get(key) is None:
+                continue
+            x, y = a[key], b[key]
+            if added:
+                if not d or d.get(key) is None:
+                    continue
+                x, y = x - d[key], y - d[key]
+            if y and not math.isnan(x) and not math.isnan(y):
+                ratios.append(x / y)
+        return _median(ratios)
+
     def per_message(self, target: str, mode: str, c: int) -> float:
         """Median over repetitions of server CPU per stream / messages per stream."""
         return _median(_cpu_per_message(p) for p in (self._one(target, mode, c, r) for r in self.repetitions))
@@ -108,6 +129,8 @@ def _label(target: str) -> str:
         return "Tollway, deltas merged (option)"
     if target == BASELINE:
         return "Tollway @ baseline"
+    if target == PORTKEY:
+        return "Portkey gateway (Node)"
     return f"Tollway, {target} transport"
 
 
@@ -257,6 +280,7 @@ def _target_rows(fig: Figures, t: str) -> list[list[str]]:
         ["unary c=1, added p99", "<= 3 ms", f"{_f(added99, sign=True)} ms", _verdict(added99, lambda v: v <= 3.0)],
         ["unary c=50, requests/s", f">= {2 * PORTKEY_RPS} (2x Portkey)", _f(rps, 0),
          _verdict(rps, lambda v: v >= 2 * PORTKEY_RPS)],
+        *_portkey_target_rows(fig, t),
         ["unary c=50, one-core ceiling: 1000 / loop-thread CPU (indicative)", f">= {2 * PORTKEY_RPS}",
          _f(ceiling, 0), _verdict(ceiling, lambda v: v >= 2 * PORTKEY_RPS)],
         ["unary c=50, gateway CPU/request", "<= 1.0 ms", f"{_f(cpu50)} ms", _verdict(cpu50, lambda v: v <= 1.0)],
@@ -265,6 +289,57 @@ def _target_rows(fig: Figures, t: str) -> list[list[str]]:
         ["stream c=50, gateway CPU/stream", "<= 2 ms", f"{_f(scpu50)} ms", _verdict(scpu50, lambda v: v <= 2.0)],
         *_paced_target_rows(fig, t),
         *_tool_target_rows(fig, t),
+    ]
+
+
+def _portkey_target_rows(fig: Figures, t: str) -> list[list[str]]:
+    """The requests/s goal against Portkey measured in the same run, when it was."""
+    if not _present(fig, [PORTKEY], "unary"):
+        return []
+    ratio = fig.ratio_between(t, PORTKEY, "unary", 50, "rps")
+    return [["unary c=50, requests/s / Portkey's in this run", ">= 2.00", _f(ratio),
+             _verdict(ratio, lambda v: v >= 2.0)]]
+
+
+# The side-by-side table's columns: (mode, c, phase key, figure over the direct call, heading).
+_SIDE_COLUMNS = [
+    ("unary", 1, "p50_ms", True, "unary c=1: added p50"),
+    ("unary", 1, "p99_ms", True, "added p99"),
+    ("unary", 1, "gateway_cpu_ms", False, "CPU/call"),
+    ("unary", 50, "rps", False, "unary c=50: calls/s"),
+    ("unary", 50, "gateway_cpu_ms", False, "CPU/call"),
+    ("stream", 1, "ttft_p50_ms", True, "stream c=1: added TTFT p50"),
+    ("stream", 1, "gateway_cpu_ms", False, "CPU/stream"),
+    ("stream", 50, "rps", False, "stream c=50: streams/s"),
+    ("stream", 50, "gateway_cpu_ms", False, "CPU/stream"),
+]
+
+
+def _side_by_side_lines(fig: Figures, tollway: str, version: str | None) -> list[str]:
+    """Tollway, Portkey, the direct call and the floor on one table, and Tollway / Portkey."""
+    if not _present(fig, [PORTKEY], "unary"):
+        return []
+    rows = []
+    for t in (tollway, PORTKEY, DIRECT, FLOOR):
+        row = [_label(t) + (f" {version}" if t == PORTKEY and version else "")]
+        for mode, c, key, added, _ in _SIDE_COLUMNS:
+            if t == DIRECT:
+                row.append("0" if added else ("" if key == "gateway_cpu_ms" else _f(fig.median(t, mode, c, key), 0)))
+            elif added:
+                row.append(_f(fig.added(t, mode, c, key), sign=True))
+            else:
+                row.append(_f(fig.median(t, mode, c, key), 0 if key == "rps" else 2))
+        rows.append(row)
+    rows.append(["**Tollway / Portkey**"] + [f"**{_f(fig.ratio_between(tollway, PORTKEY, mode, c, key, added))}x**"
+                                             for mode, c, key, added, _ in _SIDE_COLUMNS])
+    return [
+        (f"### Side by side: Tollway ({tollway} transport), Portkey, the direct call, the gRPC floor (ms; CPU is "
+         "the server's, per call or stream; \"added\" is over the direct call; the last row is Tollway / Portkey, "
+         "medians of per-repetition ratios of the same figures: below 1 is less time or CPU, above 1 more "
+         "calls/s)"),
+        "",
+        *_table(["target", *(h for *_, h in _SIDE_COLUMNS)], rows),
+        "",
     ]
 
 
@@ -329,7 +404,8 @@ def render(result: dict[str, Any]) -> str:
     fig = Figures(result["phases"])
     transports = meta["transports"]
     first = transports[0]
-    targets = [DIRECT, FLOOR, *transports, BASELINE, ROUTE, FALLBACK, MERGED]
+    targets = [DIRECT, FLOOR, *transports, BASELINE, ROUTE, FALLBACK, MERGED, PORTKEY]
+    shipped = SHIPPED_TRANSPORT if SHIPPED_TRANSPORT in transports else first
     stream_header = ["c", "target", "TTFT p50", "TTFT p99", "added TTFT p50", "added TTFT p99", "stream p50",
                      "added stream p50", "streams/s", "x direct", "messages/stream", "server CPU",
                      "of which loop thread", "load-gen CPU", "upstream CPU", "other load (cores)"]
@@ -339,9 +415,12 @@ def render(result: dict[str, Any]) -> str:
         f"{result['duration_s']} s of load; {fig.errors()} failed calls."
         + (" PROFILED: the gateways ran under cProfile, figures are not comparable." if meta["profiled"] else "")
         + (f" Baseline (\"Tollway @ baseline\"): the gateway of the tree at {meta['baseline_tree']}, {first} "
-           "transport." if meta.get("baseline_tree") else ""),
+           "transport." if meta.get("baseline_tree") else "")
+        + (f" Portkey: @portkey-ai/gateway {meta['portkey']} on node, called over HTTP with the stand-in as its "
+           "OpenAI custom host." if meta.get("portkey") else ""),
         "",
         *_failure_lines(fig),
+        *_side_by_side_lines(fig, shipped, meta.get("portkey")),
         "### Unary (ms; CPU in ms per request; server CPU is the gateway's, or the floor's)",
         "",
         *_table(["c", "target", "p50", "p99", "added p50", "added p99", "req/s", "x direct", "server CPU",

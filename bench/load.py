@@ -7,7 +7,9 @@ count or its time limit, whichever comes first.
 
 Every gateway answer is checked: a text stream's deltas join to the stand-in's text; a
 tool stream's tool-call deltas join to the stand-in's arguments and its summary holds the
-assembled call (check_tool_stream).
+assembled call (check_tool_stream). Portkey's gateway (PortkeyTarget, OpenAI Chat over HTTP)
+is checked alike: a unary answer's text and usage, a stream's joined deltas, its usage chunk
+and its closing [DONE].
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .upstream import CHUNKS, TOOL_ARGUMENTS, TOOL_CALL_ID, TOOL_NAME
 MODEL = "mixrouter/bench-model"
 API_KEY = "tw-test-bench-0000000000000000"
 CALL_TIMEOUT_S = 10.0
+UNARY_TEXT = "Hello from the stand-in."
 # The text of the stand-in's stream, all deltas joined.
 STREAM_TEXT = "".join(f"tok{i} " for i in range(CHUNKS - 1)) + f"tok{CHUNKS - 1}"
 
@@ -158,7 +161,7 @@ class GatewayTarget:
         """One of each call, read in full: the gateway answers what the stand-in sent."""
         response = await self.stub.Complete(self.complete_request, timeout=CALL_TIMEOUT_S)
         usage = response.usage
-        if response.choices[0].message.parts[0].text != "Hello from the stand-in." or usage.total_tokens != 12 + CHUNKS:
+        if response.choices[0].message.parts[0].text != UNARY_TEXT or usage.total_tokens != 12 + CHUNKS:
             raise RuntimeError(f"unexpected unary answer: {response}")
         deltas, summary = [], None
         async for message in self.stub.StreamComplete(self.stream_request, timeout=CALL_TIMEOUT_S):
@@ -252,3 +255,91 @@ class DirectTarget:
 
     async def close(self) -> None:
         await self.session.close()
+
+
+class PortkeyTarget:
+    """Portkey's gateway over one aiohttp session: the direct call's request, sent to Portkey
+    with the stand-in as its OpenAI custom host. Every answer is checked, as Tollway's are."""
+
+    def __init__(self, gateway_url: str, upstream_base_url: str) -> None:
+        self.url = f"{gateway_url}/v1/chat/completions"
+        self.root_url = f"{gateway_url}/"
+        # Node closes a connection idle for 5 s (its keepAliveTimeout): the client lets go first,
+        # so it never sends a call on a connection the gateway is closing.
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000, keepalive_timeout=4),
+                                             timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT_S))
+        headers = {"content-type": "application/json", "authorization": f"Bearer {API_KEY}",
+                   "x-portkey-provider": "openai", "x-portkey-custom-host": upstream_base_url}
+        self.unary_headers = {**headers, "accept": "application/json"}
+        self.stream_headers = {**headers, "accept": "text/event-stream"}
+        self.unary_body = orjson.dumps(build_body(COMPLETE_REQUEST, "bench-model", stream=False, dialect=DIALECT))
+        self.stream_body = orjson.dumps(build_body(STREAM_REQUEST, "bench-model", stream=True, dialect=DIALECT))
+
+    async def ready(self) -> bool:
+        """Whether the gateway answers its root path as it does once listening."""
+        try:
+            async with self.session.get(self.root_url, timeout=aiohttp.ClientTimeout(total=1)) as response:
+                return response.status == 200 and b"AI Gateway" in await response.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
+    async def unary(self) -> tuple[None, int]:
+        async with self.session.post(self.url, data=self.unary_body, headers=self.unary_headers) as response:
+            body = await response.read()
+        if response.status != 200:
+            raise RuntimeError(f"portkey unary: HTTP {response.status}: {body[:200]!r}")
+        answer = orjson.loads(body)
+        usage = answer.get("usage") or {}
+        content = answer["choices"][0]["message"]["content"] if answer.get("choices") else None
+        if content != UNARY_TEXT or _usage_totals(usage) != (12, CHUNKS, 12 + CHUNKS):
+            raise RuntimeError(f"portkey unary: content {content!r}, usage {_usage_totals(usage)}; expected "
+                               f"{UNARY_TEXT!r} and {(12, CHUNKS, 12 + CHUNKS)}")
+        return None, 0
+
+    async def stream(self) -> tuple[int | None, int]:
+        # The first body bytes are timed, as the direct call's; the events are checked at the end.
+        first = None
+        parts = []
+        async with self.session.post(self.url, data=self.stream_body, headers=self.stream_headers) as response:
+            async for data in response.content.iter_any():
+                if first is None:
+                    first = time.perf_counter_ns()
+                parts.append(data)
+        body = b"".join(parts)
+        if response.status != 200:
+            raise RuntimeError(f"portkey stream: HTTP {response.status}: {body[:200]!r}")
+        return first, check_sse_stream(body)
+
+    async def check(self) -> None:
+        await self.unary()
+        await self.stream()
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+def _usage_totals(usage: dict[str, object]) -> tuple[object, object, object]:
+    return usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("total_tokens")
+
+
+def check_sse_stream(body: bytes) -> int:
+    """An OpenAI Chat stream as the stand-in sent it: the deltas' content joins to STREAM_TEXT,
+    a usage chunk with its totals arrives, and the last event is [DONE]. Returns the number of
+    events; raises with what differed."""
+    events = [e[6:] for e in body.replace(b"\r\n", b"\n").split(b"\n\n") if e.startswith(b"data: ")]
+    if not events or events[-1] != b"[DONE]":
+        raise RuntimeError(f"portkey stream: {len(events)} events, the last not [DONE]: {body[-120:]!r}")
+    texts, usages = [], []
+    for event in events[:-1]:
+        chunk = orjson.loads(event)
+        for choice in chunk.get("choices") or ():
+            content = (choice.get("delta") or {}).get("content")
+            if choice.get("index") == 0 and content:
+                texts.append(content)
+        if chunk.get("usage"):
+            usages.append(_usage_totals(chunk["usage"]))
+    text = "".join(texts)
+    if text != STREAM_TEXT or usages != [(12, CHUNKS, 12 + CHUNKS)]:
+        raise RuntimeError(f"portkey stream: {len(texts)} deltas joined to {text[:60]!r}, usage chunks {usages}; "
+                           f"expected the stand-in's text and one usage chunk {(12, CHUNKS, 12 + CHUNKS)}")
+    return len(events)

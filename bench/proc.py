@@ -18,6 +18,37 @@ def cpu_seconds(pid: int, thread: int | None = None) -> float:
     return (utime + stime) / CLK_TCK
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and of all its living descendants, each one's utime + stime +
+    cutime + cstime (the last two: children it has reaped). For a server that may fork
+    helpers (Node), whose CPU is the server's too."""
+    stats = _all_stats()
+    parent_of = {p: int(fields[1]) for p, fields in stats.items()}
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [p for p, pp in parent_of.items() if pp == parent and p not in tree]
+        tree.update(children)
+        frontier += children
+    # fields 14..17 of stat(5): utime, stime, cutime, cstime
+    return sum(sum(int(v) for v in stats[p][11:15]) for p in tree if p in stats) / CLK_TCK
+
+
+def _all_stats() -> dict[int, list[bytes]]:
+    """/proc/<pid>/stat of every process, the fields after comm (field 3 onward)."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except (FileNotFoundError, ProcessLookupError):  # exited meanwhile
+            continue
+        stats[int(entry)] = stat[stat.rindex(b")") + 2 :].split()
+    return stats
+
+
 def memory_kib(pid: int) -> dict[str, int]:
     """VmRSS (resident now) and VmHWM (peak resident) in KiB."""
     out = {}

@@ -3,19 +3,21 @@
 Processes: the stand-in upstream (bench.upstream), one gateway per upstream transport
 (bench.gateway -> `tollway serve`), one more gateway on the first transport with stream
 deltas merged (Engine(merge_deltas=True), to show what that option buys), the gRPC floor
-(bench.floor: the same contract with no work, to show what grpc.aio alone costs), and
-this process, the load generator.
+(bench.floor: the same contract with no work, to show what grpc.aio alone costs),
+Portkey's gateway (Node, bench/portkey, when installed: the most used open-source gateway,
+called over HTTP with the stand-in as its OpenAI custom host), and this process, the load
+generator.
 
 Every repetition measures, back to back, at concurrency 1 and 50:
   unary   the direct call, the floor, each gateway asked for "mixrouter/bench-model", and
           the first gateway asked for a route of two weighted targets ("bench-weighted",
           the routing layer's cost on the happy path) and for a route whose first target
-          answers 503 at once ("bench-fallback", the cost of one fallback);
+          answers 503 at once ("bench-fallback", the cost of one fallback), and Portkey;
   stream  the same targets with 20-chunk streams (the stand-in writes them back to back),
           and the merged-deltas gateway;
   paced   20-chunk streams whose events come 1 ms apart, each in a read of its own: the
-          direct call, the floor (its messages 1 ms apart), the first gateway and the
-          merged-deltas gateway;
+          direct call, the floor (its messages 1 ms apart), the first gateway, the
+          merged-deltas gateway and Portkey;
   tool    20-chunk streams that are one tool call (delta.tool_calls, back to back), asked
           for with the tool declared: the direct call and the first gateway, whose every
           answer is checked (arguments joined, the call assembled in the summary).
@@ -40,6 +42,7 @@ import asyncio
 import math
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -65,10 +68,11 @@ from bench.load import (  # noqa: E402
     Call,
     DirectTarget,
     GatewayTarget,
+    PortkeyTarget,
     Samples,
     run_phase,
 )
-from bench.report import BASELINE, DIRECT, FALLBACK, FLOOR, MERGED, ROUTE, render  # noqa: E402
+from bench.report import BASELINE, DIRECT, FALLBACK, FLOOR, MERGED, PORTKEY, ROUTE, render  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # Subprocesses run the code of the tree this file is in (and its generated stubs), even when
@@ -81,6 +85,17 @@ ROUTE_MODEL = "bench-weighted"
 FALLBACK_MODEL = "bench-fallback"
 PACED_MODEL = "paced/bench-model"
 TOOL_MODEL = "tools/bench-model"
+# Portkey's gateway, installed by `npm ci --prefix bench/portkey` (its package.json pins the version).
+PORTKEY_DIR = ROOT / "bench" / "portkey"
+PORTKEY_SERVER = PORTKEY_DIR / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+PORTKEY_INSTALL = "npm ci --prefix bench/portkey --no-audit --no-fund"
+# Calls per mode that warm Portkey up before anything is measured, whatever the plan: V8's JIT
+# needs a few thousand before its figures settle (cold, it measured about half as fast).
+PORTKEY_WARMUP = 3000
+# Environment that would change what Portkey does with a call (an operator's proxy, cache
+# store or host allow-list): left out, so it runs as installed.
+_PORTKEY_ENV_DROPPED = {"TRUSTED_CUSTOM_HOSTS", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy",
+                        "NO_PROXY", "no_proxy", "REDIS_CONNECTION_STRING", "PORT", "NODE_OPTIONS"}
 
 
 @dataclass(frozen=True)
@@ -144,8 +159,9 @@ def percentile(values: list[int], q: float) -> float:
 
 class Bench:
     def __init__(self, plan: Plan, transports: tuple[str, ...], workdir: Path, profile: Path | None,
-                 merged: bool = True, baseline_tree: Path | None = None) -> None:
+                 merged: bool = True, baseline_tree: Path | None = None, portkey: bool = False) -> None:
         self.plan = plan
+        self.portkey = portkey
         self.transports = transports
         self.merged = merged
         self.baseline_tree = baseline_tree
@@ -153,7 +169,7 @@ class Bench:
         self.profile = profile
         self.upstream: subprocess.Popen | None = None
         self.servers: dict[str, subprocess.Popen] = {}
-        self.targets: dict[str, GatewayTarget | DirectTarget] = {}
+        self.targets: dict[str, GatewayTarget | DirectTarget | PortkeyTarget] = {}
         # What each (target, mode) calls, and which server process a target's CPU is read from.
         self.calls: dict[tuple[str, str], Call] = {}
         self.server_of: dict[str, str] = {}
@@ -219,6 +235,29 @@ class Bench:
         )
         return address
 
+    def start_portkey(self) -> str:
+        """Portkey's gateway as its README starts it (node, production, headless), on a free
+        loopback port (bench/portkey/loopback.mjs: it takes no host option)."""
+        port = _free_port()
+        env = {k: v for k, v in os.environ.items() if k not in _PORTKEY_ENV_DROPPED}
+        env["NODE_ENV"] = "production"
+        log = open(self.workdir / f"{PORTKEY}.log", "wb")
+        self.servers[PORTKEY] = subprocess.Popen(
+            ["node", "--import", str(PORTKEY_DIR / "loopback.mjs"), str(PORTKEY_SERVER), f"--port={port}",
+             "--headless"], cwd=PORTKEY_DIR, env=env, stdout=log, stderr=log,
+        )
+        return f"http://127.0.0.1:{port}"
+
+    async def wait_portkey(self, target: PortkeyTarget) -> None:
+        deadline = time.monotonic() + 30
+        while not await target.ready():
+            if self.servers[PORTKEY].poll() is not None:
+                log = (self.workdir / f"{PORTKEY}.log").read_text(errors="replace")
+                raise RuntimeError(f"Portkey's gateway exited at start:\n{log[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("Portkey's gateway did not answer GET / in 30 s")
+            await asyncio.sleep(0.1)
+
     async def wait_ready(self, name: str, address: str) -> None:
         target = GatewayTarget(address)
         health = health_pb2_grpc.HealthStub(target.channel)
@@ -267,7 +306,9 @@ class Bench:
         direct = self.targets[DIRECT]
         assert isinstance(direct, DirectTarget)
         connections0 = (await direct.upstream_stats())["connections"]
-        gw_cpu0 = proc.cpu_seconds(gateway.pid) if gateway else 0.0
+        # Node may fork helpers: Portkey's CPU is its process tree's.
+        cpu_seconds = proc.tree_cpu_seconds if self.server_of.get(target) == PORTKEY else proc.cpu_seconds
+        gw_cpu0 = cpu_seconds(gateway.pid) if gateway else 0.0
         loop_cpu0 = proc.cpu_seconds(gateway.pid, gateway.pid) if gateway else 0.0
         up_cpu0 = proc.cpu_seconds(up_pid)
         client_cpu0 = time.process_time()
@@ -276,7 +317,7 @@ class Bench:
         busy = proc.machine_busy_seconds() - busy0
         client_cpu = time.process_time() - client_cpu0
         up_cpu = proc.cpu_seconds(up_pid) - up_cpu0
-        gw_cpu = proc.cpu_seconds(gateway.pid) - gw_cpu0 if gateway else 0.0
+        gw_cpu = cpu_seconds(gateway.pid) - gw_cpu0 if gateway else 0.0
         loop_cpu = proc.cpu_seconds(gateway.pid, gateway.pid) - loop_cpu0 if gateway else 0.0
         connections = (await direct.upstream_stats())["connections"] - connections0
         n = max(samples.count, 1)
@@ -321,16 +362,17 @@ class Bench:
         merged = [MERGED] if self.merged else []
         # The baseline tree's gateway is measured where the code before a change can answer alike.
         baseline = [BASELINE] if self.baseline_tree else []
+        portkey = [PORTKEY] if self.portkey else []
         if mode == "unary":
-            return [*gateways, *baseline, ROUTE, FALLBACK]
+            return [*gateways, *baseline, ROUTE, FALLBACK, *portkey]
         if mode == "stream":
-            return [*gateways, *baseline, ROUTE, FALLBACK, *merged]
+            return [*gateways, *baseline, ROUTE, FALLBACK, *merged, *portkey]
         if mode == "tool":
             return [DIRECT, self.transports[0]]
-        return [DIRECT, FLOOR, self.transports[0], *merged]
+        return [DIRECT, FLOOR, self.transports[0], *merged, *portkey]
 
     def gateways_with_memory(self) -> list[str]:
-        return [*self.transports, *([BASELINE] if self.baseline_tree else [])]
+        return [*self.transports, *([BASELINE] if self.baseline_tree else []), *([PORTKEY] if self.portkey else [])]
 
     async def first_calls(self) -> None:
         """One call of each (target, mode): a failure stops the run, except a tool stream's,
@@ -351,10 +393,22 @@ class Bench:
         for mode in MODES:
             count = plan.warmup_unary if mode == "unary" else plan.warmup_streams
             for target in self.targets_of(mode):
+                if target == PORTKEY:
+                    await self.warm_up_portkey(mode, max(count, PORTKEY_WARMUP))
+                    continue
                 await run_phase(self.calls[(target, mode)], 50, count, 10.0)
                 await run_phase(self.calls[(target, mode)], 1, count // 10, 5.0)
         for name in self.gateways_with_memory():
             self.memory[name] = {"after_warmup_kib": proc.memory_kib(self.servers[name].pid)["VmRSS"]}
+
+    async def warm_up_portkey(self, mode: str, count: int) -> None:
+        """count calls at c=50 and a tenth as many at c=1, with time for all of them (Portkey
+        streams a few hundred a second); failures are said, as a measured phase would."""
+        for concurrency, n, max_s in ((50, count, 120.0), (1, count // 10, 60.0)):
+            samples = await run_phase(self.calls[(PORTKEY, mode)], concurrency, n, max_s)
+            if samples.errors or samples.count < n:
+                print(f"  ! {PORTKEY} warm-up {mode} c={concurrency}: {samples.count} of {n} calls answered, "
+                      f"{samples.errors} errors, first: {samples.first_error}", file=sys.stderr)
 
     async def measure_idle(self, seconds: float = 1.0) -> dict[str, float]:
         """CPU the servers burn with no calls (ms per second): what every phase's figure also holds."""
@@ -404,8 +458,18 @@ class Bench:
         if self.baseline_tree:
             addresses[BASELINE] = self.start_gateway(BASELINE, first, root, tree=self.baseline_tree)
         addresses[FLOOR] = self.start_floor()
+        portkey_url = self.start_portkey() if self.portkey else ""
         for name, address in addresses.items():
             await self.wait_ready(name, address)
+        if self.portkey:
+            portkey = PortkeyTarget(portkey_url, f"{root}/v1")
+            paced_portkey = PortkeyTarget(portkey_url, f"{root}/paced/v1")
+            self.targets[PORTKEY] = portkey
+            self.targets["portkey-paced"] = paced_portkey
+            await self.wait_portkey(portkey)
+            self.server_of[PORTKEY] = PORTKEY
+            self.calls.update({(PORTKEY, "unary"): portkey.unary, (PORTKEY, "stream"): portkey.stream,
+                               (PORTKEY, "paced"): paced_portkey.stream})
         for name in addresses:
             gateway = self.targets[name]
             assert isinstance(gateway, GatewayTarget)
@@ -429,7 +493,8 @@ class Bench:
             await target.check()
         await self.check_routes()
         await self.first_calls()
-        print(f"ready: upstream {root}, servers {addresses}", file=sys.stderr)
+        print(f"ready: upstream {root}, servers {addresses}" + (f", portkey {portkey_url}" if self.portkey else ""),
+              file=sys.stderr)
         started = time.perf_counter()
         await self.warm_up()
         print(f"warm-up done in {time.perf_counter() - started:.1f}s", file=sys.stderr)
@@ -474,6 +539,14 @@ def _baseline_problem(tree: Path) -> str:
     return ""
 
 
+def _portkey_version() -> str | None:
+    """The installed Portkey gateway's version, or None when it is not installed or node is missing."""
+    if not PORTKEY_SERVER.exists() or shutil.which("node") is None:
+        return None
+    package = orjson.loads((PORTKEY_SERVER.parent.parent / "package.json").read_bytes())
+    return str(package["version"])
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -511,6 +584,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"gateway upstream transports to compare, first is the soak's (default {','.join(TRANSPORTS)})")
     parser.add_argument("--no-merged", action="store_true",
                         help="leave out the merged-deltas gateway (for code without Engine's merge_deltas)")
+    parser.add_argument("--no-portkey", action="store_true",
+                        help="leave out Portkey's gateway (measured when bench/portkey is installed: "
+                             f"{PORTKEY_INSTALL})")
     parser.add_argument("--json", metavar="FILE", help="also write every phase's raw figures to FILE")
     parser.add_argument("--baseline-tree", metavar="DIR",
                         help="also measure (unary, stream) a gateway started from the Tollway checkout in DIR, "
@@ -534,11 +610,16 @@ def main(argv: list[str] | None = None) -> int:
     if baseline_tree and _baseline_problem(baseline_tree):
         parser.error(f"--baseline-tree: {_baseline_problem(baseline_tree)}")
 
+    portkey_version = None if args.no_portkey else _portkey_version()
+    if not args.no_portkey and portkey_version is None:
+        print(f"Portkey's gateway is not installed (or node is missing): measuring without it; install it with "
+              f"`{PORTKEY_INSTALL}`", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="tollway-bench-") as tmp:
         profile = Path(args.profile).resolve() if args.profile else None
         if profile:
             profile.mkdir(parents=True, exist_ok=True)
-        bench = Bench(plan, transports, Path(tmp), profile, merged=not args.no_merged, baseline_tree=baseline_tree)
+        bench = Bench(plan, transports, Path(tmp), profile, merged=not args.no_merged, baseline_tree=baseline_tree,
+                      portkey=portkey_version is not None)
         try:
             try:
                 import uvloop
@@ -559,11 +640,13 @@ def main(argv: list[str] | None = None) -> int:
         "code": _code_version(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python -m bench.run" + (" --quick" if args.quick else "")
-                   + (f" --baseline-tree {baseline_tree}" if baseline_tree else ""),
+                   + (f" --baseline-tree {baseline_tree}" if baseline_tree else "")
+                   + (" --no-portkey" if args.no_portkey else ""),
         "repetitions": plan.repetitions,
         "transports": list(transports),
         "merged": not args.no_merged,
         "baseline_tree": str(baseline_tree) if baseline_tree else None,
+        "portkey": portkey_version,
         "profiled": bool(args.profile),
     }
     if args.json:

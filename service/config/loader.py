@@ -68,10 +68,10 @@ class ServerConfig:
     grace_period_s: float = 30.0
     # Upstream connection pool size (aiohttp connector limit).
     max_upstream_connections: int = 1000
-    # Streams: text deltas of one choice that arrive in the same network read go out as one
-    # message (the first delta always goes alone, and nothing waits to be merged). Fewer
-    # messages cost less CPU; callers see the same text, in fewer pieces. false: one message
-    # per upstream delta.
+    # Streams: deltas that arrive in the same network read and continue each other (text or
+    # reasoning of one choice, the arguments of one tool call) go out as one message (the
+    # stream's first message always goes alone, and nothing waits to be merged). Fewer messages
+    # cost less CPU; callers see the same text, in fewer pieces. false: one per upstream delta.
     merge_stream_deltas: bool = True
     # Upstream answers: a unary body, and one stream line or event, are refused (UNAVAILABLE)
     # once past these, counted as they arrive; an error body is read to 64 KiB at most.

@@ -287,32 +287,57 @@ def _decode_merged(decoder: StreamDecoder, events: Iterable[ServerSentEvent]) ->
 
 
 def merge_deltas(messages: list[pb.StreamCompleteResponse]) -> list[pb.StreamCompleteResponse]:
-    """Consecutive text deltas of the same choice as one delta: the same text in the same
-    order, in fewer messages."""
+    """Consecutive deltas that continue one another as one delta: text of one choice, reasoning
+    of one choice, and the argument fragments of one tool call (a call's first delta, which
+    names it, starts a new one). The same text in the same order, in fewer messages."""
     if len(messages) < 2:
         return messages
     merged: list[pb.StreamCompleteResponse] = []
-    head: pb.TextDelta | None = None  # the delta that absorbs the ones after it
-    texts: list[str] = []
+    head: _Piece | None = None  # the delta that absorbs the ones after it, and its key
+    pieces: list[str] = []
     for message in messages:
-        if message.WhichOneof("event") == "delta":
-            delta = message.delta
-            if head is not None and delta.choice_index == head.choice_index:
-                texts.append(delta.text)
-                continue
-            _join_into(head, texts)
-            head, texts = delta, [delta.text]
-        else:
-            _join_into(head, texts)
-            head, texts = None, []
+        piece = _piece(message)
+        if piece is not None and head is not None and piece.continues(head):
+            pieces.append(piece.text)
+            continue
+        _join_into(head, pieces)
+        head, pieces = (piece, [piece.text]) if piece is not None else (None, [])
         merged.append(message)
-    _join_into(head, texts)
+    _join_into(head, pieces)
     return merged
 
 
-def _join_into(head: pb.TextDelta | None, texts: list[str]) -> None:
-    if head is not None and len(texts) > 1:
-        head.text = "".join(texts)
+class _Piece:
+    """One mergeable delta: what it continues (key) and its text."""
+
+    __slots__ = ("delta", "field", "key", "text", "names_a_call")
+
+    def __init__(self, delta: pb.TextDelta | pb.ReasoningDelta | pb.ToolCallDelta, field: str,
+                 key: tuple[str, int, int], names_a_call: bool = False) -> None:
+        self.delta, self.field, self.key = delta, field, key
+        self.text: str = getattr(delta, field)
+        self.names_a_call = names_a_call
+
+    def continues(self, head: "_Piece") -> bool:
+        return self.key == head.key and not self.names_a_call
+
+
+def _piece(message: pb.StreamCompleteResponse) -> _Piece | None:
+    event = message.WhichOneof("event")
+    if event == "delta":
+        return _Piece(message.delta, "text", ("text", message.delta.choice_index, 0))
+    if event == "reasoning_delta":
+        return _Piece(message.reasoning_delta, "text", ("reasoning", message.reasoning_delta.choice_index, 0))
+    if event == "tool_call_delta":
+        call = message.tool_call_delta
+        return _Piece(call, "arguments_fragment", ("tool", call.choice_index, call.index),
+                      names_a_call=bool(call.id or call.name))
+    return None
+
+
+def _join_into(head: _Piece | None, pieces: list[str]) -> None:
+    if head is not None and len(pieces) > 1:
+        setattr(head.delta, head.field, "".join(pieces))
 
 
 def operator_address(base_url: str | None) -> str:

@@ -165,6 +165,32 @@ def test_merge_deltas_keeps_a_summary_where_it_is():
     assert (merged[0].delta.text, merged[2].delta.text) == ("ab", "c")
 
 
+def test_merge_deltas_joins_reasoning_and_each_tool_calls_arguments_and_never_a_calls_first_delta():
+    def reasoning(text: str, choice: int = 0) -> pb.StreamCompleteResponse:
+        return pb.StreamCompleteResponse(reasoning_delta=pb.ReasoningDelta(choice_index=choice, text=text))
+
+    def call(fragment: str, index: int = 0, call_id: str = "", name: str = "") -> pb.StreamCompleteResponse:
+        return pb.StreamCompleteResponse(tool_call_delta=pb.ToolCallDelta(
+            choice_index=0, index=index, id=call_id, name=name, arguments_fragment=fragment))
+
+    merged = merge_deltas([
+        reasoning("Think"), reasoning("ing."), reasoning("Other", choice=1),
+        call("", call_id="call_a", name="get_weather"), call('{"ci'), call('ty": "Oslo"}'),
+        call("", index=1, call_id="call_b", name="get_time"), call('{"tz"', index=1), call(': "CET"}', index=1),
+        # A new call at the same index (its first delta names it) is never folded into the last.
+        call('{}', index=1, call_id="call_c", name="noop"),
+    ])
+
+    assert [(m.reasoning_delta.choice_index, m.reasoning_delta.text) for m in merged
+            if m.HasField("reasoning_delta")] == [(0, "Thinking."), (1, "Other")]
+    calls = [m.tool_call_delta for m in merged if m.HasField("tool_call_delta")]
+    assert [(c.index, c.id, c.name, c.arguments_fragment) for c in calls] == [
+        (0, "call_a", "get_weather", '{"city": "Oslo"}'),
+        (1, "call_b", "get_time", '{"tz": "CET"}'),
+        (1, "call_c", "noop", "{}"),
+    ]
+
+
 async def test_the_server_switch_merges_deltas_end_to_end_without_changing_the_text(start_client, upstream):
     from tests.support.gateway import MIXROUTER_TEST_KEY, mixrouter_config
     from tests.support.seed import STREAM_USAGE, _chunk, _delta, seed_stream_request

@@ -15,12 +15,12 @@ from grpc_reflection.v1alpha import reflection
 
 from tollway.service.admission.limits import RpcSlots, grpc_receive_limit
 from tollway.service.config.loader import Config, ConfigError, load_config
+from tollway.service.gateway.heap import HeapTrimmer, return_big_blocks_to_the_os
 from tollway.service.gateway.intake import Intake
 from tollway.service.gateway.listen import ListenError, check_can_listen
-from tollway.service.gateway.worker import WorkerSlot
-from tollway.service.gateway.heap import HeapTrimmer, return_big_blocks_to_the_os
 from tollway.service.gateway.servicer import CompletionServicer, Runtime, ServingState
 from tollway.service.gateway.tls import ListenerTls, TlsConfig, TlsMaterial, read_material
+from tollway.service.gateway.worker import WorkerSlot
 from tollway.service.ledger import Ledger
 from tollway.service.media.fetch import MediaFetcher
 from tollway.service.plugins.adapter import ProviderKind
@@ -28,9 +28,9 @@ from tollway.service.plugins.loader import PluginError, load_provider_kinds
 from tollway.service.plugins.registry import build_registry
 from tollway.service.routing.health import HealthBoard
 from tollway.service.routing.router import Router
-from tollway.service.telemetry.tracing import start_tracing
 from tollway.service.telemetry.metrics import GatewayMetrics
 from tollway.service.telemetry.metrics_export import MULTIPROC_DIR_ENV, MetricsServer, in_worker, serve_metrics
+from tollway.service.telemetry.tracing import start_tracing
 from tollway.service.upstream.engine import Engine
 from tollway.v1 import completion_pb2 as pb
 from tollway.v1 import completion_pb2_grpc as pb_grpc

@@ -22,8 +22,8 @@ from tollway.service.ledger import Ledger, StoreUnavailable, SummaryTooLarge, fr
 from tollway.service.media.fetch import MediaFetcher
 from tollway.service.plugins.adapter import Adapter, AnyRequest, Capabilities
 from tollway.service.routing.router import Router
-from tollway.service.telemetry.tracing import Tracing
 from tollway.service.telemetry.metrics import GatewayMetrics
+from tollway.service.telemetry.tracing import Tracing
 from tollway.service.upstream.engine import Engine
 from tollway.service.usage.estimate import estimated_usage
 from tollway.v1 import completion_pb2 as pb

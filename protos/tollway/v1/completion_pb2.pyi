@@ -95,6 +95,12 @@ class UsageGrouping(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     USAGE_GROUPING_ROUTE: _ClassVar[UsageGrouping]
     USAGE_GROUPING_DAY: _ClassVar[UsageGrouping]
     USAGE_GROUPING_LABEL: _ClassVar[UsageGrouping]
+
+class BudgetPeriod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BUDGET_PERIOD_UNSPECIFIED: _ClassVar[BudgetPeriod]
+    BUDGET_PERIOD_DAY: _ClassVar[BudgetPeriod]
+    BUDGET_PERIOD_MONTH: _ClassVar[BudgetPeriod]
 ROLE_UNSPECIFIED: Role
 ROLE_SYSTEM: Role
 ROLE_USER: Role
@@ -155,6 +161,9 @@ USAGE_GROUPING_MODEL: UsageGrouping
 USAGE_GROUPING_ROUTE: UsageGrouping
 USAGE_GROUPING_DAY: UsageGrouping
 USAGE_GROUPING_LABEL: UsageGrouping
+BUDGET_PERIOD_UNSPECIFIED: BudgetPeriod
+BUDGET_PERIOD_DAY: BudgetPeriod
+BUDGET_PERIOD_MONTH: BudgetPeriod
 
 class Message(_message.Message):
     __slots__ = ("role", "parts")
@@ -759,3 +768,74 @@ class Features(_message.Message):
     structured_output: bool
     reasoning: bool
     def __init__(self, tools: _Optional[bool] = ..., structured_output: _Optional[bool] = ..., reasoning: _Optional[bool] = ...) -> None: ...
+
+class GetLimitsRequest(_message.Message):
+    __slots__ = ("caller", "labels", "model")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    caller: str
+    labels: _containers.ScalarMap[str, str]
+    model: str
+    def __init__(self, caller: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., model: _Optional[str] = ...) -> None: ...
+
+class GetLimitsResponse(_message.Message):
+    __slots__ = ("rate_limits", "budgets", "store_reachable")
+    RATE_LIMITS_FIELD_NUMBER: _ClassVar[int]
+    BUDGETS_FIELD_NUMBER: _ClassVar[int]
+    STORE_REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    rate_limits: _containers.RepeatedCompositeFieldContainer[RateLimitStatus]
+    budgets: _containers.RepeatedCompositeFieldContainer[BudgetStatus]
+    store_reachable: bool
+    def __init__(self, rate_limits: _Optional[_Iterable[_Union[RateLimitStatus, _Mapping]]] = ..., budgets: _Optional[_Iterable[_Union[BudgetStatus, _Mapping]]] = ..., store_reachable: _Optional[bool] = ...) -> None: ...
+
+class RateLimitStatus(_message.Message):
+    __slots__ = ("rule", "subject", "requests_per_minute", "requests_used", "tokens_per_minute", "tokens_used", "concurrent_streams", "streams_open", "requests_free_in")
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_USED_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_USED_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENT_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_OPEN_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FREE_IN_FIELD_NUMBER: _ClassVar[int]
+    rule: str
+    subject: str
+    requests_per_minute: int
+    requests_used: int
+    tokens_per_minute: int
+    tokens_used: int
+    concurrent_streams: int
+    streams_open: int
+    requests_free_in: _duration_pb2.Duration
+    def __init__(self, rule: _Optional[str] = ..., subject: _Optional[str] = ..., requests_per_minute: _Optional[int] = ..., requests_used: _Optional[int] = ..., tokens_per_minute: _Optional[int] = ..., tokens_used: _Optional[int] = ..., concurrent_streams: _Optional[int] = ..., streams_open: _Optional[int] = ..., requests_free_in: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class BudgetStatus(_message.Message):
+    __slots__ = ("budget", "subject", "period", "period_start", "period_end", "max_nano_usd", "spent_nano_usd", "remaining_nano_usd", "unpriced_calls")
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_END_FIELD_NUMBER: _ClassVar[int]
+    MAX_NANO_USD_FIELD_NUMBER: _ClassVar[int]
+    SPENT_NANO_USD_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_NANO_USD_FIELD_NUMBER: _ClassVar[int]
+    UNPRICED_CALLS_FIELD_NUMBER: _ClassVar[int]
+    budget: str
+    subject: str
+    period: BudgetPeriod
+    period_start: _timestamp_pb2.Timestamp
+    period_end: _timestamp_pb2.Timestamp
+    max_nano_usd: int
+    spent_nano_usd: int
+    remaining_nano_usd: int
+    unpriced_calls: int
+    def __init__(self, budget: _Optional[str] = ..., subject: _Optional[str] = ..., period: _Optional[_Union[BudgetPeriod, str]] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_nano_usd: _Optional[int] = ..., spent_nano_usd: _Optional[int] = ..., remaining_nano_usd: _Optional[int] = ..., unpriced_calls: _Optional[int] = ...) -> None: ...

@@ -55,6 +55,11 @@ class CompletionStub:
                 request_serializer=tollway_dot_v1_dot_completion__pb2.GetUsageSummaryRequest.SerializeToString,
                 response_deserializer=tollway_dot_v1_dot_completion__pb2.GetUsageSummaryResponse.FromString,
                 _registered_method=True)
+        self.GetLimits = channel.unary_unary(
+                '/tollway.v1.Completion/GetLimits',
+                request_serializer=tollway_dot_v1_dot_completion__pb2.GetLimitsRequest.SerializeToString,
+                response_deserializer=tollway_dot_v1_dot_completion__pb2.GetLimitsResponse.FromString,
+                _registered_method=True)
 
 
 class CompletionServicer:
@@ -92,6 +97,14 @@ class CompletionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLimits(self, request, context):
+        """GetLimits lists the rate limits and spend budgets that apply to a caller, with what is
+        used and what remains. A caller sees only its own unless it has the admin role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CompletionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +127,11 @@ def add_CompletionServicer_to_server(servicer, server):
                     servicer.GetUsageSummary,
                     request_deserializer=tollway_dot_v1_dot_completion__pb2.GetUsageSummaryRequest.FromString,
                     response_serializer=tollway_dot_v1_dot_completion__pb2.GetUsageSummaryResponse.SerializeToString,
+            ),
+            'GetLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLimits,
+                    request_deserializer=tollway_dot_v1_dot_completion__pb2.GetLimitsRequest.FromString,
+                    response_serializer=tollway_dot_v1_dot_completion__pb2.GetLimitsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +243,33 @@ class Completion:
             '/tollway.v1.Completion/GetUsageSummary',
             tollway_dot_v1_dot_completion__pb2.GetUsageSummaryRequest.SerializeToString,
             tollway_dot_v1_dot_completion__pb2.GetUsageSummaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tollway.v1.Completion/GetLimits',
+            tollway_dot_v1_dot_completion__pb2.GetLimitsRequest.SerializeToString,
+            tollway_dot_v1_dot_completion__pb2.GetLimitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -93,13 +93,15 @@ class GatewayError(Exception):
     # For a stream that failed after messages reached the caller: the StreamSummary
     # with the usage seen so far, marked estimated.
     partial_summary: Any = None
+    # More google.rpc details for the status (a QuotaFailure naming the limit that refused it).
+    details: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
 
     def to_status(self, extra_details: Iterable[Any] = ()) -> grpc.Status:
         """The status with rich details (RetryInfo, BadRequest, ...) in its trailers."""
-        details = list(extra_details)
+        details = [*self.details, *extra_details]
         if self.retry_after is not None:
             delay = duration_pb2.Duration()
             delay.FromNanoseconds(int(self.retry_after * 1e9))

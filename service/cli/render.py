@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from tollway.service.billing.money import format_usd
 from tollway.service.ledger.records import INPUT_BUCKETS, OUTPUT_BUCKETS
 from tollway.service.ledger.summary import DIMENSIONS, LABEL_PREFIX, check_groupings
 from tollway.v1 import completion_pb2 as pb
@@ -28,14 +29,6 @@ _TABLE_NUMBERS = (
     ("estimated", "estimated_requests"),
     ("provider cost USD", "provider_reported_cost_usd"),
 )
-
-
-def format_usd(nano_usd: int) -> str:
-    """Exact dollars from nano-USD, trailing zeros trimmed to two decimals: 1_500_000 -> "0.0015"."""
-    sign = "-" if nano_usd < 0 else ""
-    whole, frac = divmod(abs(nano_usd), 1_000_000_000)
-    digits = f"{frac:09d}".rstrip("0").ljust(2, "0")
-    return f"{sign}{whole}.{digits}"
 
 
 def row_dict(row: pb.UsageSummaryRow, group_by: Sequence[str]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from tollway.service.config.keys import reject_unknown
@@ -34,6 +35,11 @@ class Target:
 class Route:
     name: str
     targets: tuple[Target, ...]
+
+    @cached_property
+    def target_names(self) -> tuple[str, ...]:
+        """"provider/model" of each target: what rate-limit and budget patterns match."""
+        return tuple(f"{t.provider}/{t.model}" for t in self.targets)
 
     @property
     def tiers(self) -> list[tuple[Target, ...]]:

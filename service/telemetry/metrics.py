@@ -198,6 +198,14 @@ class GatewayMetrics:
             "tollway_media_fetch_bytes_total", "Bytes read fetching caller media", registry=r)
         self.media_fetch_refusals = Counter(
             "tollway_media_fetch_refusals_total", "Media fetches refused, by reason", ["reason"], registry=r)
+        self.limit_refusals = Counter(
+            "tollway_limit_refusals_total",
+            "Calls refused by a [[limits.rules]] rule or [[limits.budgets]] budget, by its name and what ran out "
+            "(requests, tokens, streams, budget)", ["limit", "kind"], registry=r)
+        self.limits_store_errors = Counter(
+            "tollway_limits_store_errors_total",
+            "Limits store operations that failed (unreachable, timed out); calls then follow limits.on_store_error",
+            ["operation"], registry=r)
 
         self._series: dict[tuple[object, ...], _CallSeries] = {}
         self._attempt_children: dict[tuple[str, str, int], Counter] = {}
@@ -325,6 +333,15 @@ class GatewayMetrics:
 
     def media_fetch_refused(self, reason: str) -> None:
         self._refusal_children[reason].inc()
+
+    # -- limits and budgets ---------------------------------------------------------------
+
+    def limit_refused(self, limit: str, kind: str) -> None:
+        # Names come from the config, so the label set is bounded by it.
+        self.limit_refusals.labels(limit, kind).inc()
+
+    def limits_store_failed(self, operation: str) -> None:
+        self.limits_store_errors.labels(operation).inc()
 
     # -- gauges read every few seconds ---------------------------------------------------
 

@@ -21,6 +21,7 @@ from tollway.service.gateway.tls import TlsConfig, parse_tls
 from tollway.service.gateway.worker import parse_workers
 from tollway.service.ledger import LedgerConfig
 from tollway.service.media.policy import MediaPolicy
+from tollway.service.quota.config import QuotaConfig
 from tollway.service.routing.routes import (
     Route,
     RoutingConfigError,
@@ -32,6 +33,9 @@ from tollway.service.telemetry.tracing_config import TracingConfig
 from tollway.service.telemetry.metrics_config import MetricsConfig
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+REDIS_URL_ENV = "TOLLWAY_REDIS_URL"
+# The [limits] keys of rate limits and budgets; the rest of the table bounds request sizes.
+QUOTA_KEYS = frozenset({"redis_url", "on_store_error", "store_timeout_ms", "key_prefix", "rules", "budgets"})
 
 
 class ConfigError(Exception):
@@ -115,6 +119,8 @@ class Config:
     # Read at start-up only: a reload keeps the ledger it has.
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     limits: RequestLimits = field(default_factory=RequestLimits)
+    # [limits] rate-limit rules and spend budgets, and the store they are counted in.
+    quota: QuotaConfig = field(default_factory=QuotaConfig)
     # Read at start-up only; off unless an endpoint is configured (here or by OTEL_*).
     tracing: TracingConfig = field(default_factory=TracingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -154,8 +160,13 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] 
         config = _replace_server(config, listen=parse_listen(listen, "TOLLWAY_LISTEN"))
     try:
         config = replace(config, tracing=config.tracing.with_environment(environ))
+        redis_url = environ.get(REDIS_URL_ENV)
+        if redis_url:
+            # A password belongs in the environment rather than the file: this one wins.
+            checked = QuotaConfig.from_table({"redis_url": redis_url}).redis_url
+            config = replace(config, quota=replace(config.quota, redis_url=checked))
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(str(exc).replace("limits.redis_url", REDIS_URL_ENV)) from None
     return config
 
 
@@ -200,15 +211,17 @@ def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
         catalog = PriceCatalog.load_default().with_overrides(prices) if prices else PriceCatalog.load_default()
         callers = parse_callers(_table(raw, "callers"))
         ledger = LedgerConfig.from_table(_table(raw, "ledger"))
-        limits = RequestLimits.from_table(_table(raw, "limits"))
+        limits_table = _table(raw, "limits")
+        limits = RequestLimits.from_table({k: v for k, v in limits_table.items() if k not in QUOTA_KEYS})
+        quota = QuotaConfig.from_table({k: v for k, v in limits_table.items() if k in QUOTA_KEYS})
         tracing = TracingConfig.from_table(_table(raw, "tracing"))
         metrics = MetricsConfig.from_table(_table(raw, "metrics"))
     except (TypeError, ValueError, RoutingConfigError) as exc:
         raise ConfigError(str(exc)) from None
     _check_certificate_callers(callers, server.tls)
     return Config(server=server, plugins=plugins, providers=providers, media=media, routes=routes, routing=routing,
-                  prices=catalog, callers=callers, ledger=ledger, limits=limits, tracing=tracing, metrics=metrics,
-                  source=source)
+                  prices=catalog, callers=callers, ledger=ledger, limits=limits, quota=quota, tracing=tracing,
+                  metrics=metrics, source=source)
 
 
 # gRPC takes the age in milliseconds as a 32-bit integer.

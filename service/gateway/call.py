@@ -32,6 +32,7 @@ from tollway.service.usage.estimate import estimated_usage
 from tollway.v1 import completion_pb2 as pb
 
 if TYPE_CHECKING:
+    from tollway.service.quota.enforcer import QuotaEnforcer, Ticket
     from tollway.service.telemetry.metrics import GatewayMetrics
 
 log = logging.getLogger("tollway.servicer")
@@ -51,10 +52,10 @@ class ServingState:
 class Call:
     __slots__ = ("rpc", "request", "state", "ledger", "request_id", "started", "at", "routed", "caller", "labels",
                  "provider", "upstream_model", "usage", "cost", "attempts", "ttft_ms", "streamed_bytes", "recorded",
-                 "trace", "metrics")
+                 "trace", "metrics", "limits", "quota")
 
     def __init__(self, rpc: str, request: AnyRequest, state: ServingState, ledger: Ledger,
-                 metrics: GatewayMetrics | None = None) -> None:
+                 metrics: GatewayMetrics | None = None, limits: QuotaEnforcer | None = None) -> None:
         self.rpc = rpc
         self.request = request
         self.state = state
@@ -80,6 +81,10 @@ class Call:
         self.trace: CallTrace | None = None
         # None when no metrics are kept (server.metrics_listen unset).
         self.metrics = metrics
+        # The rate limits and budgets ([[limits.rules]], [[limits.budgets]]), and what this call
+        # asked of them (None: none applies).
+        self.limits = limits
+        self.quota: Ticket | None = None
 
     def prepare(self, context: grpc.aio.ServicerContext[Any, Any]) -> RoutedCall:
         """Who is calling, every check that needs no network, then the call's deadline budget."""
@@ -96,7 +101,28 @@ class Call:
         remaining = context.time_remaining()
         budget = config.routing.default_deadline_s if remaining is None else remaining
         self.routed = RoutedCall(route, self.request, asyncio.get_running_loop().time() + budget, trace=self.trace)
+        if self.limits is not None:
+            self.quota = self.limits.plan(self.request_id, self.caller.name, self.labels, self.request,
+                                          route.target_names, stream=self.rpc == "StreamComplete")
         return self.routed
+
+    async def check_limits(self) -> None:
+        """The rate limits and budgets that apply, checked and counted before any upstream
+        attempt; RESOURCE_EXHAUSTED (with QuotaFailure and RetryInfo) when one is used up."""
+        if self.quota is not None:
+            await cast("QuotaEnforcer", self.limits).admit(self.quota)
+
+    def limit_trailers(self) -> tuple[tuple[str, str], ...]:
+        """tollway-ratelimit-remaining-* and tollway-budget-remaining-usd, when limits apply."""
+        if self.quota is None:
+            return ()
+        return cast("QuotaEnforcer", self.limits).trailers(self.quota)
+
+    def _settle_limits(self) -> None:
+        """Every end of a call settles its limits once: tokens to their real count, the stream
+        slot freed, budgets charged the exact cost."""
+        if self.quota is not None:
+            cast("QuotaEnforcer", self.limits).settle(self.quota, self.usage, self.cost)
 
     def first_delta(self) -> None:
         if self.ttft_ms is None:
@@ -118,6 +144,7 @@ class Call:
 
     async def succeed(self) -> None:
         """Log the call and make its ledger record durable before the caller sees OK."""
+        self._settle_limits()
         self.log("OK")
         self._count("OK")
         self.recorded = True
@@ -143,6 +170,7 @@ class Call:
             if self.usage is None:
                 self._estimate_abandoned_usage()
             self._record_nowait(status)
+        self._settle_limits()
         self._count(status)  # after the estimate: the metrics count what the ledger records
 
     def fail(self, context: grpc.aio.ServicerContext[Any, Any], err: GatewayError) -> None:
@@ -156,8 +184,12 @@ class Call:
         self.attempts = self._scrubbed(self.routed.attempts) if self.routed else []
         self.log(err.code.name, err.message)
         self._count(err.code.name)
-        if self.routed is not None and self.routed.reached_upstream:
+        refused_by_limit = self.quota is not None and self.quota.refusal is not None
+        if self.routed is not None and (self.routed.reached_upstream or refused_by_limit):
+            # A refusal by a rate limit or budget is recorded too, with zero usage: billing and
+            # the team that owns the limit can see what was turned away.
             self._record_nowait(err.code.name)
+        self._settle_limits()
         details = []
         if self.routed is not None and (self.routed.attempts or self.usage is not None):
             failure = pb.CallFailure(route=self.routed.route.name, attempts=self.attempts)
@@ -167,7 +199,7 @@ class Call:
             details.append(failure)
         status = err.to_status(details)
         end_with_status(context, status.code, status.details,
-                        tuple(status.trailing_metadata) + ((REQUEST_ID_KEY, self.request_id),))
+                        tuple(status.trailing_metadata) + ((REQUEST_ID_KEY, self.request_id),) + self.limit_trailers())
 
     def crash(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         # A bug of ours: the caller gets a request id to report, never a traceback.
@@ -176,6 +208,7 @@ class Call:
         self._count("INTERNAL")
         if self.routed is not None and self.routed.reached_upstream:
             self._record_nowait("INTERNAL")
+        self._settle_limits()
         end_with_status(context, grpc.StatusCode.INTERNAL,
                         f"internal error in the gateway (request id {self.request_id})",
                         ((REQUEST_ID_KEY, self.request_id),))

@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -26,6 +27,7 @@ from tollway.service.media.fetch import MediaFetcher
 from tollway.service.plugins.adapter import ProviderKind
 from tollway.service.plugins.loader import PluginError, load_provider_kinds
 from tollway.service.plugins.registry import build_registry
+from tollway.service.quota.startup import start_limits
 from tollway.service.routing.health import HealthBoard
 from tollway.service.routing.router import Router
 from tollway.service.telemetry.metrics import GatewayMetrics
@@ -95,6 +97,8 @@ class Gateway:
         self.runtime.engine.max_body_bytes = config.server.max_upstream_body_bytes
         self.runtime.engine.max_event_bytes = config.server.max_upstream_event_bytes
         self.runtime.state = state
+        if self.runtime.limits is not None:
+            self.runtime.limits.reconfigure(config.quota)
         self._reload_tls(config, tls_material)
         log.info("config reloaded from %s; providers: %s; routes: %s", config.source,
                  ", ".join(p.name for p in state.registry.usable()) or "none",
@@ -116,6 +120,9 @@ class Gateway:
             await asyncio.gather(self.metrics_sampler, return_exceptions=True)
         if self.metrics_server is not None:
             await asyncio.to_thread(self.metrics_server.close)
+        if self.runtime.limits is not None:
+            # In-flight calls have ended: their settlements go out before the store closes.
+            await self.runtime.limits.close()
         # In-flight calls have recorded their usage by now: flush it before the process ends.
         await self.runtime.ledger.aclose()
         await self.runtime.engine.aclose()
@@ -194,6 +201,9 @@ async def _start(config: Config, state: ServingState, environ: Mapping[str, str]
         started.push_async_callback(tracing.shutdown)
     runtime = Runtime(state=state, engine=engine, media=media, router=router, ledger=ledger, tracing=tracing)
     metrics_server, metrics_sampler = _start_metrics(config, runtime, environ, started)
+    runtime.limits = await start_limits(config.quota, ledger, partial(_route_targets, runtime), runtime.metrics,
+                                        worker.count if worker else 1)
+    started.push_async_callback(runtime.limits.close)
 
     max_bytes = grpc_receive_limit(config.limits)
     # Answers are bounded like requests; a unary answer over it is refused before it is recorded OK.
@@ -243,6 +253,12 @@ async def _start(config: Config, state: ServingState, environ: Mapping[str, str]
              f" as worker {worker.index} of {worker.count}" if worker else "", usable)
     return Gateway(server, health_servicer, runtime, port, config.server.grace_period_s, environ, extra_plugins,
                    config_path, tls, metrics_server, metrics_sampler)
+
+
+def _route_targets(runtime: Runtime, route: str) -> tuple[str, ...]:
+    """"provider/model" of a configured route's targets, as the running config has them."""
+    found = runtime.state.registry.routes.get(route)
+    return found.target_names if found is not None else ()
 
 
 def _start_metrics(config: Config, runtime: Runtime, environ: Mapping[str, str],

@@ -21,6 +21,8 @@ from tollway.service.gateway.status import end_with_error
 from tollway.service.ledger import Ledger, StoreUnavailable, SummaryTooLarge, from_proto
 from tollway.service.media.fetch import MediaFetcher
 from tollway.service.plugins.adapter import Adapter, AnyRequest, Capabilities
+from tollway.service.quota.describe import describe_limits
+from tollway.service.quota.enforcer import QuotaEnforcer
 from tollway.service.routing.router import Router
 from tollway.service.telemetry.metrics import GatewayMetrics
 from tollway.service.telemetry.tracing import Tracing
@@ -83,6 +85,8 @@ class Runtime:
     tracing: Tracing | None = None
     # None: no metrics are kept (server.metrics_listen unset).
     metrics: GatewayMetrics | None = None
+    # None: no [[limits.rules]] or [[limits.budgets]] at start-up.
+    limits: QuotaEnforcer | None = None
 
 
 class CompletionServicer(pb_grpc.CompletionServicer):
@@ -93,7 +97,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         """A Call, counted by the ledger until it has finished (see Ledger.call_started)."""
         ledger = self._runtime.ledger
         ledger.call_started()
-        call = Call(rpc, request, self._runtime.state, ledger, self._runtime.metrics)
+        call = Call(rpc, request, self._runtime.state, ledger, self._runtime.metrics, self._runtime.limits)
         tracing = self._runtime.tracing
         if tracing is not None:
             call.trace = tracing.start_rpc(rpc, context.invocation_metadata(), call.request_id,
@@ -107,6 +111,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         call = self._call("Complete", request, context)
         try:
             routed = call.prepare(context)
+            await call.check_limits()
             response = await self._runtime.router.complete(call.state.registry, call.state.config.routing, routed)
             response.cost.CopyFrom(call.settle(response.provider, response.model, response.usage, response.attempts))
             _check_sendable(response, self._runtime.max_send_bytes)
@@ -124,7 +129,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
             call.ledger.call_ended()
             if call.trace is not None:
                 call.trace.end()
-        context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
+        context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),) + call.limit_trailers())
         return response
 
     async def StreamComplete(
@@ -140,6 +145,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         try:
             routed = call.prepare(context)
             holder = self._take_stream_slot(call)
+            await call.check_limits()
             send_timeout = call.state.config.server.stream_send_timeout_s
             stream = self._runtime.router.stream(call.state.registry, call.state.config.routing, routed)
             expired = partial(_reader_stopped, call, send_timeout)
@@ -177,7 +183,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
             call.ledger.call_ended()
             if call.trace is not None:
                 call.trace.end()
-        context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
+        context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),) + call.limit_trailers())
 
     def _take_stream_slot(self, call: Call) -> str | None:
         """Count the stream against its caller, or RESOURCE_EXHAUSTED at the caller's limit.
@@ -271,6 +277,30 @@ class CompletionServicer(pb_grpc.CompletionServicer):
             end_with_error(context, err)
             return None
         return pb.GetUsageSummaryResponse(rows=rows)
+
+
+    @_traced("GetLimits")
+    async def GetLimits(
+        self,
+        request: pb.GetLimitsRequest,
+        context: grpc.aio.ServicerContext[pb.GetLimitsRequest, pb.GetLimitsResponse],
+    ) -> pb.GetLimitsResponse | None:
+        state = self._runtime.state
+        try:
+            caller = state.config.callers.authenticate(context.invocation_metadata(), context.auth_context)
+            bounds = state.config.limits
+            if len(request.model) > bounds.max_model_chars or len(request.labels) > bounds.max_labels:
+                raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"model or labels over their limits (limits.max_model_chars = "
+                                   f"{bounds.max_model_chars}, limits.max_labels = {bounds.max_labels})")
+            targets = state.registry.resolve(request.model).target_names if request.model else ()
+            limits = self._runtime.limits
+            if limits is None:
+                return pb.GetLimitsResponse(store_reachable=True)
+            return await describe_limits(limits, state.config.callers, caller, request, targets)
+        except GatewayError as err:
+            end_with_error(context, err)
+            return None
 
 
 def _reader_stopped(call: Call, timeout_s: float) -> GatewayError:

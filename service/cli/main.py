@@ -62,13 +62,25 @@ def main(argv: list[str] | None = None) -> int:
     usage.add_argument("--timeout", type=float, default=30.0)
     _add_tls_flags(usage)
 
+    limits = commands.add_parser("limits", help="rate limits and budgets of a running gateway: used and remaining")
+    limits.add_argument("--target", default=os.environ.get("TOLLWAY_TARGET", DEFAULT_LISTEN),
+                        help="gateway address (env TOLLWAY_TARGET)")
+    limits.add_argument("--caller", help="admin only: another caller's limits (default: your own; an admin's: all)")
+    limits.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                        help="for calls carrying this label")
+    limits.add_argument("--model", help="for calls naming this model (default: any)")
+    limits.add_argument("--format", default="table", choices=("table", "json"))
+    limits.add_argument("--key-env", default="TOLLWAY_KEY", help="environment variable holding the caller key")
+    limits.add_argument("--timeout", type=float, default=30.0)
+    _add_tls_flags(limits)
+
     keys = commands.add_parser("keys", help="manage caller keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     new_key = key_commands.add_parser("new", help="print a fresh caller key once, and its config lines")
     new_key.add_argument("name", help="the caller's name")
 
     args = parser.parse_args(argv)
-    if args.command in ("complete", "usage"):
+    if args.command in ("complete", "usage", "limits"):
         try:
             args.channel_credentials = _channel_credentials(args)
         except ValueError as exc:
@@ -80,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         return _keys_new(args.name)
     if args.command == "usage":
         return _usage(args)
+    if args.command == "limits":
+        return _limits(args)
     return _complete(args)
 
 
@@ -119,6 +133,34 @@ def _usage(args: argparse.Namespace) -> int:
     rows = sorted(response.rows, key=lambda row: [(v is not None, v or "")
                                                   for v in list(row_dict(row, group_by).values())[:len(group_by)]])
     sys.stdout.write(render(rows, group_by, args.format))
+    return 0
+
+
+def _limits(args: argparse.Namespace) -> int:
+    import grpc
+
+    from tollway.v1 import completion_pb2 as pb
+    from tollway.v1 import completion_pb2_grpc as pb_grpc
+
+    from .limits_render import render_limits
+
+    try:
+        labels = dict(_pair(label) for label in args.label)
+    except ValueError as exc:
+        print(f"tollway: {exc}", file=sys.stderr)
+        return 2
+    request = pb.GetLimitsRequest(caller=args.caller or "", labels=labels, model=args.model or "")
+    key = os.environ.get(args.key_env)
+    metadata = (("authorization", f"Bearer {key}"),) if key else ()
+    with _channel(args) as channel:
+        try:
+            # completion_pb2_grpc is generated without annotations.
+            stub = pb_grpc.CompletionStub(channel)  # type: ignore[no-untyped-call]
+            response = stub.GetLimits(request, timeout=args.timeout, metadata=metadata)
+        except grpc.RpcError as err:
+            print(f"tollway: {err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+    sys.stdout.write(render_limits(response, args.format))
     return 0
 
 
@@ -364,7 +406,7 @@ def _print_usage(usage: pb.Usage | None, cost: pb.Cost | None) -> None:
 def describe_cost(cost: pb.Cost) -> str:
     """`cost: $0.00012345 (openai/gpt-4.1@2025-04-14)`, or `cost: unpriced: <reason>`; exact
     dollars from the integer nano-USD, as `tollway usage` prints them."""
-    from .render import format_usd
+    from tollway.service.billing.money import format_usd
 
     if cost.unpriced:
         line = f"cost: unpriced: {cost.unpriced_reason or 'no price for this model'}"

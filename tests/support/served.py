@@ -108,7 +108,8 @@ async def wait_until_serving(target: str, proc: asyncio.subprocess.Process, log_
 
 
 def to_toml(config: Mapping[str, Any]) -> str:
-    """The small TOML subset the suite's configs use: nested tables of scalars and lists."""
+    """The small TOML subset the suite's configs use: nested tables of scalars and lists (a table
+    inside a list is written inline, as `rules = [{name = "a", ...}]`)."""
     lines: list[str] = []
 
     def scalar(value: Any) -> str:
@@ -120,6 +121,8 @@ def to_toml(config: Mapping[str, Any]) -> str:
             return json.dumps(value)
         if isinstance(value, (list, tuple)):
             return "[" + ", ".join(scalar(v) for v in value) + "]"
+        if isinstance(value, Mapping):
+            return "{" + ", ".join(f"{json.dumps(k)} = {scalar(v)}" for k, v in value.items()) + "}"
         raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
     def table(prefix: str, values: Mapping[str, Any]) -> None:

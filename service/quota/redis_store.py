@@ -147,7 +147,8 @@ end
 if #missing > 0 then return answer('', '', '', '', '') end
 for i = 1, nwin do
   local base, a = KEYS[i], 3 + (i - 1) * 4
-  local rpm, tpm, tokens, cs = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local rpm, tpm = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local tokens, cs = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   if rpm and requests[i] >= rpm then
     local oldest = redis.call('ZRANGE', base .. ':rq', 0, 0, 'WITHSCORES')
     return answer('requests', i - 1, num(tonumber(oldest[2]) + WINDOW - now), requests[i], rpm)

@@ -146,7 +146,7 @@ def parse_usd(where: str, value: object) -> int:
     """A decimal string of US dollars -> exact nano-USD; ValueError naming `where`."""
     # A TOML float has already been rounded to binary, so money is a string.
     if not isinstance(value, str):
-        raise ValueError(f'{where} must be a decimal string such as "200.00", not a {type(value).__name__}')
+        raise ValueError(f'{where} must be a decimal string such as "200.00" (got a TOML {_toml_type(value)})')
     if value.startswith("-"):
         raise ValueError(f"{where} must not be negative")
     match = _USD.fullmatch(value)
@@ -183,6 +183,10 @@ def _parse_scope(where: str, entry: Mapping[str, Any]) -> Scope:
         models=tuple(models) if models is not None else None,
         per=per,
     )
+
+
+def _toml_type(value: object) -> str:
+    return {bool: "boolean", int: "integer", float: "float"}.get(type(value), type(value).__name__)
 
 
 def _is_int(value: object) -> bool:

@@ -15,15 +15,16 @@ Layout, every key under the "{prefix}" hash tag (one cluster slot) and with a TT
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
 from tollway.service.quota.store import (
@@ -146,7 +147,8 @@ end
 if #missing > 0 then return answer('', '', '', '', '') end
 for i = 1, nwin do
   local base, a = KEYS[i], 3 + (i - 1) * 4
-  local rpm, tpm, tokens, cs = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local rpm, tpm = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local tokens, cs = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   if rpm and requests[i] >= rpm then
     local oldest = redis.call('ZRANGE', base .. ':rq', 0, 0, 'WITHSCORES')
     return answer('requests', i - 1, num(tonumber(oldest[2]) + WINDOW - now), requests[i], rpm)
@@ -273,9 +275,80 @@ _KINDS: dict[bytes, Literal["requests", "tokens", "streams", "budget"]] = {
     b"requests": "requests", b"tokens": "tokens", b"streams": "streams", b"budget": "budget"}
 
 
+class _Script:
+    __slots__ = ("source", "sha")
+
+    def __init__(self, source: str) -> None:
+        self.source = source.encode()
+        self.sha = hashlib.sha1(self.source).hexdigest().encode()
+
+
+class _Connections:
+    """A few connections, each carrying one command at a time. redis-py's own pool and client
+    cost more CPU per command (events, metrics, each socket step's timeout run as a task) than
+    the round trip itself; here a command is one write and one read."""
+
+    __slots__ = ("_factory", "_idle", "_free", "_closed")
+
+    def __init__(self, factory: ConnectionPool, size: int) -> None:
+        self._factory = factory
+        self._idle: list[AbstractConnection] = []
+        self._free = asyncio.Semaphore(size)
+        self._closed = False
+
+    async def call(self, command: bytes) -> Any:
+        async with self._free:
+            connection = await self._take()
+            try:
+                await connection.send_packed_command(command, check_health=False)
+                reply = await connection.read_response()
+            except ResponseError:
+                # An error reply is a whole reply: the connection is still in step.
+                await self._give_back(connection)
+                raise
+            except BaseException:
+                # Cancelled or broken mid-command: a late reply must never answer the next one.
+                await connection.disconnect(nowait=True)
+                raise
+            await self._give_back(connection)
+            return reply
+
+    async def _take(self) -> AbstractConnection:
+        if self._idle:
+            connection = self._idle.pop()
+            try:
+                if not await connection.can_read():
+                    return connection
+            except RedisConnectionError:
+                pass
+            # Bytes or EOF on an idle connection: the server closed it (a restart, say).
+            await connection.disconnect(nowait=True)
+        else:
+            connection = self._factory.connection_class(**self._factory.connection_kwargs)
+        # redis-py leaves connect() unannotated.
+        connect: Callable[[], Awaitable[None]] = connection.connect
+        try:
+            await connect()
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+        return connection
+
+    async def _give_back(self, connection: AbstractConnection) -> None:
+        if self._closed:
+            await connection.disconnect()
+        else:
+            self._idle.append(connection)
+
+    async def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await connection.disconnect()
+
+
 class RedisStore:
-    __slots__ = ("_clock", "_timeout_s", "_pool", "_client", "_windows", "_budgets", "_secrets",
-                 "_admit", "_settle", "_seed", "_renew", "_usage")
+    __slots__ = ("_clock", "_timeout_s", "_connections", "_windows", "_budgets", "_secrets")
 
     def __init__(self, url: str, *, timeout_s: float, key_prefix: str = "tollway",
                  clock: Callable[[], float] | None = None, max_connections: int = 8) -> None:
@@ -284,21 +357,16 @@ class RedisStore:
         self._timeout_s = timeout_s
         self._secrets = _secrets_of(url)
         try:
-            # No retries: a store that failed once in timeout_s is reported, not waited on again.
-            # The blocking pool makes a burst wait for a connection (up to timeout_s) rather than fail.
-            self._pool: BlockingConnectionPool = BlockingConnectionPool.from_url(
-                url, max_connections=max_connections, timeout=timeout_s, socket_timeout=timeout_s,
-                socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
+            # Used only to make connections from the URL (redis://, rediss://, unix://). No retries:
+            # a store that failed within timeout_s is reported, not waited on again. Reads have no
+            # socket timeout of their own: one deadline bounds the whole command (see _run).
+            factory = ConnectionPool.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=None,
+                                              retry=Retry(NoBackoff(), 0))
         except ValueError:
             raise ValueError("limits.redis_url is not a valid Redis URL") from None
-        self._client: Redis = Redis(connection_pool=self._pool)
+        self._connections = _Connections(factory, max_connections)
         self._windows = "{" + key_prefix + "}:w:"
         self._budgets = "{" + key_prefix + "}:b:"
-        self._admit = self._client.register_script(_ADMIT)
-        self._settle = self._client.register_script(_SETTLE)
-        self._seed = self._client.register_script(_SEED)
-        self._renew = self._client.register_script(_RENEW)
-        self._usage = self._client.register_script(_USAGE)
 
     async def admit(self, call_id: str, windows: Sequence[WindowDemand],
                     budgets: Sequence[BudgetDemand]) -> Admission:
@@ -312,7 +380,7 @@ class RedisStore:
             args += (_or_empty(demand.requests_per_minute), _or_empty(demand.tokens_per_minute), demand.tokens,
                      _or_empty(demand.concurrent_streams))
         args += [budget.max_nano_usd for budget in budgets]
-        reply = await self._run(self._admit, keys, args)
+        reply = await self._run(_ADMIT_SCRIPT, keys, args)
         return _admission(reply, len(windows))
 
     async def settle(self, call_id: str, windows: Sequence[WindowSettlement],
@@ -326,10 +394,10 @@ class RedisStore:
             args += (settlement.actual_tokens, "1" if settlement.release_stream else "")
         for charge in charges:
             args += (charge.nano_usd, "1" if charge.unpriced else "", int(charge.expires_at) + FIGURE_GRACE_S)
-        await self._run(self._settle, keys, args)
+        await self._run(_SETTLE_SCRIPT, keys, args)
 
     async def seed_budget(self, key: str, spent_nano_usd: int, unpriced_calls: int, expires_at: float) -> None:
-        await self._run(self._seed, [self._budgets + key],
+        await self._run(_SEED_SCRIPT, [self._budgets + key],
                         [spent_nano_usd, unpriced_calls, int(expires_at) + FIGURE_GRACE_S])
 
     async def renew_streams(self, leases: Sequence[tuple[str, str]]) -> None:
@@ -337,14 +405,14 @@ class RedisStore:
             return
         args: list[str | int | float] = [self._now_arg()]
         args += [call_id for _, call_id in leases]
-        await self._run(self._renew, [self._windows + key for key, _ in leases], args)
+        await self._run(_RENEW_SCRIPT, [self._windows + key for key, _ in leases], args)
 
     async def usage(self, windows: Sequence[str],
                     budgets: Sequence[str]) -> tuple[list[WindowUsage], list[BudgetUsage]]:
         if not windows and not budgets:
             return [], []
         keys = [self._windows + key for key in windows] + [self._budgets + key for key in budgets]
-        reply = await self._run(self._usage, keys, [self._now_arg(), len(windows)])
+        reply = await self._run(_USAGE_SCRIPT, keys, [self._now_arg(), len(windows)])
         window_usage = [WindowUsage(int(reply[i]), int(reply[i + 1]), int(reply[i + 2]),
                                     float(reply[i + 3]) if reply[i + 3] else None)
                         for i in range(0, 4 * len(windows), 4)]
@@ -355,22 +423,27 @@ class RedisStore:
     async def ping(self) -> None:
         try:
             async with asyncio.timeout(self._timeout_s):
-                await self._client.ping()
+                await self._connections.call(_pack("PING"))
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._error(exc) from None
 
     async def close(self) -> None:
-        await self._client.aclose()
-        await self._pool.aclose()
+        await self._connections.close()
 
     def _now_arg(self) -> str | float:
         return "" if self._clock is None else self._clock()
 
-    async def _run(self, script: AsyncScript, keys: list[str], args: list[str | int | float]) -> Any:
+    async def _run(self, script: _Script, keys: list[str], args: list[str | int | float]) -> Any:
+        command = _pack("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
-            # Bounds the whole call (waiting for a connection, connecting, the reply), not each step.
+            # One deadline for the whole call: waiting for a connection, connecting, the reply.
             async with asyncio.timeout(self._timeout_s):
-                return await script(keys=keys, args=args)
+                try:
+                    return await self._connections.call(command)
+                except NoScriptError:
+                    # A restarted or flushed server forgot the script: load it once, run again.
+                    await self._connections.call(_pack("SCRIPT", "LOAD", script.source))
+                    return await self._connections.call(command)
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._error(exc) from None
 
@@ -381,6 +454,22 @@ class RedisStore:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return QuotaStoreError(f"the quota store failed: {type(exc).__name__}: {text}")
+
+
+_ADMIT_SCRIPT = _Script(_ADMIT)
+_SETTLE_SCRIPT = _Script(_SETTLE)
+_SEED_SCRIPT = _Script(_SEED)
+_RENEW_SCRIPT = _Script(_RENEW)
+_USAGE_SCRIPT = _Script(_USAGE)
+
+
+def _pack(*parts: bytes | str | int | float) -> bytes:
+    """One command in RESP. A float is written by repr, which reads back to the same double."""
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        data = part if isinstance(part, bytes) else str(part).encode()
+        out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(out)
 
 
 def _or_empty(limit: int | None) -> int | str:

@@ -224,7 +224,8 @@ async def test_budget_figures_are_exact_beyond_double_precision(store: QuotaStor
     assert (await store.admit("a", [], [budget(clock, big + 1)])).refusal is None
     await store.settle("a", [], [charge(clock, 1)])
     assert await budget_usage(store) == BudgetUsage(big + 1, 0)
-    assert (await store.admit("b", [], [budget(clock, big + 1)])).refusal == Refusal("budget", 0, None, big + 1, big + 1)
+    refused = await store.admit("b", [], [budget(clock, big + 1)])
+    assert refused.refusal == Refusal("budget", 0, None, big + 1, big + 1)
     await store.seed_budget("b:20260101:1:b:", big + 2, 0, clock.now + DAY)
     assert await budget_usage(store) == BudgetUsage(big + 2, 0)
 

@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import partial
 from typing import TYPE_CHECKING
 
 import grpc
@@ -23,9 +22,16 @@ from google.rpc import error_details_pb2  # type: ignore[import-untyped]  # no p
 
 from tollway.service.billing.money import format_usd
 from tollway.service.errors import GatewayError
-from tollway.service.quota.config import Budget, QuotaConfig, RateRule
+from tollway.service.quota.config import Budget, QuotaConfig, RateRule, Scope
 from tollway.service.quota.memory_store import InProcessStore
-from tollway.service.quota.matching import applies, budget_key, period_bounds, subject, window_key
+from tollway.service.quota.matching import (
+    applies_to_caller,
+    budget_key,
+    models_match,
+    period_bounds,
+    subject,
+    window_key,
+)
 from tollway.service.quota.spend import SpendUnavailable
 from tollway.service.quota.store import (
     STREAM_LEASE_S,
@@ -56,6 +62,8 @@ STREAM_RETRY_S = 1.0
 STORE_ERROR_LOG_EVERY_S = 10.0
 # Budget figures outlive their period by a day, so a late settlement still finds its figure.
 BUDGET_KEEP_S = 86400.0
+# Bound on each per-input memo of the call path (models and label values are callers' input).
+_MEMO_ENTRIES = 4096
 
 
 @dataclass(slots=True)
@@ -97,6 +105,10 @@ class QuotaEnforcer:
     _periods: dict[str, Period] = field(default_factory=dict)
     _rebuilding: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     _last_store_log: float = 0.0
+    # Remembered per call's inputs; cleared when full or when the config changes.
+    _model_matches: dict[tuple[tuple[str, ...], str, Sequence[str]], bool] = field(default_factory=dict)
+    _window_keys: dict[tuple[str, str], str] = field(default_factory=dict)
+    _demands: dict[tuple[str, str], BudgetDemand] = field(default_factory=dict)
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -108,6 +120,8 @@ class QuotaEnforcer:
         if config.store_timeout_ms != self.config.store_timeout_ms or config.key_prefix != self.config.key_prefix:
             log.warning("limits.store_timeout_ms and limits.key_prefix take effect at the next restart")
         self.config = config
+        self._model_matches.clear()
+        self._demands.clear()
 
     # -- the call path ----------------------------------------------------------------------
 
@@ -119,22 +133,63 @@ class QuotaEnforcer:
         if not config.rules and not config.budgets:
             return None
         model = request.model
-        rules = tuple(r for r in config.rules
-                      if (r.requests_per_minute or r.tokens_per_minute or (stream and r.concurrent_streams))
-                      and applies(r.scope, caller, labels, model, targets))
-        budgets = tuple(b for b in config.budgets if applies(b.scope, caller, labels, model, targets))
+        rules: list[RateRule] = []
+        rule_subjects: list[str] = []
+        windows: list[WindowDemand] = []
+        estimate = -1
+        for rule in config.rules:
+            streams = rule.concurrent_streams if stream else None
+            if not (rule.requests_per_minute or rule.tokens_per_minute or streams) \
+                    or not self._applies(rule.scope, caller, labels, model, targets):
+                continue
+            who = subject(rule.scope, caller, labels)
+            tokens = 0
+            if rule.tokens_per_minute:
+                if estimate < 0:
+                    estimate = _token_estimate(request)
+                tokens = estimate
+            rules.append(rule)
+            rule_subjects.append(who)
+            windows.append(WindowDemand(self._window_key(rule.name, who), rule.requests_per_minute,
+                                        rule.tokens_per_minute, tokens, streams))
+        budgets: list[Budget] = []
+        subjects: list[str] = []
+        demands: list[BudgetDemand] = []
+        for budget in config.budgets:
+            if self._applies(budget.scope, caller, labels, model, targets):
+                who = subject(budget.scope, caller, labels)
+                budgets.append(budget)
+                subjects.append(who)
+                demands.append(self.budget_demand(budget, who))
         if not rules and not budgets:
             return None
-        estimate = _token_estimate(request) if any(r.tokens_per_minute for r in rules) else 0
-        rule_subjects = tuple(subject(r.scope, caller, labels) for r in rules)
-        windows = tuple(
-            WindowDemand(key=window_key(r.name, who), requests_per_minute=r.requests_per_minute,
-                         tokens_per_minute=r.tokens_per_minute, tokens=estimate if r.tokens_per_minute else 0,
-                         concurrent_streams=r.concurrent_streams if stream else None)
-            for r, who in zip(rules, rule_subjects))
-        subjects = tuple(subject(b.scope, caller, labels) for b in budgets)
-        demands = tuple(self.budget_demand(b, s) for b, s in zip(budgets, subjects))
-        return Ticket(call_id, rules, rule_subjects, windows, budgets, subjects, demands)
+        return Ticket(call_id, tuple(rules), tuple(rule_subjects), tuple(windows), tuple(budgets), tuple(subjects),
+                      tuple(demands))
+
+    def _applies(self, scope: Scope, caller: str, labels: Mapping[str, str], model: str,
+                 targets: Sequence[str]) -> bool:
+        """applies(), with the pattern matching of a model remembered (the model is the caller's
+        input, so the memory is bounded)."""
+        if not applies_to_caller(scope, caller, labels):
+            return False
+        patterns = scope.models
+        if patterns is None:
+            return True
+        key = (patterns, model, targets)
+        matched = self._model_matches.get(key)
+        if matched is None:
+            if len(self._model_matches) >= _MEMO_ENTRIES:
+                self._model_matches.clear()
+            matched = self._model_matches[key] = models_match(patterns, model, targets)
+        return matched
+
+    def _window_key(self, rule: str, who: str) -> str:
+        key = self._window_keys.get((rule, who))
+        if key is None:
+            if len(self._window_keys) >= _MEMO_ENTRIES:
+                self._window_keys.clear()
+            key = self._window_keys[(rule, who)] = window_key(rule, who)
+        return key
 
     async def admit(self, ticket: Ticket) -> None:
         """Check and record the call in one store step, or raise the refusal the caller gets.
@@ -163,24 +218,17 @@ class QuotaEnforcer:
                 self._renew_leases_soon()
 
     async def _store_admit(self, ticket: Ticket) -> Admission:
-        """The store's admit, finished even when the call is cancelled while it runs: a call
-        admitted after its caller left gives its reservation and stream slot straight back."""
+        """The store's admit. A call cancelled while the store works may have been recorded
+        there: it gives back what it may hold (its token reservation and stream slot), sent
+        after the admit on the wire, so the store sees the two in that order."""
         if isinstance(self.store, InProcessStore):
             # Never suspends: there is no moment for a cancel to land in.
-            return await self.store.admit(ticket.call_id, ticket.windows, ticket.budget_demands)
-        running = asyncio.ensure_future(self.store.admit(ticket.call_id, ticket.windows, ticket.budget_demands))
+            return self.store.admit_now(ticket.call_id, ticket.windows, ticket.budget_demands)
         try:
-            return await asyncio.shield(running)
+            return await self.store.admit(ticket.call_id, ticket.windows, ticket.budget_demands)
         except asyncio.CancelledError:
-            running.add_done_callback(partial(self._admitted_after_cancel, ticket))
-            raise
-
-    def _admitted_after_cancel(self, ticket: Ticket, done: asyncio.Future[Admission]) -> None:
-        if done.cancelled() or done.exception() is not None:
-            return
-        admission = done.result()
-        if admission.refusal is None and not admission.missing_budgets:
             self._send_settlement(ticket, 0, None)
+            raise
 
     def settle(self, ticket: Ticket | None, usage: pb.Usage | None, cost: pb.Cost | None) -> None:
         """The call is over (answered, failed or cancelled): its token reservation becomes its
@@ -209,6 +257,9 @@ class QuotaEnforcer:
             charges = [BudgetCharge(d.key, ticket.cost_nano_usd, cost.unpriced, d.expires_at)
                        for d in ticket.budget_demands]
         if not windows and not charges:
+            return
+        if isinstance(self.store, InProcessStore):
+            self.store.settle_now(ticket.call_id, windows, charges)
             return
         task = asyncio.get_running_loop().create_task(self._settle(ticket.call_id, windows, charges))
         self._pending.add(task)
@@ -254,20 +305,30 @@ class QuotaEnforcer:
             except (QuotaStoreError, SpendUnavailable) as exc:
                 self._store_failed("rebuild", exc)
 
+    async def drain(self) -> None:
+        """Until the settlements on their way have reached the store (or failed)."""
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=self.config.store_timeout_ms / 1000 * 4 + 1)
+
     async def close(self) -> None:
         """Send the settlements still on their way, then close the store."""
         if self._renewer is not None:
             self._renewer.cancel()
-        if self._pending:
-            await asyncio.wait(set(self._pending), timeout=self.config.store_timeout_ms / 1000 * 4 + 1)
+        await self.drain()
         await self.store.close()
 
     # -- internals ----------------------------------------------------------------------------
 
     def budget_demand(self, budget: Budget, subject_: str) -> BudgetDemand:
+        """What a call asks of a budget this period (remembered until the period ends)."""
         period = self.period(budget.period)
-        return BudgetDemand(budget_key(budget.name, subject_, period.start), budget.max_nano_usd,
-                            period.end_ts + BUDGET_KEEP_S)
+        demand = self._demands.get((budget.name, subject_))
+        if demand is None or demand.expires_at != period.end_ts + BUDGET_KEEP_S:
+            if len(self._demands) >= _MEMO_ENTRIES:
+                self._demands.clear()
+            demand = self._demands[(budget.name, subject_)] = BudgetDemand(
+                budget_key(budget.name, subject_, period.start), budget.max_nano_usd, period.end_ts + BUDGET_KEEP_S)
+        return demand
 
     def period(self, kind: str) -> Period:
         """The current UTC day or month, computed once per period."""

@@ -15,18 +15,25 @@ _LABEL_PER = "label:"
 def applies(scope: Scope, caller: str, labels: Mapping[str, str], model: str, targets: Sequence[str]) -> bool:
     """Whether a call counts against scope. `model` is what the caller asked for (a route name or
     provider/model); `targets` the "provider/model" of the route's targets. Case-sensitive."""
+    return applies_to_caller(scope, caller, labels) and (
+        scope.models is None or models_match(scope.models, model, targets))
+
+
+def applies_to_caller(scope: Scope, caller: str, labels: Mapping[str, str]) -> bool:
+    """The caller and label part of applies()."""
     if scope.callers is not None and caller not in scope.callers:
         return False
     for key, value in scope.labels.items():
         if labels.get(key) != value:
             return False
     per = scope.per
-    if per is not None and per.startswith(_LABEL_PER) and per[len(_LABEL_PER):] not in labels:
-        return False
-    if scope.models is not None:
-        return any(fnmatchcase(model, pattern) or any(fnmatchcase(target, pattern) for target in targets)
-                   for pattern in scope.models)
-    return True
+    return per is None or not per.startswith(_LABEL_PER) or per[len(_LABEL_PER):] in labels
+
+
+def models_match(patterns: Sequence[str], model: str, targets: Sequence[str]) -> bool:
+    """The model part of applies(): a pattern matches the model asked for or one of its targets."""
+    return any(fnmatchcase(model, pattern) or any(fnmatchcase(target, pattern) for target in targets)
+               for pattern in patterns)
 
 
 def subject(scope: Scope, caller: str, labels: Mapping[str, str]) -> str:

@@ -86,6 +86,10 @@ class InProcessStore:
 
     async def admit(self, call_id: str, windows: Sequence[WindowDemand],
                     budgets: Sequence[BudgetDemand]) -> Admission:
+        return self.admit_now(call_id, windows, budgets)
+
+    def admit_now(self, call_id: str, windows: Sequence[WindowDemand], budgets: Sequence[BudgetDemand]) -> Admission:
+        """admit() without a coroutine: nothing here waits, and the gateway calls it on every call."""
         now = self._clock()
         if not windows and not budgets:
             return Admission(None, (), (), (), (), now)
@@ -162,6 +166,10 @@ class InProcessStore:
 
     async def settle(self, call_id: str, windows: Sequence[WindowSettlement],
                      charges: Sequence[BudgetCharge]) -> None:
+        self.settle_now(call_id, windows, charges)
+
+    def settle_now(self, call_id: str, windows: Sequence[WindowSettlement], charges: Sequence[BudgetCharge]) -> None:
+        """settle() without a coroutine or a task, for the same reason as admit_now."""
         now = self._clock()
         horizon = now - WINDOW_S
         for settlement in windows:

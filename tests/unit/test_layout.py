@@ -108,5 +108,5 @@ def test_every_package_folder_is_installed_under_tollway():
 
 def test_service_sub_packages_name_the_layers():
     layers = sorted(p.name for p in (support.ROOT / "service").iterdir() if (p / "__init__.py").exists())
-    assert layers == ["admission", "billing", "cli", "config", "gateway", "ledger", "media", "plugins", "routing",
-                      "telemetry", "upstream", "usage"]
+    assert layers == ["admission", "billing", "cli", "config", "gateway", "ledger", "media", "plugins", "quota",
+                      "routing", "telemetry", "upstream", "usage"]

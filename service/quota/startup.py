@@ -10,7 +10,6 @@ from tollway.service.ledger import Ledger
 from tollway.service.quota.config import QuotaConfig
 from tollway.service.quota.enforcer import QuotaEnforcer
 from tollway.service.quota.memory_store import InProcessStore
-from tollway.service.quota.redis_store import RedisStore
 from tollway.service.quota.spend import LedgerSpend
 from tollway.service.quota.store import QuotaStore, QuotaStoreError
 
@@ -27,6 +26,9 @@ async def start_limits(config: QuotaConfig, ledger: Ledger, targets_of: Callable
     limits.on_store_error until it does."""
     store: QuotaStore
     if config.redis_url is not None:
+        # Imported here: redis-py costs a process about 12 MiB, for nothing without a Redis.
+        from tollway.service.quota.redis_store import RedisStore
+
         store = RedisStore(config.redis_url, timeout_s=config.store_timeout_ms / 1000, key_prefix=config.key_prefix)
         try:
             await store.ping()

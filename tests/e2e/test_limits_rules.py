@@ -214,8 +214,18 @@ async def test_concurrent_streams_are_bounded_and_freed_when_a_stream_ends(start
     assert [m async for m in first][-1].WhichOneof("event") == "summary"
     await until_used(client, lambda r: r.streams_open == 0, caller_key=ALICE_KEY)
     upstream.reply(ok_stream())
-    assert [m async for m in client.stub.StreamComplete(stream_request("mixrouter/m"), metadata=auth(ALICE_KEY),
-                                                          timeout=10)][-1].WhichOneof("event") == "summary"
+    call = client.stub.StreamComplete(stream_request("mixrouter/m"), metadata=auth(ALICE_KEY), timeout=10)
+    assert [m async for m in call][-1].WhichOneof("event") == "summary"
+
+
+async def test_a_stream_carries_the_remaining_figures_in_its_trailers(start_client, upstream, limits_store):
+    rule = {"name": "both", "requests_per_minute": 10, "tokens_per_minute": 1000}
+    client = await start_client(config(upstream, limits_store, rule), ENVIRON)
+    upstream.reply(ok_stream(["one ", "two"]))  # usage: 3 input + 2 output tokens
+    call = client.stub.StreamComplete(stream_request("mixrouter/m"), metadata=auth(BOB_KEY), timeout=10)
+    assert [m async for m in call][-1].summary.usage.total_tokens == 5
+    found = await call_trailers(call)
+    assert (found[REMAINING_REQUESTS], found[REMAINING_TOKENS]) == ("9", "995")
 
 
 async def test_a_cancelled_stream_frees_its_slot(start_client, upstream, limits_store):

@@ -16,6 +16,7 @@ import grpc
 from tollway.service.config.keys import reject_unknown
 from tollway.service.errors import GatewayError, invalid_argument
 from tollway.service.plugins.adapter import MEDIA_PARTS, AnyRequest
+from tollway.v1 import completion_pb2 as pb
 
 MIB = 1024 * 1024
 # Shown of an over-long label key: enough to recognize it, never the whole of it.
@@ -52,6 +53,24 @@ class RequestLimits:
 
 def check_request_limits(request: AnyRequest, limits: RequestLimits) -> None:
     """INVALID_ARGUMENT naming the limit's key and value; needs no caller, provider or network."""
+    _check_model_and_labels(request, limits)
+    text = sum(part.ByteSize() for message in request.messages for part in message.parts
+               if part.WhichOneof("content") not in MEDIA_PARTS)
+    if text > limits.max_text_bytes:
+        raise invalid_argument("messages", f"text parts total {text} bytes; the limit is {limits.max_text_bytes} "
+                                           f"(limits.max_text_bytes)")
+    size = request.ByteSize()
+    if size > limits.max_request_bytes:
+        raise invalid_argument("request", f"is {size} bytes serialized; the limit is {limits.max_request_bytes} "
+                                          f"(limits.max_request_bytes)")
+
+
+def check_limits_request(request: pb.GetLimitsRequest, limits: RequestLimits) -> None:
+    """The model and labels a GetLimits call asks about, bounded as a completion's are."""
+    _check_model_and_labels(request, limits)
+
+
+def _check_model_and_labels(request: AnyRequest | pb.GetLimitsRequest, limits: RequestLimits) -> None:
     if len(request.model) > limits.max_model_chars:
         raise invalid_argument("model", f"is {len(request.model)} characters; the limit is "
                                         f"{limits.max_model_chars} (limits.max_model_chars)")
@@ -66,15 +85,6 @@ def check_request_limits(request: AnyRequest, limits: RequestLimits) -> None:
         if len(value) > limits.max_label_value_chars:
             raise invalid_argument(f"labels[{shown!r}]", f"is {len(value)} characters; the limit is "
                                                          f"{limits.max_label_value_chars} (limits.max_label_value_chars)")
-    text = sum(part.ByteSize() for message in request.messages for part in message.parts
-               if part.WhichOneof("content") not in MEDIA_PARTS)
-    if text > limits.max_text_bytes:
-        raise invalid_argument("messages", f"text parts total {text} bytes; the limit is {limits.max_text_bytes} "
-                                           f"(limits.max_text_bytes)")
-    size = request.ByteSize()
-    if size > limits.max_request_bytes:
-        raise invalid_argument("request", f"is {size} bytes serialized; the limit is {limits.max_request_bytes} "
-                                          f"(limits.max_request_bytes)")
 
 
 def grpc_receive_limit(limits: RequestLimits) -> int:

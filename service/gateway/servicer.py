@@ -13,6 +13,7 @@ from typing import Any, TypeVar, cast
 import grpc
 
 from tollway.service.admission.auth import Caller
+from tollway.service.admission.limits import check_limits_request
 from tollway.service.admission.stream_limits import OpenStreams
 from tollway.service.errors import GatewayError
 from tollway.service.gateway.call import REQUEST_ID_KEY, Call, ServingState
@@ -288,11 +289,7 @@ class CompletionServicer(pb_grpc.CompletionServicer):
         state = self._runtime.state
         try:
             caller = state.config.callers.authenticate(context.invocation_metadata(), context.auth_context)
-            bounds = state.config.limits
-            if len(request.model) > bounds.max_model_chars or len(request.labels) > bounds.max_labels:
-                raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"model or labels over their limits (limits.max_model_chars = "
-                                   f"{bounds.max_model_chars}, limits.max_labels = {bounds.max_labels})")
+            check_limits_request(request, state.config.limits)
             targets = state.registry.resolve(request.model).target_names if request.model else ()
             limits = self._runtime.limits
             if limits is None:

@@ -299,3 +299,20 @@ async def test_tollway_limits_prints_what_is_used_and_what_remains(start_client,
     code, out, err = await tollway("limits", "--target", client.target, "--caller", "bob",
                                    env={"TOLLWAY_KEY": ALICE_KEY})
     assert (code, out, err) == (1, "", "tollway: PERMISSION_DENIED: caller: \"alice\" may read only its own limits\n")
+
+
+async def test_get_limits_refuses_strangers_and_oversized_questions(start_client, upstream, limits_store):
+    client = await start_client(config(upstream, limits_store, {"name": "r", "requests_per_minute": 5}), ENVIRON)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.stub.GetLimits(pb.GetLimitsRequest(), timeout=5)
+    assert (caught.value.code(), caught.value.details()) == (
+        Code.UNAUTHENTICATED, "missing caller key: send metadata 'authorization: Bearer <key>'")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.stub.GetLimits(pb.GetLimitsRequest(labels={"team": "x" * 300}), metadata=auth(ALICE_KEY),
+                                    timeout=5)
+    assert (caught.value.code(), caught.value.details()) == (
+        Code.INVALID_ARGUMENT, "labels['team']: is 300 characters; the limit is 256 (limits.max_label_value_chars)")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.stub.GetLimits(pb.GetLimitsRequest(model="nowhere"), metadata=auth(ALICE_KEY), timeout=5)
+    assert (caught.value.code(), caught.value.details()) == (
+        Code.NOT_FOUND, 'model: unknown route "nowhere" (routes: none; or name "provider/model")')

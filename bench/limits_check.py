@@ -38,6 +38,7 @@ from tollway.service.quota import (
 )
 
 from tollway.service.quota.enforcer import QuotaEnforcer
+from tollway.service.routing.routes import direct_route
 from tollway.v1 import completion_pb2 as pb
 
 from tests.support.redis_server import RedisServer
@@ -95,12 +96,12 @@ async def ms_per_enforced_call(store: QuotaStore, calls: int) -> float:
                                messages=[pb.Message(role=pb.ROLE_USER, parts=[pb.Part(text="x" * 400)])])
     usage = pb.Usage(input=pb.InputUsage(total=100), output=pb.OutputUsage(total=320), total_tokens=420)
     cost = pb.Cost(total_nano_usd=1_234_567)
-    targets = ("mixrouter/gemini-2.0-flash",)
+    route = direct_route("mixrouter", "gemini-2.0-flash")
     labels = {"team": "bench"}
 
     async def run(count: int) -> None:
         for i in range(count):
-            ticket = enforcer.plan(f"call-{i}", "bench-caller", labels, asked, targets, stream=False)
+            ticket = enforcer.plan(f"call-{i}", "bench-caller", labels, asked, route, stream=False)
             if ticket is None:
                 raise RuntimeError("the benchmark's rule does not apply")
             await enforcer.admit(ticket)

@@ -102,8 +102,8 @@ class Call:
         budget = config.routing.default_deadline_s if remaining is None else remaining
         self.routed = RoutedCall(route, self.request, asyncio.get_running_loop().time() + budget, trace=self.trace)
         if self.limits is not None:
-            self.quota = self.limits.plan(self.request_id, self.caller.name, self.labels, self.request,
-                                          route.target_names, stream=self.rpc == "StreamComplete")
+            self.quota = self.limits.plan(self.request_id, self.caller.name, self.labels, self.request, route,
+                                          stream=self.rpc == "StreamComplete")
         return self.routed
 
     async def check_limits(self) -> None:

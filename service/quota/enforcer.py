@@ -49,6 +49,7 @@ from tollway.v1 import completion_pb2 as pb
 
 if TYPE_CHECKING:
     from tollway.service.quota.spend import LedgerSpend
+    from tollway.service.routing.routes import Route
     from tollway.service.telemetry.metrics import GatewayMetrics
 
 log = logging.getLogger("tollway.limits")
@@ -126,7 +127,7 @@ class QuotaEnforcer:
     # -- the call path ----------------------------------------------------------------------
 
     def plan(self, call_id: str, caller: str, labels: Mapping[str, str], request: pb.CompleteRequest |
-             pb.StreamCompleteRequest, targets: Sequence[str], *, stream: bool) -> Ticket | None:
+             pb.StreamCompleteRequest, route: Route, *, stream: bool) -> Ticket | None:
         """The rules and budgets that apply to this call; None when none does (the common case
         costs a loop over the configured rules and nothing else)."""
         config = self.config
@@ -140,7 +141,7 @@ class QuotaEnforcer:
         for rule in config.rules:
             streams = rule.concurrent_streams if stream else None
             if not (rule.requests_per_minute or rule.tokens_per_minute or streams) \
-                    or not self._applies(rule.scope, caller, labels, model, targets):
+                    or not self._applies(rule.scope, caller, labels, model, route):
                 continue
             who = subject(rule.scope, caller, labels)
             tokens = 0
@@ -156,7 +157,7 @@ class QuotaEnforcer:
         subjects: list[str] = []
         demands: list[BudgetDemand] = []
         for budget in config.budgets:
-            if self._applies(budget.scope, caller, labels, model, targets):
+            if self._applies(budget.scope, caller, labels, model, route):
                 who = subject(budget.scope, caller, labels)
                 budgets.append(budget)
                 subjects.append(who)
@@ -166,15 +167,16 @@ class QuotaEnforcer:
         return Ticket(call_id, tuple(rules), tuple(rule_subjects), tuple(windows), tuple(budgets), tuple(subjects),
                       tuple(demands))
 
-    def _applies(self, scope: Scope, caller: str, labels: Mapping[str, str], model: str,
-                 targets: Sequence[str]) -> bool:
+    def _applies(self, scope: Scope, caller: str, labels: Mapping[str, str], model: str, route: Route) -> bool:
         """applies(), with the pattern matching of a model remembered (the model is the caller's
-        input, so the memory is bounded)."""
+        input, so the memory is bounded). The route's target names are only built when a
+        pattern needs them."""
         if not applies_to_caller(scope, caller, labels):
             return False
         patterns = scope.models
         if patterns is None:
             return True
+        targets = route.target_names
         key = (patterns, model, targets)
         matched = self._model_matches.get(key)
         if matched is None:

@@ -360,6 +360,9 @@ class QuotaEnforcer:
             spent = await self.spend.spend(budget, period.start, subject_)
             if subject_ is not None:
                 spent.setdefault(subject_, (0, 0))
+            elif budget.scope.per is None:
+                # A shared budget nobody has spent from yet: its figure is 0, known from now on.
+                spent.setdefault("", (0, 0))
             for who, (nano_usd, unpriced) in spent.items():
                 await self.store.seed_budget(budget_key(budget.name, who, period.start), nano_usd, unpriced,
                                              period.end_ts + BUDGET_KEEP_S)

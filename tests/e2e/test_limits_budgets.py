@@ -19,6 +19,7 @@ from tollway.v1 import completion_pb2 as pb
 from tollway.v1 import completion_pb2_grpc as pb_grpc
 
 from tests.e2e.test_limits_rules import ENVIRON, call_trailers, limits_store, quota_details, trailers  # noqa: F401
+from tests.e2e.test_metrics import scrape, total, with_metrics
 from tests.support.answers import answer, ok, request
 from tests.support.ledger_calls import ALICE_KEY, BOB_KEY, auth, sha, until_records
 from tests.support.served import to_toml
@@ -199,7 +200,10 @@ async def test_an_unreachable_store_follows_on_store_error(start_client, upstrea
     found = await client.stub.GetLimits(pb.GetLimitsRequest(), metadata=auth(ALICE_KEY), timeout=5)
     assert not found.store_reachable
     text = logs.getvalue()
-    assert "limits store: admit failed" in text
+    # At start-up: the Redis does not answer, and the budget's figure cannot be seeded. The
+    # failures of the calls that follow are counted, and logged once per 10 s.
+    assert "limits store: Redis at redis://127.0.0.1:" in text and "does not answer" in text
+    assert "limits store: rebuild failed" in text
     assert "hunter2" not in text
     closed.close()
 
@@ -234,3 +238,33 @@ async def test_a_reload_keeps_a_window_whose_rule_keeps_its_name(upstream, tmp_p
         assert sorted(r.status for r in records) == ["OK"] * 4 + ["RESOURCE_EXHAUSTED"]
     finally:
         await gateway.stop(grace=0)
+
+
+async def test_refusals_and_store_errors_are_counted_in_the_metrics(start_client, upstream, tmp_path):
+    closed = RefusedPort()
+    settings = config(upstream, {}, tmp_path, {**SEARCH_DAILY, "max_usd": "0.004"})
+    settings["limits"]["rules"] = [{"name": "rpm", "callers": ["bob"], "requests_per_minute": 1}]
+    client = await start_client(with_metrics(settings), ENVIRON)
+    upstream.default = ok()
+    await client.stub.Complete(request("mixrouter/m"), metadata=auth(ALICE_KEY), timeout=5)
+    await client.stub.Complete(request("mixrouter/m"), metadata=auth(BOB_KEY), timeout=5)
+    for key in (ALICE_KEY, BOB_KEY, BOB_KEY):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await client.stub.Complete(request("mixrouter/m"), metadata=auth(key), timeout=5)
+    samples = await scrape(client)
+    assert total(samples, "tollway_limit_refusals_total", limit="search-daily", kind="budget") == 1
+    assert total(samples, "tollway_limit_refusals_total", limit="rpm", kind="requests") == 2
+    assert total(samples, "tollway_requests_total", status="RESOURCE_EXHAUSTED") == 3
+
+    # A store that does not answer is counted per operation (here: a second gateway on a Redis
+    # that is not there, on_store_error allow).
+    settings = config(upstream, {"redis_url": f"redis://127.0.0.1:{closed.port}/0", "store_timeout_ms": 200},
+                      tmp_path / "second", SEARCH_DAILY)
+    (tmp_path / "second").mkdir()
+    second = await start_client(with_metrics(settings), ENVIRON)
+    for _ in range(2):
+        await second.stub.Complete(request("mixrouter/m"), metadata=auth(ALICE_KEY), timeout=5)
+    samples = await scrape(second)
+    assert total(samples, "tollway_limits_store_errors_total", operation="admit") == 2
+    assert total(samples, "tollway_limits_store_errors_total", operation="rebuild") == 1
+    closed.close()

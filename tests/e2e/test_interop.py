@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.gateway import MIXROUTER_TEST_KEY, fixture_json
+from tests.support.gateway import MIXROUTER_TEST_KEY, fixture_json, mixrouter_config
 from tests.support.upstream import FakeUpstream, Received, Reply, sse_events
 from tests import support
 
@@ -337,3 +337,21 @@ async def test_node_grpc_js_client_runs_a_tool_calling_round_trip(client, upstre
              "function": {"name": "read_file", "arguments": '{"path":"README.md"}'}}]},
         {"role": "tool", "tool_call_id": "call_KjzAbhiZC6nk81tQzL7pwlpc", "content": '{"celsius": 21}'},
     ]
+
+
+async def test_buf_curl_get_limits_reads_a_rule_and_a_budget(start_client, upstream: FakeUpstream):
+    config = mixrouter_config(upstream)
+    config["limits"] = {"rules": [{"name": "rpm", "requests_per_minute": 60}],
+                        "budgets": [{"name": "daily", "period": "day", "max_usd": "1.50"}]}
+    limited = await start_client(config, {"MIXROUTER_API_KEY": MIXROUTER_TEST_KEY})
+    upstream.reply(Reply(body=fixture_json("mixrouter/seed_response.json")))
+    code, _, err = await buf_curl(limited.target, "Complete", seed_request())
+    assert code == 0, err
+    code, out, err = await buf_curl(limited.target, "GetLimits", {})
+    assert code == 0, err
+    answer = json.loads(out)
+    assert answer["storeReachable"] is True
+    [rule] = answer["rateLimits"]
+    assert (rule["rule"], rule["requestsPerMinute"], rule["requestsUsed"]) == ("rpm", "60", "1")
+    [budget] = answer["budgets"]
+    assert (budget["budget"], budget["period"], budget["maxNanoUsd"]) == ("daily", "BUDGET_PERIOD_DAY", "1500000000")

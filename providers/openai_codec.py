@@ -421,7 +421,8 @@ def _is_number(value: Any) -> TypeGuard[int | float]:
 
 def _mapping(value: Any) -> Mapping[str, Any]:
     """A details object, or an empty one where a server sent null or something else."""
-    return value if isinstance(value, Mapping) else {}
+    # A decoded JSON object is a dict: the exact check first, the ABC's (slow) only if not.
+    return value if type(value) is dict or isinstance(value, Mapping) else {}
 
 
 def usd_to_nano(value: Any) -> int | None:

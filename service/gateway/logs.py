@@ -9,6 +9,7 @@ exactly one line.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -42,7 +43,13 @@ def bounded(text: str, limit: int = MAX_VALUE_CHARS) -> str:
 
 def _iso_utc(record: logging.LogRecord) -> str:
     """ISO-8601 in UTC with milliseconds and a Z, whatever the host's time zone."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+    return _utc_second(int(record.created)) + f".{int(record.msecs):03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_second(second: int) -> str:
+    # Formatted once per second rather than once per line: a busy gateway logs hundreds a second.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 class JsonFormatter(logging.Formatter):
@@ -101,6 +108,8 @@ def _escape(text: str) -> str:
 
 def _plain(value: Any) -> str:
     """A logfmt value: bounded, escaped, and quoted when it holds a space, '=', a quote or an escape."""
+    if type(value) is int or type(value) is float:
+        return repr(value)  # latency and token figures: nothing to bound, escape or quote
     text = bounded(str(value))
     if not text or _NEEDS_QUOTES.search(text):
         return f'"{_UNSAFE_IN_VALUE.sub(_escape_char, text)}"'

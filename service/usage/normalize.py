@@ -50,6 +50,8 @@ _BY_MODALITY_FIELDS = ("input_by_modality", "cache_read_by_modality", "output_by
 def is_token_count(value: Any) -> bool:
     """A whole, non-negative number of tokens no larger than MAX_TOKEN_FIGURE (12.0 counts, 12.5
     and "12" do not)."""
+    if type(value) is int:  # the common case, without the checks below
+        return 0 <= value <= MAX_TOKEN_FIGURE
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
@@ -108,7 +110,8 @@ class ReportedUsage:
 
     def stated_figure(self, mapping: Any, key: str) -> int | None:
         """As figure(), but None when absent, null or refused (figures kept beside the buckets)."""
-        if not isinstance(mapping, Mapping):
+        # A decoded JSON object is a dict: the exact check first, the ABC's (slow) only if not.
+        if type(mapping) is not dict and not isinstance(mapping, Mapping):
             return None
         value = mapping.get(key)
         if value is None:

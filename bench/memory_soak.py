@@ -471,17 +471,6 @@ def verdict(summary: dict[str, Any], outcome: dict[str, Any], requests: int) -> 
     return f"flat: growth {growth} MiB and max - min {spread} MiB after the warm-up, within {LIMIT_MIB:g} MiB"
 
 
-def code_version() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "service", "providers", "protos"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + (" with uncommitted changes" if dirty else "")
-
-
 async def soak_run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     upstream, upstream_url = start_stand_in(workdir)
     gateway, address, ledger_path = start_gateway(workdir, upstream_url)
@@ -554,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
                    "default SQLite ledger",
     }
     result["meta"] = {
-        **proc.machine(), "python": platform.python_version(), "code": code_version(), "nice": os.nice(0),
+        **proc.machine(), "python": platform.python_version(), "code": proc.code_version(), "nice": os.nice(0),
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "command": "nice -n 19 python -m bench.memory_soak"
                    + (f" --requests {args.requests}" if args.requests != 1_000_000 else "") + " --json FILE",

@@ -1,8 +1,12 @@
-"""What /proc says about a process: CPU seconds (all threads) and memory."""
+"""What /proc says about a process: CPU seconds (all threads) and memory; and which code ran."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -76,3 +80,15 @@ def machine_busy_seconds() -> float:
         fields = f.readline().split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def code_version() -> str:
+    """The commit measured, marked when the gateway's code differs from it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "service", "providers", "protos"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + (" with uncommitted changes" if dirty else "")

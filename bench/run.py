@@ -553,18 +553,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _code_version() -> str:
-    """The commit measured, marked when the gateway's code differs from it."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "service", "providers", "protos"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + (" with uncommitted changes" if dirty else "")
-
-
 def _print_profiles(workdir: Path, gateways: tuple[str, ...]) -> None:
     import pstats
 
@@ -637,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     result["meta"] = {
         **proc.machine(),
         "python": platform.python_version(),
-        "code": _code_version(),
+        "code": proc.code_version(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python -m bench.run" + (" --quick" if args.quick else "")
                    + (f" --baseline-tree {baseline_tree}" if baseline_tree else "")
@@ -663,7 +651,7 @@ def _workers_compare(args: argparse.Namespace) -> int:
     result["meta"] = {
         **proc.machine(),
         "python": platform.python_version(),
-        "code": _code_version(),
+        "code": proc.code_version(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python -m bench.run --workers-compare" + (" --quick" if args.quick else ""),
     }

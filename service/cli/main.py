@@ -98,11 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _usage(args: argparse.Namespace) -> int:
-    import grpc
-
     from tollway.service.ledger import UsageFilter
     from tollway.service.ledger.summary import to_proto
-    from tollway.v1 import completion_pb2_grpc as pb_grpc
 
     from .render import render, row_dict
 
@@ -118,16 +115,9 @@ def _usage(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"tollway: {exc}", file=sys.stderr)
         return 2
-    key = os.environ.get(args.key_env)
-    metadata = (("authorization", f"Bearer {key}"),) if key else ()
-    with _channel(args) as channel:
-        try:
-            # completion_pb2_grpc is generated without annotations.
-            stub = pb_grpc.CompletionStub(channel)  # type: ignore[no-untyped-call]
-            response = stub.GetUsageSummary(request, timeout=args.timeout, metadata=metadata)
-        except grpc.RpcError as err:
-            print(f"tollway: {err.code().name}: {err.details()}", file=sys.stderr)
-            return 1
+    response = _ask(args, "GetUsageSummary", request)
+    if response is None:
+        return 1
     # Columns, and the rows' order, as the command line named the groupings: the request can
     # only carry label keys after the other dimensions.
     rows = sorted(response.rows, key=lambda row: [(v is not None, v or "")
@@ -137,10 +127,7 @@ def _usage(args: argparse.Namespace) -> int:
 
 
 def _limits(args: argparse.Namespace) -> int:
-    import grpc
-
     from tollway.v1 import completion_pb2 as pb
-    from tollway.v1 import completion_pb2_grpc as pb_grpc
 
     from .limits_render import render_limits
 
@@ -149,19 +136,31 @@ def _limits(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"tollway: {exc}", file=sys.stderr)
         return 2
-    request = pb.GetLimitsRequest(caller=args.caller or "", labels=labels, model=args.model or "")
+    response = _ask(args, "GetLimits",
+                    pb.GetLimitsRequest(caller=args.caller or "", labels=labels, model=args.model or ""))
+    if response is None:
+        return 1
+    sys.stdout.write(render_limits(response, args.format))
+    return 0
+
+
+def _ask(args: argparse.Namespace, method: str, request: Any) -> Any:
+    """One unary call to the running gateway with the caller's key (args.key_env); None, with the
+    status printed, when it failed."""
+    import grpc
+
+    from tollway.v1 import completion_pb2_grpc as pb_grpc
+
     key = os.environ.get(args.key_env)
     metadata = (("authorization", f"Bearer {key}"),) if key else ()
     with _channel(args) as channel:
         try:
             # completion_pb2_grpc is generated without annotations.
             stub = pb_grpc.CompletionStub(channel)  # type: ignore[no-untyped-call]
-            response = stub.GetLimits(request, timeout=args.timeout, metadata=metadata)
+            return getattr(stub, method)(request, timeout=args.timeout, metadata=metadata)
         except grpc.RpcError as err:
             print(f"tollway: {err.code().name}: {err.details()}", file=sys.stderr)
-            return 1
-    sys.stdout.write(render_limits(response, args.format))
-    return 0
+            return None
 
 
 def _add_tls_flags(command: argparse.ArgumentParser) -> None:

@@ -279,7 +279,6 @@ class CompletionServicer(pb_grpc.CompletionServicer):
             return None
         return pb.GetUsageSummaryResponse(rows=rows)
 
-
     @_traced("GetLimits")
     async def GetLimits(
         self,

@@ -4,12 +4,20 @@ connections, and waits on its log. Linux only, as the workers' SO_REUSEPORT is."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import signal
+import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.support.gateway import MIXROUTER_TEST_KEY
+from tests.support.served import wait_until_serving
+from tests import support
 
 
 def _stat_fields(pid: int) -> list[str]:
@@ -111,3 +119,64 @@ async def serving_workers(proc: asyncio.subprocess.Process, workers: int, log_te
                           wait_s: float) -> None:
     """Until the supervisor says all its workers serve."""
     await until_log(log_text, rf"serving on \S+ with {workers} workers", 1, wait_s, proc)
+
+
+@dataclass
+class ServedGateway:
+    """`tollway serve --config FILE` as a child process in a process group of its own (so the
+    gateway with its workers can be signalled as one); each start logs to a file of its own."""
+
+    config: Path
+    port: int
+    workers: int = 1
+    wait_s: float = 20.0
+    logs: list[Path] = field(default_factory=list)
+    proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        """Until it serves (and, with workers, until every worker does)."""
+        log_path = self.config.with_name(f"{self.config.stem}-{len(self.logs)}.log")
+        self.logs.append(log_path)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
+        env["MIXROUTER_API_KEY"] = MIXROUTER_TEST_KEY
+        with open(log_path, "wb") as log_file:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tollway.service.cli", "serve", "--config", str(self.config),
+                cwd=support.ROOT, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                start_new_session=True)
+        await wait_until_serving(self.target, self.proc, self.log_text, self.wait_s)
+        if self.workers > 1:
+            await serving_workers(self.proc, self.workers, lambda: self.logs[-1].read_text(errors="replace"),
+                                  self.wait_s)
+
+    def kill(self) -> None:
+        """SIGKILL to the gateway and its workers, at once (no await between the decision and the signal)."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+
+    async def exit_code(self) -> int:
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), self.wait_s)
+
+    async def terminate(self) -> None:
+        """SIGTERM, as an operator stops it: it drains and exits (SIGKILL if it has not after wait_s)."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), self.wait_s)
+            except TimeoutError:
+                await self.stop()
+
+    async def stop(self) -> None:
+        """SIGKILL to the whole group, if it still runs."""
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
+
+    def log_text(self) -> str:
+        return "".join(p.read_text(encoding="utf-8", errors="replace") for p in self.logs if p.exists())

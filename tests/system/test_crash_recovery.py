@@ -18,7 +18,6 @@ Everything is counted, nothing is timed; every wait is bounded.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -27,7 +26,6 @@ import re
 import signal
 import socket
 import sqlite3
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +36,7 @@ import pytest
 from tollway.v1 import completion_pb2 as pb
 from tollway.v1 import completion_pb2_grpc as pb_grpc
 
-from tests.support.gateway import MIXROUTER_TEST_KEY, TEST_KEY_PATTERN
+from tests.support.gateway import TEST_KEY_PATTERN
 from tests.support.ledger import (  # noqa: F401
     PG_PORT,
     Backend,
@@ -49,8 +47,8 @@ from tests.support.ledger import (  # noqa: F401
 )
 from tests.support.ledger_calls import GEMINI_USAGE, completion, request_id_of
 from tests.support.seed import recorded_stream
-from tests.support.served import wait_until_serving
-from tests.support.supervised import processes_gone, serving_workers, until_log, worker_pids
+from tests.support.supervised import ServedGateway as Gateway
+from tests.support.supervised import processes_gone, until_log, worker_pids
 from tests.support.upstream import FakeUpstream, Received, Reply, sse_events
 from tests import support
 
@@ -94,56 +92,6 @@ def write_config(path: Path, upstream: FakeUpstream, backend: Backend, port: int
         "[ledger]", *ledger, "",
     ]), encoding="utf-8")
     return path
-
-
-@dataclass
-class Gateway:
-    """`tollway serve` as a child process; each start logs to a file of its own."""
-
-    config: Path
-    port: int
-    workers: int = 1
-    logs: list[Path] = field(default_factory=list)
-    proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        log_path = self.config.with_name(f"gateway-{len(self.logs)}.log")
-        self.logs.append(log_path)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
-        env["MIXROUTER_API_KEY"] = MIXROUTER_TEST_KEY
-        with open(log_path, "wb") as log_file:
-            # A process group of its own: the gateway with its workers can be killed as one.
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tollway.service.cli", "serve", "--config", str(self.config),
-                cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                start_new_session=True)
-        await self._serving()
-
-    async def _serving(self) -> None:
-        assert self.proc is not None
-        await wait_until_serving(self.target, self.proc, self.log_text, WAIT_S)
-        if self.workers > 1:
-            await serving_workers(self.proc, self.workers, lambda: self.logs[-1].read_text(errors="replace"), WAIT_S)
-
-    def kill(self) -> None:
-        """SIGKILL to the gateway and its workers, at once (no await between the decision and the signal)."""
-        os.killpg(self.proc.pid, signal.SIGKILL)
-
-    async def exit_code(self) -> int:
-        return await asyncio.wait_for(self.proc.wait(), WAIT_S)
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            await self.proc.wait()
-
-    def log_text(self) -> str:
-        return "".join(p.read_text(encoding="utf-8", errors="replace") for p in self.logs if p.exists())
 
 
 @pytest.fixture

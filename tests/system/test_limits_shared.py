@@ -7,15 +7,10 @@ resumes when it returns."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
-import os
-import signal
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 import psycopg
@@ -24,14 +19,13 @@ from tollway.v1 import completion_pb2 as pb
 from tollway.v1 import completion_pb2_grpc as pb_grpc
 
 from tests.support.answers import ok, request
-from tests.support.gateway import MIXROUTER_TEST_KEY, TEST_KEY_PATTERN
+from tests.support.gateway import TEST_KEY_PATTERN
 from tests.support.ledger import pg_admin, pg_schema, with_schema  # noqa: F401 - fixtures
 from tests.support.redis_server import RedisServer
-from tests.support.served import free_port, to_toml, wait_until_serving
-from tests.support.supervised import serving_workers
+from tests.support.served import free_port, to_toml
+from tests.support.supervised import ServedGateway
 from tests.support.upstream import FakeUpstream
 
-ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 30.0
 KEYS = {"batch": "tw-test-limits-batch-5b7e1d", "spender": "tw-test-limits-spender-0a9c44",
         "probe": "tw-test-limits-probe-77e2c1", "ops": "tw-test-limits-ops-d41f08"}
@@ -46,47 +40,8 @@ def auth(name: str) -> tuple[tuple[str, str], ...]:
 
 
 @dataclass
-class Instance:
-    """One `tollway serve --workers 2`, in a process group of its own."""
-
-    config: Path
-    port: int
-    logs: list[Path] = field(default_factory=list)
-    proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        log_path = self.config.with_name(f"{self.config.stem}-{len(self.logs)}.log")
-        self.logs.append(log_path)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
-        env["MIXROUTER_API_KEY"] = MIXROUTER_TEST_KEY
-        with open(log_path, "wb") as log_file:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tollway.service.cli", "serve", "--config", str(self.config), cwd=ROOT,
-                env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True)
-        await wait_until_serving(self.target, self.proc, self.log_text, WAIT_S)
-        await serving_workers(self.proc, 2, lambda: self.logs[-1].read_text(errors="replace"), WAIT_S)
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), WAIT_S)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                await self.proc.wait()
-
-    def log_text(self) -> str:
-        return "".join(p.read_text(encoding="utf-8", errors="replace") for p in self.logs if p.exists())
-
-
-@dataclass
 class Fleet:
-    instances: list[Instance]
+    instances: list[ServedGateway]
     redis: RedisServer
     dsn: str
     channels: list[grpc.aio.Channel] = field(default_factory=list)
@@ -139,13 +94,13 @@ async def fleet(tmp_path, pg_admin, pg_schema):  # noqa: F811 - fixtures
         }
         path = tmp_path / f"{name}.toml"
         path.write_text(to_toml(config), encoding="utf-8")
-        instances.append(Instance(path, port))
+        instances.append(ServedGateway(path, port, workers=2, wait_s=WAIT_S))
     await asyncio.gather(*(instance.start() for instance in instances))
     fleet = Fleet(instances, redis_server, dsn)
     yield fleet
     await fleet.close_channels()
     for instance in instances:
-        await instance.stop()
+        await instance.terminate()
     redis_server.stop()
     await upstream.stop()
     for instance in instances:
@@ -231,7 +186,7 @@ async def test_a_budget_stops_both_instances_and_survives_their_restart_and_a_re
     # Both instances restarted mid-day: the budget is where it was.
     await fleet.close_channels()
     for instance in fleet.instances:
-        await instance.stop()
+        await instance.terminate()
     await asyncio.gather(*(instance.start() for instance in fleet.instances))
     stubs = fleet.stubs()
     assert await spent_seen(stubs[0]) == spent

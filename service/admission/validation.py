@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
+
+from google.protobuf import struct_pb2
 
 from tollway.service.errors import invalid_argument
 from tollway.service.media.policy import normalize_mime
@@ -109,6 +112,8 @@ def _check_part_role(path: str, part: pb.Part, role: pb.Role, call_ids: set[str]
             raise invalid_argument(f"{path}.tool_call.id", "is required (echo the id the answer carried)")
         if not call.name:
             raise invalid_argument(f"{path}.tool_call.name", "is required")
+        if call.HasField("arguments"):
+            check_json_numbers(call.arguments, f"{path}.tool_call.arguments")
         call_ids.add(call.id)
     elif kind == "tool_result":
         result = part.tool_result
@@ -135,6 +140,7 @@ def _validate_tools(request: AnyRequest) -> None:
         schema_type = tool.parameters.fields.get("type")
         if tool.HasField("parameters") and schema_type is not None and schema_type.string_value != "object":
             raise invalid_argument(f"tools[{k}].parameters", 'must be a JSON Schema of "type": "object"')
+        check_json_numbers(tool.parameters, f"tools[{k}].parameters")
     choice = request.tool_choice.WhichOneof("choice") if request.HasField("tool_choice") else None
     if choice == "function_name" and request.tool_choice.function_name not in names:
         raise invalid_argument("tool_choice.function_name",
@@ -154,12 +160,32 @@ def _validate_tools(request: AnyRequest) -> None:
         if kind == "json_schema":
             if not fmt.json_schema.HasField("schema"):
                 raise invalid_argument("response_format.json_schema.schema", "is required")
+            check_json_numbers(fmt.json_schema.schema, "response_format.json_schema.schema")
             if fmt.json_schema.name and not TOOL_NAME.match(fmt.json_schema.name):
                 raise invalid_argument("response_format.json_schema.name",
                                        f"{fmt.json_schema.name!r} is not a valid name ({TOOL_NAME_RULE})")
     if request.HasField("reasoning") and request.reasoning.HasField("budget_tokens") \
             and request.reasoning.budget_tokens < 0:
         raise invalid_argument("reasoning.budget_tokens", "must be >= 0")
+
+
+def check_json_numbers(struct: struct_pb2.Struct, path: str) -> None:
+    """A Struct becomes JSON in the provider's request, and JSON has no NaN or Infinity: a binary
+    client can still put them in a double, so they are refused here, naming the field."""
+    for key, value in struct.fields.items():
+        _check_json_value(value, f"{path}.{key}")
+
+
+def _check_json_value(value: struct_pb2.Value, path: str) -> None:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        if not math.isfinite(value.number_value):
+            raise invalid_argument(path, f"is {value.number_value}, which JSON cannot carry: send a finite number")
+    elif kind == "struct_value":
+        check_json_numbers(value.struct_value, path)
+    elif kind == "list_value":
+        for index, item in enumerate(value.list_value.values):
+            _check_json_value(item, f"{path}[{index}]")
 
 
 def media_mime_type(media: pb.Media) -> str:

@@ -15,7 +15,6 @@ from typing import Any
 
 import orjson
 from google.protobuf import struct_pb2
-from google.protobuf.json_format import MessageToDict
 
 from tollway.v1 import completion_pb2 as pb
 
@@ -81,19 +80,27 @@ def arguments_text(arguments: object) -> str:
 
 
 def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
-    """A Struct as plain JSON values, for request bodies (integers stay integers where exact)."""
-    return {key: _ints(item) for key, item in MessageToDict(value).items()}
+    """A Struct as plain JSON values, for request bodies (integers stay integers where exact).
+    Read straight from the Value messages: json_format's MessageToDict took three times as long
+    for a tool's schema. Numbers are finite (admission refuses NaN and Infinity)."""
+    return {key: _plain(item) for key, item in value.fields.items()}
 
 
-def _ints(value: Any) -> Any:
-    # Struct holds every number as a double: 3.0 was 3 in the caller's schema or arguments.
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _ints(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_ints(v) for v in value]
-    return value
+def _plain(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        # Struct holds every number as a double: 3.0 was 3 in the caller's schema or arguments.
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_plain(item) for item in value.list_value.values]
+    return None  # null_value, or no value set (MessageToDict gives None too)
 
 
 def result_text(result: pb.ToolResult) -> str:

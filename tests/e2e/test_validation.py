@@ -169,6 +169,19 @@ INVALID_REQUESTS = [
      "response_format.json_schema.schema: is required"),
     ("negative-thinking-budget", dict(model=MODEL, messages=hello(), reasoning=pb.ReasoningConfig(budget_tokens=-1)),
      "reasoning.budget_tokens", "reasoning.budget_tokens: must be >= 0"),
+    # JSON has no NaN or Infinity, but a binary client can put them in a Struct's double.
+    ("nan-in-a-tool-schema", dict(model=MODEL, messages=hello(), tools=[pb.Tool(name="f", parameters=schema(
+        type="object", properties={"n": {"type": "number", "maximum": math.nan}}))]),
+     "tools[0].parameters.properties.n.maximum",
+     "tools[0].parameters.properties.n.maximum: is nan, which JSON cannot carry: send a finite number"),
+    ("infinity-in-a-response-schema", dict(model=MODEL, messages=hello(), response_format=pb.ResponseFormat(
+        json_schema=pb.JsonSchemaFormat(name="answer", schema=schema(type="object", enum=[1, -math.inf])))),
+     "response_format.json_schema.schema.enum[1]",
+     "response_format.json_schema.schema.enum[1]: is -inf, which JSON cannot carry: send a finite number"),
+    ("infinity-in-echoed-arguments", dict(model=MODEL, messages=[*hello(), pb.Message(role=pb.ROLE_ASSISTANT, parts=[
+        pb.Part(tool_call=pb.ToolCall(id="c", name="f", arguments=schema(x=math.inf)))])]),
+     "messages[1].parts[0].tool_call.arguments.x",
+     "messages[1].parts[0].tool_call.arguments.x: is inf, which JSON cannot carry: send a finite number"),
 ]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -32,6 +32,18 @@ def test_arguments_are_parsed_only_when_they_are_a_json_object():
     assert struct_to_dict(parsed_arguments("{}")) == {}
     for text in ("", "[1, 2]", '"Paris"', "3", '{"city": "Par', "not json", "null"):
         assert parsed_arguments(text) is None, text
+
+
+def test_a_struct_becomes_the_json_values_it_holds_with_exact_integers_kept_integers():
+    value = struct_pb2.Struct()
+    value.update({"type": "object", "count": 3, "ratio": 0.5, "big": 2.0**60, "flag": False, "none": None,
+                  "list": [1, "a", {"deep": [2.5, True, None]}], "empty": {}, "empty_list": []})
+    assert struct_to_dict(value) == json_format.MessageToDict(value) | {"count": 3, "big": 2.0**60}
+    assert struct_to_dict(value) == {"type": "object", "count": 3, "ratio": 0.5, "big": 2.0**60, "flag": False,
+                                     "none": None, "list": [1, "a", {"deep": [2.5, True, None]}], "empty": {},
+                                     "empty_list": []}
+    assert type(struct_to_dict(value)["count"]) is int and type(struct_to_dict(value)["list"][0]) is int
+    assert struct_to_dict(struct_pb2.Struct()) == {}
 
 
 def test_a_call_keeps_its_text_exactly_and_gets_an_id_when_it_had_none():

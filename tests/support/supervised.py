@@ -137,6 +137,11 @@ class ServedGateway:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
     async def start(self) -> None:
         """Until it serves (and, with workers, until every worker does)."""
         log_path = self.config.with_name(f"{self.config.stem}-{len(self.logs)}.log")

@@ -18,7 +18,6 @@ import signal
 import socket
 import sqlite3
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -27,14 +26,14 @@ from tollway.service.gateway.worker import resolve_workers
 from tollway.v1 import completion_pb2 as pb
 from tollway.v1 import completion_pb2_grpc as pb_grpc
 
-from tests import support
 from tests.support.cli import tollway
 from tests.support.gateway import MIXROUTER_TEST_KEY
 from tests.support.ledger import sample_record
 from tests.support.ledger_calls import GEMINI_USAGE, completion, request_id_of
 from tests.support.seed import recorded_stream
-from tests.support.served import free_port, wait_until_serving
+from tests.support.served import free_port
 from tests.support.supervised import (
+    ServedGateway,
     alive,
     established_connections,
     grpc_loaded,
@@ -68,67 +67,20 @@ def config_text(upstream: FakeUpstream, port: int, state: Path, *, workers: int 
     return "\n".join(lines) + "\n" + extra
 
 
-@dataclass
-class Serve:
-    """`tollway serve` as a process group of its own, logging to one file."""
-
-    config: Path
-    port: int
-    workers: int = 2
-    proc: asyncio.subprocess.Process | None = None
-    log: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.log = self.config.with_suffix(".log")
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    async def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
-        env["MIXROUTER_API_KEY"] = MIXROUTER_TEST_KEY
-        with open(self.log, "ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tollway.service.cli", "serve", "--config", str(self.config),
-                cwd=support.ROOT, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-                start_new_session=True)
-        await wait_until_serving(self.target, self.proc, self.log_text, WAIT_S)
-        if self.workers > 1:
-            await serving_workers(self.proc, self.workers, self.log_text, WAIT_S)
-
-    def log_text(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
-
-    async def exit_code(self) -> int:
-        assert self.proc is not None
-        return await asyncio.wait_for(self.proc.wait(), WAIT_S)
-
-    async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            await self.proc.wait()
-
-
 @pytest.fixture
 async def serves():
-    started: list[Serve] = []
+    started: list[ServedGateway] = []
     yield started
     for serve in started:
-        await serve.kill()
+        await serve.stop()
 
 
-async def start(serves: list[Serve], tmp_path: Path, upstream: FakeUpstream, **options) -> Serve:
+async def start(serves: list[ServedGateway], tmp_path: Path, upstream: FakeUpstream, **options) -> ServedGateway:
     port = free_port()
     config = tmp_path / "tollway.toml"
     config.write_text(config_text(upstream, port, tmp_path / "state", **options), encoding="utf-8")
-    serve = Serve(config, port, options.get("workers", 2) if isinstance(options.get("workers", 2), int) else 2)
+    serve = ServedGateway(config, port, options.get("workers", 2) if isinstance(options.get("workers", 2), int) else 2,
+                          wait_s=WAIT_S)
     serves.append(serve)
     await serve.start()
     return serve

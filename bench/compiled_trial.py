@@ -88,11 +88,11 @@ def launcher(compiled_tree: Path):
 async def measure(work: Path, compiled_tree: Path, modules: list[str], mode: str, repetitions: int,
                   seconds: float) -> dict[str, list[tuple[float, float, float]]]:
     bench_run._launch = launcher(compiled_tree)
-    bench = bench_run.Bench(bench_run.QUICK, ("aiohttp",), work, None, merged=False)
+    bench = bench_run.Bench(bench_run.QUICK, ("http1",), work, None, merged=False)
     figures: dict[str, list[tuple[float, float, float]]] = {name: [] for name in GATEWAYS}
     try:
         upstream = bench.start_upstream()
-        addresses = {name: bench.start_gateway(name, "aiohttp", upstream) for name in GATEWAYS}
+        addresses = {name: bench.start_gateway(name, "http1", upstream) for name in GATEWAYS}
         for name in GATEWAYS:
             await bench.wait_ready(name, addresses[name])
         missing = compiled_loaded(bench.servers["compiled"].pid, modules)

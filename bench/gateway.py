@@ -1,8 +1,9 @@
 """Launch `tollway serve` for the benchmark, optionally on a different upstream transport.
 
 TOLLWAY_BENCH_TRANSPORT selects the HTTP client under the engine's httpx API:
-  aiohttp (default)  the shipped engine: httpx_aiohttp.AiohttpTransport (httpx Request/Response
-                     over one aiohttp session)
+  http1 (default)    the shipped engine: its own HTTP/1.1 client (service/upstream/http1.py)
+  aiohttp            0.1's client: httpx_aiohttp.AiohttpTransport (httpx Request/Response over
+                     one aiohttp session), as Engine.start made it before
   httpx              httpx's own connection pool (httpx.AsyncHTTPTransport), limits raised to the
                      engine's max_connections (httpx's default of 100 connections / 20 keep-alive
                      collapses at c=50)
@@ -25,18 +26,20 @@ from __future__ import annotations
 import os
 import sys
 
+import aiohttp
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 # The function itself: the cli package's `main` attribute is the console entry point
 # (tollway.service.cli:main), not its main module (0.1 had a module, service.cli, and called cli.main).
 from tollway.service.cli import main as serve_cli
 from tollway.service.upstream.engine import Engine
 
-TRANSPORTS = ("aiohttp", "httpx")
+TRANSPORTS = ("http1", "aiohttp", "httpx")
 
 
 class _NativeTransport(httpx.AsyncHTTPTransport):
-    """httpx's pool, answering like the aiohttp transport: the response knows its request."""
+    """httpx's pool, answering like the shipped transport: the response knows its request."""
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await super().handle_async_request(request)
@@ -49,13 +52,21 @@ async def _start_native_httpx(self: Engine) -> None:
     self._transport = _NativeTransport(limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit))
 
 
+async def _start_aiohttp(self: Engine) -> None:
+    connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
+    session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+    self._transport = AiohttpTransport(client=session)
+
+
 def main(argv: list[str] | None = None) -> int:
-    transport = os.environ.get("TOLLWAY_BENCH_TRANSPORT", "aiohttp")
+    transport = os.environ.get("TOLLWAY_BENCH_TRANSPORT", "http1")
     if transport not in TRANSPORTS:
         print(f"bench.gateway: TOLLWAY_BENCH_TRANSPORT must be one of {', '.join(TRANSPORTS)}", file=sys.stderr)
         return 2
     if transport == "httpx":
         Engine.start = _start_native_httpx  # type: ignore[method-assign]
+    elif transport == "aiohttp":
+        Engine.start = _start_aiohttp  # type: ignore[method-assign]
     if os.environ.get("TOLLWAY_BENCH_MERGE_DELTAS") == "1":
         shipped_init = Engine.__init__
 

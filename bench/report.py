@@ -19,7 +19,7 @@ BASELINE = "baseline"
 # Portkey's gateway (Node, bench/portkey), called over HTTP with the stand-in as its custom host.
 PORTKEY = "portkey"
 # The transport Tollway ships with: the side-by-side table's Tollway when it was measured.
-SHIPPED_TRANSPORT = "aiohttp"
+SHIPPED_TRANSPORT = "http1"
 PORTKEY_RPS = 600  # Portkey gateway at c=50 on a machine like this one (593..634 requests/s)
 
 Phase = dict[str, Any]
@@ -414,8 +414,8 @@ def render(result: dict[str, Any]) -> str:
         f"Python {meta['python']}; code {meta.get('code', 'unknown')}; medians of {meta['repetitions']} repetition(s); "
         f"{result['duration_s']} s of load; {fig.errors()} failed calls."
         + (" PROFILED: the gateways ran under cProfile, figures are not comparable." if meta["profiled"] else "")
-        + (f" Baseline (\"Tollway @ baseline\"): the gateway of the tree at {meta['baseline_tree']}, {first} "
-           "transport." if meta.get("baseline_tree") else "")
+        + (f" Baseline (\"Tollway @ baseline\"): the gateway of the tree at {meta['baseline_tree']}, with "
+           "the upstream client it ships." if meta.get("baseline_tree") else "")
         + (f" Portkey: @portkey-ai/gateway {meta['portkey']} on node, called over HTTP with the stand-in as its "
            "OpenAI custom host." if meta.get("portkey") else ""),
         "",

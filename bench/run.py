@@ -188,11 +188,12 @@ class Bench:
             raise RuntimeError("the upstream stand-in did not start (see its log)")
         return f"http://127.0.0.1:{int(port)}"
 
-    def start_gateway(self, name: str, transport: str, root: str, *, merge_deltas: bool = False,
+    def start_gateway(self, name: str, transport: str | None, root: str, *, merge_deltas: bool = False,
                       tree: Path = ROOT) -> str:
         """`tollway serve` with the stand-in behind five providers (the stand-in answers by path):
         mixrouter and mixrouter_b serve, failing answers 503, paced spaces its stream events,
-        tools streams a tool call. tree: the checkout whose bench.gateway runs (see _launch)."""
+        tools streams a tool call. tree: the checkout whose bench.gateway runs (see _launch);
+        transport None: the client that tree ships."""
         port = _free_port()
         config = self.workdir / f"tollway-{name}.toml"
         providers = {"mixrouter": f"{root}/v1", "mixrouter_b": f"{root}/v1", "failing": f"{root}/fail503/v1",
@@ -217,7 +218,9 @@ class Bench:
             encoding="utf-8",
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
-        env.update(MIXROUTER_API_KEY=API_KEY, TOLLWAY_BENCH_TRANSPORT=transport)
+        env["MIXROUTER_API_KEY"] = API_KEY
+        if transport is not None:
+            env["TOLLWAY_BENCH_TRANSPORT"] = transport
         if merge_deltas:
             env["TOLLWAY_BENCH_MERGE_DELTAS"] = "1"
         if self.profile:
@@ -456,7 +459,7 @@ class Bench:
         if self.merged:
             addresses[MERGED] = self.start_gateway(MERGED, first, root, merge_deltas=True)
         if self.baseline_tree:
-            addresses[BASELINE] = self.start_gateway(BASELINE, first, root, tree=self.baseline_tree)
+            addresses[BASELINE] = self.start_gateway(BASELINE, None, root, tree=self.baseline_tree)
         addresses[FLOOR] = self.start_floor()
         portkey_url = self.start_portkey() if self.portkey else ""
         for name, address in addresses.items():

@@ -70,7 +70,7 @@ class ServerConfig:
     log_format: str = "plain"
     # How long in-flight calls (streams too) may run on after SIGTERM.
     grace_period_s: float = 30.0
-    # Upstream connection pool size (aiohttp connector limit).
+    # Upstream connections open at once, over every provider (the engine's HTTP/1.1 pool).
     max_upstream_connections: int = 1000
     # Streams: deltas that arrive in the same network read and continue each other (text or
     # reasoning of one choice, the arguments of one tool call) go out as one message (the

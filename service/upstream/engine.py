@@ -1,8 +1,8 @@
 """The engine: the only module that touches the network.
 
-One shared httpx.AsyncClient over an aiohttp transport (httpx's own pool was measured at
-about a third of aiohttp's throughput here, see bench/RESULTS.md); adapters still see only
-httpx Request/Response objects. The engine knows no provider's JSON.
+One shared HTTP/1.1 client (http1.Http1Transport: asyncio protocols and httptools, about a
+tenth of the CPU per call of aiohttp behind httpx-aiohttp, bench/RESULTS.md); adapters see
+only httpx Request/Response objects. The engine knows no provider's JSON.
 
 Cancellation and deadlines: every upstream call runs inside the caller's task, so when
 the caller cancels or its deadline passes, gRPC cancels the task and the upstream
@@ -17,10 +17,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 
-import aiohttp
 import grpc
 import httpx
-from httpx_aiohttp import AiohttpTransport
 from httpx_sse import ServerSentEvent
 
 from tollway.service.errors import GatewayError, bad_upstream_body, upstream_http_error
@@ -28,6 +26,7 @@ from tollway.service.plugins.adapter import Adapter, AnyRequest, StreamDecoder
 from tollway.service.usage.estimate import answer_bytes, estimated_usage
 from tollway.v1 import completion_pb2 as pb
 
+from .http1 import Http1Transport
 from .sse import SSEDecoder, SSETooLarge
 
 Code = grpc.StatusCode
@@ -62,19 +61,16 @@ class Engine:
         # Send the consecutive deltas of one choice that one read brought as one message.
         # Off by default: callers then see each upstream event as its own delta, as before.
         self._merge_deltas = merge_deltas
-        self._transport: AiohttpTransport | None = None
+        self._transport: httpx.AsyncBaseTransport | None = None
 
     @property
     def max_connections(self) -> int:
         return self._max_connections
 
     async def start(self) -> None:
-        """Create the shared transport; must run inside the serving event loop."""
-        connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
-        # One session serves every caller: a cookie one upstream answer sets must never ride
-        # along on another caller's request.
-        session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
-        self._transport = AiohttpTransport(client=session)
+        """Create the shared transport; must run inside the serving event loop. It keeps no
+        cookies: nothing one upstream answer sets rides along on another caller's request."""
+        self._transport = Http1Transport(max_connections=self._max_connections)
 
     async def aclose(self) -> None:
         if self._transport is not None:
@@ -157,7 +153,7 @@ class Engine:
                 raise adapter.parse_error(response)
             if "text/event-stream" not in response.headers.get("content-type", "").partition(";")[0]:
                 raise bad_upstream_body(name, "a body that is not an event stream")
-            # Raw bytes unless the upstream compressed them (aiohttp offers gzip and deflate).
+            # Raw bytes unless the upstream compressed them anyway (none is asked to).
             chunks = response.aiter_bytes() if "content-encoding" in response.headers else response.aiter_raw()
             sse = SSEDecoder(self.max_event_bytes)
             # One timer for the whole read, armed only while waiting for the upstream: armed
@@ -379,22 +375,20 @@ def _with_partial(err: GatewayError, decoder: StreamDecoder, delivered: bool, re
 
 def _transport_error(name: str, exc: httpx.HTTPError, *, mid_stream: bool = False,
                      connect_s: float | None = None, base_url: str | None = None) -> GatewayError:
-    """Classify by the underlying aiohttp error: the transport maps every connection error to ConnectTimeout."""
-    cause = exc.__cause__ or exc
-    if isinstance(cause, aiohttp.ConnectionTimeoutError) and connect_s is not None:
+    """The transport's httpx error as the caller hears it (http1.py says which it raises)."""
+    if isinstance(exc, httpx.ConnectTimeout) and connect_s is not None:
         # The connect limit, not the upstream's speed: say which, so an operator tunes the right one.
         return GatewayError(Code.DEADLINE_EXCEEDED, f"{name}: upstream did not accept a connection within "
                             f"{connect_s:.3g}s", attempt_timeout=True)
-    if isinstance(cause, (asyncio.TimeoutError, TimeoutError)) or (
-        isinstance(exc, httpx.TimeoutException) and exc.__cause__ is None
-    ):
+    if isinstance(exc, httpx.TimeoutException):
         return GatewayError(Code.DEADLINE_EXCEEDED, f"{name}: upstream timed out", attempt_timeout=True)
-    if isinstance(cause, aiohttp.ClientConnectorError):
+    if isinstance(exc, httpx.ConnectError):
         # The caller hears only the provider's name (internal addresses stay internal); the
         # operator needs to know where the gateway tried to connect.
-        log.warning("%s: cannot connect to upstream at %s: %s", name, operator_address(base_url),
-                    cause.os_error.strerror or type(cause.os_error).__name__)
+        cause = exc.__cause__
+        reason = (cause.strerror if isinstance(cause, OSError) else None) or type(cause or exc).__name__
+        log.warning("%s: cannot connect to upstream at %s: %s", name, operator_address(base_url), reason)
         return GatewayError(Code.UNAVAILABLE, f"{name}: cannot connect to upstream")
-    if mid_stream or isinstance(cause, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)):
+    if mid_stream or isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
         return GatewayError(Code.UNAVAILABLE, f"{name}: upstream closed the connection")
     return GatewayError(Code.UNAVAILABLE, f"{name}: upstream connection failed")

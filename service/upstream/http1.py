@@ -197,7 +197,9 @@ class _Connection(asyncio.Protocol):
         await self.head
 
     async def body(self) -> AsyncIterator[bytes]:
-        """The body's chunks as they arrive (the socket's reads, de-chunked)."""
+        """The body as it arrives: what arrived since the last piece, de-chunked, as one piece
+        (the engine merges the stream deltas of one piece, so the HTTP chunks a read brought
+        must stay together)."""
         loop = asyncio.get_running_loop()
         while True:
             if self.chunks:
@@ -205,8 +207,7 @@ class _Connection(asyncio.Protocol):
                 if self.paused and self.transport is not None:
                     self.paused = False
                     self.transport.resume_reading()
-                for chunk in chunks:
-                    yield chunk
+                yield chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 continue
             if self.complete:
                 return

@@ -807,3 +807,22 @@ async def test_requests_waiting_for_the_pool_fail_when_the_client_closes(serve, 
         await busy
     assert server.accepted == 1
     assert transport.open_connections == 0
+
+
+async def test_http_chunks_that_arrive_together_come_out_as_one_piece(serve, make_transport):
+    # A provider sends each stream event as its own HTTP chunk; the engine merges the deltas of
+    # one piece, so the chunks one read brought must stay together.
+    events = [b"data: %d\n\n" % n for n in range(20)]
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+    async def script(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(head + chunked)  # one write: one read at the client
+
+    server = await serve(script)
+    transport = make_transport()
+    response = await transport.handle_async_request(post(server.url()))
+    await asyncio.sleep(0.05)  # the whole answer has arrived before the body is read
+    pieces = [piece async for piece in response.aiter_raw()]
+    assert pieces == [b"".join(events)]

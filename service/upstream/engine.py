@@ -26,7 +26,7 @@ from tollway.service.plugins.adapter import Adapter, AnyRequest, StreamDecoder
 from tollway.service.usage.estimate import answer_bytes, estimated_usage
 from tollway.v1 import completion_pb2 as pb
 
-from .http1 import Http1Transport
+from .http1 import Http1Transport, MalformedAnswer
 from .sse import SSEDecoder, SSETooLarge
 
 Code = grpc.StatusCode
@@ -389,6 +389,8 @@ def _transport_error(name: str, exc: httpx.HTTPError, *, mid_stream: bool = Fals
         reason = (cause.strerror if isinstance(cause, OSError) else None) or type(cause or exc).__name__
         log.warning("%s: cannot connect to upstream at %s: %s", name, operator_address(base_url), reason)
         return GatewayError(Code.UNAVAILABLE, f"{name}: cannot connect to upstream")
+    if isinstance(exc, MalformedAnswer):
+        return GatewayError(Code.UNAVAILABLE, f"{name}: upstream answered with malformed HTTP/1.1")
     if mid_stream or isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
         return GatewayError(Code.UNAVAILABLE, f"{name}: upstream closed the connection")
     return GatewayError(Code.UNAVAILABLE, f"{name}: upstream connection failed")

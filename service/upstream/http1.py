@@ -16,8 +16,8 @@ before its body arrived closes its connection, so an upstream sees a cancel at o
 limits here are the connect and pool ones; the engine bounds the rest of an exchange.
 
 Errors are httpx's: ConnectError (its __cause__ the OSError), ConnectTimeout, PoolTimeout,
-RemoteProtocolError (the server closed early or spoke no HTTP/1.1) and ReadError (the
-connection failed).
+RemoteProtocolError (the server closed early; MalformedAnswer, a subclass: it spoke no
+HTTP/1.1) and ReadError (the connection failed).
 """
 
 from __future__ import annotations
@@ -50,6 +50,10 @@ def _user_agent() -> bytes:
 
 
 USER_AGENT = _user_agent()
+
+
+class MalformedAnswer(httpx.RemoteProtocolError):
+    """The upstream's bytes are not an HTTP/1.1 answer (a wrong port, a TLS or HTTP/2-only server)."""
 
 
 class _Connection(asyncio.Protocol):
@@ -94,7 +98,7 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(httpx.RemoteProtocolError("the upstream switched protocols"))
         except httptools.HttpParserError as exc:
-            self._fail(httpx.RemoteProtocolError(f"the upstream answered with malformed HTTP/1.1 ({exc})"))
+            self._fail(MalformedAnswer(f"the upstream answered with malformed HTTP/1.1 ({exc})"))
 
     def eof_received(self) -> bool:
         return False  # close the transport: connection_lost follows

@@ -25,6 +25,7 @@ from tollway.v1 import completion_pb2 as pb
 from tests.support.upstream import (
     BlackHole,
     FakeUpstream,
+    NotHttp,
     RefusedPort,
     Reply,
     html_error_page,
@@ -253,6 +254,24 @@ async def test_unary_falls_back_when_the_first_provider_refuses_connections(star
     assert response.provider == "b"
     assert attempts(response.attempts) == [
         ("a", "model-a", Code.UNAVAILABLE, "a: cannot connect to upstream"),
+        ("b", "model-b", Code.OK, ""),
+    ]
+
+
+async def test_unary_falls_back_when_the_first_provider_speaks_no_http(start_client, ups):
+    _, b, c = ups
+    not_http = await NotHttp().start()
+    try:
+        client = await gateway(start_client, [not_http, b, c])
+        b.reply(ok("from b"))
+
+        response = await client.stub.Complete(request(), timeout=10)
+    finally:
+        await not_http.stop()
+
+    assert response.provider == "b"
+    assert attempts(response.attempts) == [
+        ("a", "model-a", Code.UNAVAILABLE, "a: upstream answered with malformed HTTP/1.1"),
         ("b", "model-b", Code.OK, ""),
     ]
 

@@ -216,6 +216,38 @@ class RefusedPort:
         self._sock.close()
 
 
+class NotHttp:
+    """A loopback server that answers every request with bytes that are no HTTP (a wrong port,
+    a server speaking another protocol)."""
+
+    ANSWER = b"SSH-2.0-OpenSSH_9.6\r\n\r\n"
+
+    def __init__(self) -> None:
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> "NotHttp":
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(65536)
+            writer.write(self.ANSWER)
+            await writer.drain()
+            await reader.read()  # until the client hangs up
+            writer.close()
+
+        self._server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
 class BlackHole:
     """A loopback port where connecting hangs: a listener whose accept queue is full and
     which never accepts, so the kernel drops further SYNs (a connect timeout, no network needed)."""

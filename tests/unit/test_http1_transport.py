@@ -472,14 +472,21 @@ async def test_one_connection_at_most_makes_the_second_request_wait_then_share_i
     assert transport.open_connections == 1
 
 
-async def test_pool_timeout_while_the_only_connection_stays_busy(serve, make_transport):
-    async def script(peer: Peer) -> None:
-        await peer.read_request()  # and never answers
+async def never_answers(peer: Peer) -> None:
+    await peer.read_request()
 
-    server = await serve(script)
+
+async def the_one_connection_busy(serve, make_transport) -> tuple[ScriptedServer, Http1Transport, asyncio.Task]:
+    """A pool of one connection, busy with a request the server never answers."""
+    server = await serve(never_answers)
     transport = make_transport(max_connections=1)
     busy = asyncio.create_task(transport.handle_async_request(post(server.url())))
     await eventually(lambda: len(server.requests) == 1, "the first request reaches the server")
+    return server, transport, busy
+
+
+async def test_pool_timeout_while_the_only_connection_stays_busy(serve, make_transport):
+    server, transport, busy = await the_one_connection_busy(serve, make_transport)
 
     timeout = {"connect": 1.0, "pool": 0.05, "read": None}
     with pytest.raises(httpx.PoolTimeout, match="all 1 upstream connections stayed busy"):
@@ -494,10 +501,7 @@ async def test_pool_timeout_while_the_only_connection_stays_busy(serve, make_tra
 
 
 async def test_cancelling_a_request_closes_its_connection_at_once(serve, make_transport):
-    async def script(peer: Peer) -> None:
-        await peer.read_request()  # and never answers
-
-    server = await serve(script)
+    server = await serve(never_answers)
     transport = make_transport()
     waiting = asyncio.create_task(transport.handle_async_request(post(server.url())))
     await eventually(lambda: len(server.requests) == 1, "the request reaches the server")
@@ -788,13 +792,7 @@ async def test_an_idle_connection_the_server_closes_frees_its_slot_at_once(serve
 
 
 async def test_requests_waiting_for_the_pool_fail_when_the_client_closes(serve, make_transport):
-    async def script(peer: Peer) -> None:
-        await peer.read_request()  # and never answers
-
-    server = await serve(script)
-    transport = make_transport(max_connections=1)
-    busy = asyncio.create_task(transport.handle_async_request(post(server.url())))
-    await eventually(lambda: len(server.requests) == 1, "the first request reaches the server")
+    server, transport, busy = await the_one_connection_busy(serve, make_transport)
     waiting = asyncio.create_task(transport.handle_async_request(post(server.url())))
     await asyncio.sleep(0.05)  # the second request is waiting for the one connection
     assert not waiting.done()

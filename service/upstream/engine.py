@@ -167,12 +167,17 @@ class Engine:
                         chunk = await anext(chunks)
                     except StopAsyncIteration:
                         break
+                    oversized = None
                     try:
                         events = sse.feed(chunk)
-                    except SSETooLarge:
-                        raise GatewayError(Code.UNAVAILABLE, f"{name}: upstream stream event exceeds "
-                                           f"server.max_upstream_event_bytes ({self.max_event_bytes} bytes)") from None
+                    except SSETooLarge as too_large:
+                        # The events the same read completed before it still go to the caller.
+                        events = too_large.events
+                        oversized = GatewayError(Code.UNAVAILABLE, f"{name}: upstream stream event exceeds "
+                                                 f"server.max_upstream_event_bytes ({self.max_event_bytes} bytes)")
                     if not events:
+                        if oversized is not None:
+                            raise oversized
                         continue  # part of an event: the clock runs on
                     timer.reschedule(None)
                     if not started:
@@ -196,6 +201,8 @@ class Engine:
                             yield message
                         if error is not None:
                             raise error
+                    if oversized is not None:
+                        raise oversized
                     # From now: time spent with the caller (a slow reader) is not the upstream's.
                     deadline = loop.time() + timeouts.idle
             if not decoder.finished:

@@ -27,7 +27,12 @@ _BOM = b"\xef\xbb\xbf"
 
 
 class SSETooLarge(ValueError):
-    """A line or an event passed the decoder's max_event_bytes."""
+    """A line or an event passed the decoder's max_event_bytes. events: those the same chunk
+    completed before it did, which the caller still passes on (they arrived whole)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.events: list[ServerSentEvent] = []
 
 
 class SSEDecoder:
@@ -83,16 +88,20 @@ class SSEDecoder:
             self._pending.clear()
             self._pending_bytes = 0
         tail = lines.pop()  # after the last line end: the start of a line, or b""
-        if tail:
-            self._hold(tail)
-        events = []
-        for line in lines:
-            if not line:
-                # httpx-sse's rule: dispatch when any field holds something (the id persists).
-                if self._data or self._event or self._id or self._retry is not None:
-                    events.append(self._dispatch())
-            elif line[0] != 0x3A:  # ":" starts a comment
-                self._field(line)
+        events: list[ServerSentEvent] = []
+        try:
+            for line in lines:
+                if not line:
+                    # httpx-sse's rule: dispatch when any field holds something (the id persists).
+                    if self._data or self._event or self._id or self._retry is not None:
+                        events.append(self._dispatch())
+                elif line[0] != 0x3A:  # ":" starts a comment
+                    self._field(line)
+            if tail:
+                self._hold(tail)
+        except SSETooLarge as too_large:
+            too_large.events = events
+            raise
         return events
 
     def _field(self, line: bytes) -> None:

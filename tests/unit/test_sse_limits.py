@@ -30,3 +30,14 @@ def test_events_within_the_limit_pass_and_the_count_starts_again_for_each():
 def test_no_limit_by_default():
     decoder = SSEDecoder()
     assert decoder.feed(b"data: " + b"z" * 1_000_000 + b"\n\n")[0].data == "z" * 1_000_000
+
+
+@pytest.mark.parametrize("oversized", [b"data: " + b"x" * 200, b"data: 0123456789\n" * 10],
+                         ids=["a line that never ends", "an event of many lines"])
+def test_the_events_a_read_completed_before_the_limit_passed_come_with_the_refusal(oversized):
+    # One read may carry whole events and then the start of something too large: the whole ones
+    # arrived and still go to the caller, before the error.
+    decoder = SSEDecoder(max_event_bytes=100)
+    with pytest.raises(SSETooLarge) as refused:
+        decoder.feed(b"data: one\n\ndata: two\n\n" + oversized)
+    assert [event.data for event in refused.value.events] == ["one", "two"]

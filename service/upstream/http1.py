@@ -6,7 +6,8 @@ client 0.03 (bench/RESULTS.md, "the upstream client"). The work that remains is 
 (httptools, the parser uvicorn uses) and one write per request; adapters keep speaking
 httpx.Request and httpx.Response, and httpx still decodes a compressed body.
 
-What it does, and no more: HTTP/1.1 over TCP or TLS, keep-alive connections pooled per origin
+What it does, and no more: HTTP/1.1 over TCP or TLS (a host's addresses tried with happy
+eyeballs, aiohappyeyeballs, as aiohttp does), keep-alive connections pooled per origin
 (LIFO; not reused after KEEPALIVE_EXPIRY_S idle, once the server closed them or asked to, or
 when anything arrived on them while idle, checked with a poll before reuse as httpcore does),
 at most max_connections in all, waiting (the request's "pool" timeout) when all are busy.
@@ -25,18 +26,21 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import select
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohappyeyeballs
 import httptools
 import httpx
 
 # Idle connections older than this are closed, not reused (aiohttp's default keep-alive).
 KEEPALIVE_EXPIRY_S = 15.0
-# A body reader this far behind stops the socket being read until it catches up.
+# A body reader this far behind stops the socket being read until it has taken what is buffered.
 HIGH_WATER_BYTES = 256 * 1024
-LOW_WATER_BYTES = 64 * 1024
+# The head start each address of a host gets before the next is tried too (RFC 8305's default).
+HAPPY_EYEBALLS_S = 0.25
 
 Origin = tuple[str, str, int]  # scheme, host, port
 
@@ -343,15 +347,27 @@ class Http1Transport(httpx.AsyncBaseTransport):
         if scheme == "https":
             tls = self._ssl_context or _default_ssl_context()
         sni = request.extensions.get("sni_hostname")
+        sock: socket.socket | None = None
         try:
             async with asyncio.timeout(connect_s):
+                addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                # Happy eyeballs (RFC 8305), as aiohttp does: a host whose first address does not
+                # answer (IPv6 dropped on the way, say) is reached on the next within 0.25 s
+                # rather than after the whole connect timeout. uvloop has no such option.
+                sock = await aiohappyeyeballs.start_connection(addresses, happy_eyeballs_delay=HAPPY_EYEBALLS_S,
+                                                               interleave=1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 _, connection = await loop.create_connection(
-                    lambda: _Connection(origin, self), host, port, ssl=tls,
+                    lambda: _Connection(origin, self), sock=sock, ssl=tls,
                     server_hostname=(sni or host) if tls is not None else None)
-        except TimeoutError:
-            raise httpx.ConnectTimeout(f"no connection within {connect_s:.3g}s", request=request) from None
-        except OSError as exc:
-            raise httpx.ConnectError(str(exc), request=request) from exc
+        except BaseException as exc:
+            if sock is not None:
+                sock.close()  # no transport took it (a second close is harmless)
+            if isinstance(exc, TimeoutError):
+                raise httpx.ConnectTimeout(f"no connection within {connect_s:.3g}s", request=request) from None
+            if isinstance(exc, OSError):
+                raise httpx.ConnectError(str(exc), request=request) from exc
+            raise
         return connection
 
     async def _wait_for_room(self, deadline: float | None, request: httpx.Request) -> None:

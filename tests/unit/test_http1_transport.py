@@ -824,3 +824,22 @@ async def test_http_chunks_that_arrive_together_come_out_as_one_piece(serve, mak
     await asyncio.sleep(0.05)  # the whole answer has arrived before the body is read
     pieces = [piece async for piece in response.aiter_raw()]
     assert pieces == [b"".join(events)]
+
+
+async def test_a_host_name_is_resolved_and_connected_to(serve, make_transport):
+    # Through getaddrinfo and happy eyeballs; where "localhost" also resolves to ::1, on which
+    # the server does not listen, the client goes on to 127.0.0.1.
+    server = await serve(keep_alive(OK))
+    transport = make_transport()
+    response, body = await fetch(transport, post(f"http://localhost:{server.port}{PATH}"))
+    assert (response.status_code, body) == (200, b'{"ok":true}')
+    assert server.accepted == 1
+    assert server.requests[0].split(b"\r\n")[1] == f"Host: localhost:{server.port}".encode()
+
+
+async def test_a_name_that_does_not_resolve_is_a_connect_error(make_transport):
+    transport = make_transport()
+    with pytest.raises(httpx.ConnectError) as refused:
+        await transport.handle_async_request(post("http://no-such-host.invalid/v1/chat/completions"))
+    assert isinstance(refused.value.__cause__, OSError)
+    assert transport.open_connections == 0

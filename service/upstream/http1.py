@@ -1,10 +1,11 @@
 """The engine's HTTP/1.1 client: an httpx transport on asyncio protocols, parsed by httptools.
 
-Why not aiohttp behind httpx-aiohttp (0.1's choice): at 50 calls in flight it cost the gateway
-about 0.33 ms of CPU per upstream call, a third of a whole call; raw aiohttp 0.23, and this
-client 0.03 (bench/RESULTS.md, "the upstream client"). The work that remains is llhttp's
-(httptools, the parser uvicorn uses) and one write per request; adapters keep speaking
-httpx.Request and httpx.Response, and httpx still decodes a compressed body.
+Why not aiohttp behind httpx-aiohttp (0.1's choice): at 50 calls in flight it cost about
+0.33 ms of CPU per upstream call, a third of a whole call (raw aiohttp 0.23, an asyncio
+protocol 0.03); with this client a gateway call takes 0.18 ms less (bench/RESULTS.md, "the
+engine's own HTTP/1.1 client"). The work that remains is llhttp's (httptools, the parser
+uvicorn uses) and one write per request; adapters keep speaking httpx.Request and
+httpx.Response, and httpx still decodes a compressed body.
 
 What it does, and no more: HTTP/1.1 over TCP or TLS (a host's addresses tried with happy
 eyeballs, aiohappyeyeballs, as aiohttp does), keep-alive connections pooled per origin

@@ -40,6 +40,9 @@ import httpx
 KEEPALIVE_EXPIRY_S = 15.0
 # A body reader this far behind stops the socket being read until it has taken what is buffered.
 HIGH_WATER_BYTES = 256 * 1024
+# The status line and headers of an answer (and its trailers), at most: aiohttp refused
+# header lines past 8 KiB; nothing a provider sends comes near this.
+MAX_HEAD_BYTES = 64 * 1024
 # The head start each address of a host gets before the next is tried too (RFC 8305's default).
 HAPPY_EYEBALLS_S = 0.25
 
@@ -91,6 +94,8 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         self.no_body = False  # the answer to HEAD: headers only, whatever they say
         self.to_eof = False  # no length and not chunked: the body ends with the connection
+        self.in_head = True  # the status line and headers are still arriving
+        self.head_bytes = 0
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -102,8 +107,16 @@ class _Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(httpx.RemoteProtocolError("the upstream switched protocols"))
+            return
         except httptools.HttpParserError as exc:
             self._fail(MalformedAnswer(f"the upstream answered with malformed HTTP/1.1 ({exc})"))
+            return
+        if self.in_head:
+            # Everything read so far is head: an endless header (which httptools would keep
+            # joining) is refused within one read of the limit.
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self._fail(_head_too_large())
 
     def eof_received(self) -> bool:
         return False  # close the transport: connection_lost follows
@@ -135,6 +148,11 @@ class _Connection(asyncio.Protocol):
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:  # a trailer, after a chunked body: it counts with the head
+            self.head_bytes += len(name) + len(value)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self._fail(_head_too_large())
+                return
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -143,6 +161,7 @@ class _Connection(asyncio.Protocol):
             self.headers, self.reason = [], b""
             return
         self.status = status
+        self.in_head = False
         if self.no_body:
             # llhttp cannot be told the request was HEAD: it would wait for the body the headers
             # announce. The answer ends here, and the connection with it.
@@ -167,8 +186,8 @@ class _Connection(asyncio.Protocol):
         self._wake_reader()
 
     def on_message_complete(self) -> None:
-        if self.status == 0:
-            return  # the end of an interim (1xx) answer
+        if self.status == 0 or self.failure is not None:
+            return  # the end of an interim (1xx) answer, or of one refused on the way
         self.complete = True
         self._wake_reader()
 
@@ -437,6 +456,10 @@ class Http1Transport(httpx.AsyncBaseTransport):
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+def _head_too_large() -> MalformedAnswer:
+    return MalformedAnswer(f"the upstream's status line and headers exceed {MAX_HEAD_BYTES // 1024} KiB")
 
 
 def _request_head(request: httpx.Request) -> bytes:

@@ -21,7 +21,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tollway.service.upstream.http1 import HIGH_WATER_BYTES, KEEPALIVE_EXPIRY_S, Http1Transport
+from tollway.service.upstream.http1 import (
+    HIGH_WATER_BYTES,
+    KEEPALIVE_EXPIRY_S,
+    MAX_HEAD_BYTES,
+    Http1Transport,
+    MalformedAnswer,
+)
 
 from tests.support.certs import CertificateAuthority
 
@@ -842,4 +848,34 @@ async def test_a_name_that_does_not_resolve_is_a_connect_error(make_transport):
     with pytest.raises(httpx.ConnectError) as refused:
         await transport.handle_async_request(post("http://no-such-host.invalid/v1/chat/completions"))
     assert isinstance(refused.value.__cause__, OSError)
+    assert transport.open_connections == 0
+
+
+async def test_headers_past_the_limit_are_refused_without_waiting_for_their_end(serve, make_transport):
+    # One header line that never ends: httptools would keep joining it; the client stops at
+    # the limit instead of holding whatever arrives.
+    endless = b"HTTP/1.1 200 OK\r\nX-Padding: " + b"a" * (MAX_HEAD_BYTES + 1024)
+
+    async def script(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(endless)
+
+    server = await serve(script)
+    transport = make_transport()
+    with pytest.raises(MalformedAnswer, match=r"^the upstream's status line and headers exceed 64 KiB$"):
+        await transport.handle_async_request(post(server.url()))
+    await settled(server.peers[0].eof, "the client drops the connection")
+    assert transport.open_connections == 0
+
+
+async def test_trailers_past_the_limit_fail_the_body(serve, make_transport):
+    trailers = b"".join(b"X-Trailer-%d: %s\r\n" % (n, b"t" * 1000) for n in range(70))
+    answer = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Trailer-0\r\n\r\n"
+              b"5\r\nhello\r\n0\r\n" + trailers + b"\r\n")
+    server = await serve(keep_alive(answer))
+    transport = make_transport()
+    response = await transport.handle_async_request(post(server.url()))
+    with pytest.raises(MalformedAnswer, match="exceed 64 KiB"):
+        await response.aread()
+    await response.aclose()  # as the engine always does: the connection goes, not back to the pool
     assert transport.open_connections == 0

@@ -412,6 +412,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
         """A connection's exchange is over: back to its origin's idle list, or closed."""
         if connection.reusable and not self._closed:
             connection.idle_since = asyncio.get_running_loop().time()
+            # A body that arrived whole but was left unread is not kept while the connection idles.
+            connection.chunks, connection.buffered = [], 0
             self._idle.setdefault(connection.origin, []).append(connection)
             self._wake_one()
             return

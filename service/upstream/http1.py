@@ -136,12 +136,6 @@ class _Connection(asyncio.Protocol):
         else:
             self._fail(httpx.RemoteProtocolError("the upstream closed the connection before the body's end"))
 
-    def pause_writing(self) -> None:  # the request is written whole; the kernel buffers it
-        pass
-
-    def resume_writing(self) -> None:
-        pass
-
     # -- httptools callbacks ------------------------------------------------------------
 
     def on_status(self, reason: bytes) -> None:
@@ -267,8 +261,7 @@ class _Connection(asyncio.Protocol):
 class _Body(httpx.AsyncByteStream):
     """A response's raw body; closing it gives the connection back or drops it."""
 
-    def __init__(self, pool: Http1Transport, connection: _Connection) -> None:
-        self._pool = pool
+    def __init__(self, connection: _Connection) -> None:
         self._connection: _Connection | None = connection
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -281,7 +274,7 @@ class _Body(httpx.AsyncByteStream):
     async def aclose(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
-            self._pool.release(connection)
+            connection.pool.release(connection)
 
 
 class Http1Transport(httpx.AsyncBaseTransport):
@@ -330,7 +323,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
         if connection.reason:
             extensions["reason_phrase"] = connection.reason
-        return httpx.Response(connection.status, headers=connection.headers, stream=_Body(self, connection),
+        return httpx.Response(connection.status, headers=connection.headers, stream=_Body(connection),
                               request=request, extensions=extensions)
 
     async def _acquire(self, origin: Origin, timeouts: dict[str, Any], request: httpx.Request) -> _Connection:

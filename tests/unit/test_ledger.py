@@ -110,6 +110,34 @@ async def test_records_reach_the_database_in_batches_of_at_most_batch_size(backe
     await ledger.aclose()
 
 
+async def test_records_that_queue_behind_a_busy_insert_gather_into_a_whole_batch(backend: Backend):
+    """Under load the database is always busy with the last batch: what queued meanwhile still
+    lingers for a whole batch, rather than going in a few records at a time."""
+    config = backend.config(batch_size=10, batch_linger_s=30.0)
+    store = BatchLog(open_store(config, config.insert_timeout_s))
+    gate = asyncio.Event()
+    real_insert = store.insert
+
+    async def busy_insert(recs: Sequence[LedgerRecord]) -> int:
+        await gate.wait()
+        return await real_insert(recs)
+
+    store.insert = busy_insert  # type: ignore[method-assign]
+    ledger = await Ledger.open(config, store)
+    await record_all(ledger, records("first", 10))  # a whole batch: inserted at once
+    await eventually(lambda: store.batches == [] and ledger.stats().inserted == 0 and ledger._in_flight == 10,
+                     "the first batch is being inserted")
+    await record_all(ledger, records("behind", 4))  # queued while the database is busy
+    gate.set()
+    await eventually(lambda: ledger.stats().inserted == 10, "the first batch is in")
+    await asyncio.sleep(0.2)  # the writer is free: it must not take the four alone
+    assert store.batches == [10]
+    await record_all(ledger, records("more", 6))
+    await eventually(lambda: ledger.stats().inserted == 20, "the second batch is in")
+    assert store.batches == [10, 10]
+    await ledger.aclose()
+
+
 async def test_a_full_queue_spills_to_the_journal_and_the_spill_is_replayed_without_double_counting(
         backend: Backend):
     ledger = await Ledger.open(backend.config(queue_size=10))

@@ -63,9 +63,9 @@ class FloorServicer(pb_grpc.CompletionServicer):
             yield message
 
 
-async def serve(listen: str) -> None:
+async def serve(listen: str, servicer: pb_grpc.CompletionServicer) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    pb_grpc.add_CompletionServicer_to_server(FloorServicer(), server)
+    pb_grpc.add_CompletionServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()  # for the benchmark's readiness check only
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if server.add_insecure_port(listen) == 0:
@@ -80,16 +80,21 @@ async def serve(listen: str) -> None:
     await server.stop(0)
 
 
+def run_server(listen: str, servicer: pb_grpc.CompletionServicer) -> None:
+    """Serve on uvloop, as `tollway serve` does, until SIGTERM or SIGINT."""
+    try:
+        import uvloop
+
+        uvloop.run(serve(listen, servicer))
+    except ImportError:
+        asyncio.run(serve(listen, servicer))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="grpc.aio server with Tollway's contract and no work")
     parser.add_argument("--listen", required=True)
     args = parser.parse_args(argv)
-    try:
-        import uvloop
-
-        uvloop.run(serve(args.listen))
-    except ImportError:
-        asyncio.run(serve(args.listen))
+    run_server(args.listen, FloorServicer())
     return 0
 
 

@@ -72,7 +72,7 @@ from bench.load import (  # noqa: E402
     Samples,
     run_phase,
 )
-from bench.report import BASELINE, DIRECT, FALLBACK, FLOOR, MERGED, PORTKEY, ROUTE, render  # noqa: E402
+from bench.report import BASELINE, DIRECT, FALLBACK, FLOOR, MERGED, PASSTHROUGH, PORTKEY, ROUTE, render  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # Subprocesses run the code of the tree this file is in (and its generated stubs), even when
@@ -238,6 +238,15 @@ class Bench:
         )
         return address
 
+    def start_passthrough(self, root: str) -> str:
+        address = f"127.0.0.1:{_free_port()}"
+        self.servers[PASSTHROUGH] = subprocess.Popen(
+            [sys.executable, "-m", "bench.passthrough", "--listen", address, "--upstream", f"{root}/v1"], cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": _PYTHONPATH}, stdout=subprocess.DEVNULL,
+            stderr=open(self.workdir / f"{PASSTHROUGH}.log", "wb"),
+        )
+        return address
+
     def start_portkey(self) -> str:
         """Portkey's gateway as its README starts it (node, production, headless), on a free
         loopback port (bench/portkey/loopback.mjs: it takes no host option)."""
@@ -367,9 +376,9 @@ class Bench:
         baseline = [BASELINE] if self.baseline_tree else []
         portkey = [PORTKEY] if self.portkey else []
         if mode == "unary":
-            return [*gateways, *baseline, ROUTE, FALLBACK, *portkey]
+            return [*gateways, PASSTHROUGH, *baseline, ROUTE, FALLBACK, *portkey]
         if mode == "stream":
-            return [*gateways, *baseline, ROUTE, FALLBACK, *merged, *portkey]
+            return [*gateways, PASSTHROUGH, *baseline, ROUTE, FALLBACK, *merged, *portkey]
         if mode == "tool":
             return [DIRECT, self.transports[0]]
         return [DIRECT, FLOOR, self.transports[0], *merged, *portkey]
@@ -461,6 +470,7 @@ class Bench:
         if self.baseline_tree:
             addresses[BASELINE] = self.start_gateway(BASELINE, None, root, tree=self.baseline_tree)
         addresses[FLOOR] = self.start_floor()
+        addresses[PASSTHROUGH] = self.start_passthrough(root)
         portkey_url = self.start_portkey() if self.portkey else ""
         for name, address in addresses.items():
             await self.wait_ready(name, address)

@@ -38,6 +38,13 @@ UNARY_TEXT = "Hello from the stand-in."
 # The text of the stand-in's stream, all deltas joined.
 STREAM_TEXT = "".join(f"tok{i} " for i in range(CHUNKS - 1)) + f"tok{CHUNKS - 1}"
 
+# Every gateway the bench starts prices the stand-in's model, so each call is priced as a real
+# one is (line items computed, not "unpriced"): $0.15 and $0.60 per million input and output
+# tokens. The stand-in's 12 + 20 tokens cost 12 * 150 + 20 * 600 nano-USD.
+PRICES_TOML = ('[[prices]]\nprovider = "mixrouter"\nmodel = "bench-model"\neffective_from = 2026-01-01\n'
+               'source = "bench"\ninput_text = 150_000_000\noutput_text = 600_000_000\n')
+COST_NANO_USD = 12 * 150 + CHUNKS * 600
+
 _MESSAGES = [pb.Message(role=pb.ROLE_USER, parts=[pb.Part(text="Say hello in twenty tokens.")])]
 COMPLETE_REQUEST = pb.CompleteRequest(model=MODEL, messages=_MESSAGES, max_tokens=32)
 STREAM_REQUEST = pb.StreamCompleteRequest(model=MODEL, messages=_MESSAGES, max_tokens=32)
@@ -107,7 +114,11 @@ async def run_phase(call: Call, concurrency: int, count: int, max_s: float) -> S
 class GatewayTarget:
     """Tollway over one grpc.aio channel, asking for one model name."""
 
-    def __init__(self, address: str, model: str = MODEL, channel: grpc.aio.Channel | None = None) -> None:
+    def __init__(self, address: str, model: str = MODEL, channel: grpc.aio.Channel | None = None,
+                 priced: bool = True) -> None:
+        """priced: its answers carry the cost of PRICES_TOML (a gateway; the floor and the bare
+        pass-through price nothing)."""
+        self.priced = priced
         self.channel = channel or grpc.aio.insecure_channel(address)
         self._owns_channel = channel is None
         self.stub = pb_grpc.CompletionStub(self.channel)
@@ -118,7 +129,7 @@ class GatewayTarget:
 
     def named(self, model: str) -> "GatewayTarget":
         """The same gateway and channel, asking for another model name."""
-        return GatewayTarget("", model, channel=self.channel)
+        return GatewayTarget("", model, channel=self.channel, priced=self.priced)
 
     async def unary(self) -> tuple[None, int]:
         await self.stub.Complete(self.complete_request, timeout=CALL_TIMEOUT_S)
@@ -163,6 +174,8 @@ class GatewayTarget:
         usage = response.usage
         if response.choices[0].message.parts[0].text != UNARY_TEXT or usage.total_tokens != 12 + CHUNKS:
             raise RuntimeError(f"unexpected unary answer: {response}")
+        if self.priced and response.cost.total_nano_usd != COST_NANO_USD:
+            raise RuntimeError(f"unary answer priced {response.cost}, not {COST_NANO_USD} nano-USD")
         deltas, summary = [], None
         async for message in self.stub.StreamComplete(self.stream_request, timeout=CALL_TIMEOUT_S):
             if message.HasField("delta"):
@@ -171,6 +184,8 @@ class GatewayTarget:
                 summary = message.summary
         if "".join(deltas) != STREAM_TEXT or summary is None or summary.usage.output.total != CHUNKS:
             raise RuntimeError(f"unexpected stream: {len(deltas)} deltas, summary {summary}")
+        if self.priced and summary.cost.total_nano_usd != COST_NANO_USD:
+            raise RuntimeError(f"stream summary priced {summary.cost}, not {COST_NANO_USD} nano-USD")
 
     async def close(self) -> None:
         if self._owns_channel:

@@ -64,6 +64,7 @@ from bench import proc  # noqa: E402
 from bench.gateway import TRANSPORTS  # noqa: E402
 from bench.load import (  # noqa: E402
     API_KEY,
+    PRICES_TOML,
     TOOL_STREAM_REQUEST,
     Call,
     DirectTarget,
@@ -214,7 +215,8 @@ class Bench:
             '  { provider = "mixrouter_b", model = "bench-model", weight = 1 },\n]\n\n'
             f'[[routes]]\nname = "{FALLBACK_MODEL}"\ntargets = [\n'
             '  { provider = "failing", model = "bench-model", priority = 1 },\n'
-            '  { provider = "mixrouter", model = "bench-model", priority = 2 },\n]\n',
+            '  { provider = "mixrouter", model = "bench-model", priority = 2 },\n]\n\n'
+            + PRICES_TOML,
             encoding="utf-8",
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
@@ -271,7 +273,7 @@ class Bench:
             await asyncio.sleep(0.1)
 
     async def wait_ready(self, name: str, address: str) -> None:
-        target = GatewayTarget(address)
+        target = GatewayTarget(address, priced=name not in (FLOOR, PASSTHROUGH))
         health = health_pb2_grpc.HealthStub(target.channel)
         deadline = time.monotonic() + 30
         while True:

@@ -33,7 +33,7 @@ from pathlib import Path
 import grpc
 
 from bench import proc
-from bench.load import API_KEY, CALL_TIMEOUT_S, STREAM_TEXT, Call, DirectTarget, run_phase
+from bench.load import API_KEY, CALL_TIMEOUT_S, PRICES_TOML, STREAM_TEXT, Call, DirectTarget, run_phase
 from bench.upstream import CHUNKS
 from tollway.v1 import completion_pb2 as pb
 from tollway.v1 import completion_pb2_grpc as pb_grpc
@@ -155,7 +155,7 @@ class WorkersBench:
         config.write_text(
             f'[server]\nlisten = "127.0.0.1:{port}"\ngrace_period_s = 1.0\n\n'
             f'[providers.mixrouter]\nbase_url = "{root}/v1"\n\n'
-            f'[ledger]\npath = "{self.workdir / f"ledger-{workers}.sqlite3"}"\n',
+            f'[ledger]\npath = "{self.workdir / f"ledger-{workers}.sqlite3"}"\n\n' + PRICES_TOML,
             encoding="utf-8")
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
         env.update(MIXROUTER_API_KEY=API_KEY, PYTHONPATH=_PYTHONPATH)

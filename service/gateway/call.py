@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,6 +19,7 @@ from tollway.service.admission.validation import check_capabilities, validate_re
 from tollway.service.config.loader import Config
 from tollway.service.errors import GatewayError, bounded_message, scrub
 from tollway.service.gateway.logs import log_request
+from tollway.service.gateway.request_ids import new_request_id
 from tollway.service.gateway.status import end_with_status
 from tollway.service.ledger import JournalError, Ledger, LedgerClosed, LedgerRecord
 from tollway.service.media.policy import check_request_media
@@ -60,7 +60,7 @@ class Call:
         self.request = request
         self.state = state
         self.ledger = ledger
-        self.request_id = uuid.uuid4().hex
+        self.request_id = new_request_id()
         self.started = time.perf_counter()
         # Wall-clock time of the request: it picks the price in effect.
         self.at = datetime.now(timezone.utc)

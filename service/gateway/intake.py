@@ -10,7 +10,6 @@ counts health checks too and its message names no limit. The generated registrat
 from __future__ import annotations
 
 import inspect
-import uuid
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -22,6 +21,7 @@ from tollway.service.admission.limits import RpcSlots
 from tollway.service.errors import GatewayError
 from tollway.service.gateway.call import REQUEST_ID_KEY
 from tollway.service.gateway.logs import log_request
+from tollway.service.gateway.request_ids import new_request_id
 from tollway.service.gateway.status import end_with_error
 
 Deserializer = Callable[[bytes], Any]
@@ -107,7 +107,7 @@ class Intake(grpc.aio.ServerInterceptor):
 def _refuse(context: Context, method: str, err: GatewayError) -> None:
     """A call refused before it is a Call still has a request id, in its trailers and its log line
     (which carries nothing of the request: it was not read)."""
-    request_id = uuid.uuid4().hex
+    request_id = new_request_id()
     log_request(request_id=request_id, rpc=method.removeprefix(SERVICE_PREFIX), status=err.code.name,
                 error=err.message)
     end_with_error(context, err, ((REQUEST_ID_KEY, request_id),))

@@ -283,7 +283,6 @@ def _target_rows(fig: Figures, t: str) -> list[list[str]]:
     added50 = fig.added(t, "unary", 1, "p50_ms")
     added99 = fig.added(t, "unary", 1, "p99_ms")
     cpu50 = fig.median(t, "unary", 50, "gateway_cpu_ms")
-    ttft = fig.added(t, "stream", 1, "ttft_p50_ms")
     rows = []
     if portkey:
         over = fig.between(t, PORTKEY, "unary", 1, "p50_ms")
@@ -304,11 +303,7 @@ def _target_rows(fig: Figures, t: str) -> list[list[str]]:
     if portkey:
         ratio = fig.ratio_between(t, PORTKEY, "stream", 50, "rps")
         rows.append(["stream c=50, streams/s / Portkey's", ">= 1.00", _f(ratio), _verdict(ratio, lambda v: v >= 1.0)])
-    rows.append(["stream c=1, added TTFT p50", f"<= {TTFT_GOAL_MS} ms", f"{_f(ttft, sign=True)} ms",
-                 _verdict(ttft, lambda v: v <= TTFT_GOAL_MS)])
-    for c, goal in STREAM_CPU_GOALS_MS.items():
-        cpu = fig.median(t, "stream", c, "gateway_cpu_ms")
-        rows.append([f"stream c={c}, CPU/stream", f"<= {goal} ms", f"{_f(cpu)} ms", _verdict(cpu, lambda v: v <= goal)])
+    rows += _stream_goal_rows(fig, t, "stream", "")
     if bare:
         ratio = fig.ratio_between(t, PASSTHROUGH, "stream", 50, "gateway_cpu_ms")
         rows.append(["stream c=50, CPU/stream / the bare pass-through's (indicative)", "<= 1.00", _f(ratio),
@@ -376,18 +371,23 @@ def _tool_target_rows(fig: Figures, t: str) -> list[list[str]]:
     return rows
 
 
+def _stream_goal_rows(fig: Figures, t: str, mode: str, what: str) -> list[list[str]]:
+    """The stream goals (added TTFT p50, CPU per stream at c=1 and c=50) for one mode of t."""
+    ttft = fig.added(t, mode, 1, "ttft_p50_ms")
+    rows = [[f"stream c=1{what}, added TTFT p50", f"<= {TTFT_GOAL_MS} ms", f"{_f(ttft, sign=True)} ms",
+             _verdict(ttft, lambda v: v <= TTFT_GOAL_MS)]]
+    for c, goal in STREAM_CPU_GOALS_MS.items():
+        cpu = fig.median(t, mode, c, "gateway_cpu_ms")
+        rows.append([f"stream c={c}{what}, CPU/stream", f"<= {goal} ms", f"{_f(cpu)} ms",
+                     _verdict(cpu, lambda v: v <= goal)])
+    return rows
+
+
 def _paced_target_rows(fig: Figures, t: str) -> list[list[str]]:
     """The stream goals again with events 1 ms apart (indicative: the goals were set for back to back)."""
     if not _present(fig, [t], "paced"):
         return []
-    ttft = fig.added(t, "paced", 1, "ttft_p50_ms")
-    rows = [["stream c=1, 1 ms apart, added TTFT p50 (indicative)", "<= 1 ms", f"{_f(ttft, sign=True)} ms",
-             _verdict(ttft, lambda v: v <= 1.0)]]
-    for c in (1, 50):
-        cpu = fig.median(t, "paced", c, "gateway_cpu_ms")
-        rows.append([f"stream c={c}, 1 ms apart, gateway CPU/stream (indicative)", "<= 2 ms", f"{_f(cpu)} ms",
-                     _verdict(cpu, lambda v: v <= 2.0)])
-    return rows
+    return _stream_goal_rows(fig, t, "paced", ", 1 ms apart (indicative)")
 
 
 def _tool_lines(fig: Figures, targets: list[str], first: str, stream_header: list[str]) -> list[str]:
@@ -496,13 +496,5 @@ def render(result: dict[str, Any]) -> str:
 
 
 def _merged_rows(fig: Figures) -> list[list[str]]:
-    rows = []
-    for mode, what in (("stream", "back to back"), ("paced", "1 ms apart")):
-        ttft = fig.added(MERGED, mode, 1, "ttft_p50_ms")
-        rows.append([f"stream c=1 ({what}), added TTFT p50", "<= 1 ms", f"{_f(ttft, sign=True)} ms",
-                     _verdict(ttft, lambda v: v <= 1.0)])
-        for c in (1, 50):
-            cpu = fig.median(MERGED, mode, c, "gateway_cpu_ms")
-            rows.append([f"stream c={c} ({what}), gateway CPU/stream", "<= 2 ms", f"{_f(cpu)} ms",
-                         _verdict(cpu, lambda v: v <= 2.0)])
-    return rows
+    return [*_stream_goal_rows(fig, MERGED, "stream", " (back to back)"),
+            *_stream_goal_rows(fig, MERGED, "paced", " (1 ms apart)")]
